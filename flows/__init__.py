@@ -1,0 +1,1 @@
+"""Thin Prefect flows over the maskshare library (imports run flows -> maskshare only)."""

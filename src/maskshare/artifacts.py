@@ -1,0 +1,159 @@
+"""Content-addressed artifact directories, atomic writes and manifests.
+
+Every artifact lives under a directory named by a hash of its inputs and config, is
+written atomically (temp file, fsync, rename) and carries `manifest.json` with its
+inputs, config, versions, seed, timings and the sha256 of each file it holds, so a
+truncated or corrupted file is detected and rebuilt rather than loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+def stable_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def hash_config(*parts: Any, length: int = 16) -> str:
+    """Hash of JSON-serialisable parts (configs, input hashes)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(stable_json(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:length]
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success fsync it and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("maskshare", "torch", "transformer-lens", "sae-lens", "scikit-learn", "polars"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def write_manifest(directory: str | Path, *, inputs: Any = None, config: Any = None,
+                   seed: int | None = None, timings: dict[str, float] | None = None,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write `manifest.json` listing the sha256 of every other file in `directory`."""
+    directory = Path(directory)
+    files = {
+        str(p.relative_to(directory)): file_sha256(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+    manifest = {
+        "inputs": inputs, "config": config, "seed": seed, "timings": timings or {},
+        "versions": versions(), "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **(extra or {}),
+    }
+    write_json_atomic(directory / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any] | None:
+    p = Path(directory) / MANIFEST
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def is_complete(directory: str | Path, *, verify_hashes: bool = True) -> bool:
+    """True if `directory` has a manifest and every file it lists matches its hash."""
+    directory = Path(directory)
+    m = read_manifest(directory)
+    if m is None:
+        return False
+    for rel, digest in m.get("files", {}).items():
+        p = directory / rel
+        if not p.is_file():
+            return False
+        if verify_hashes and file_sha256(p) != digest:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def building(final_dir: str | Path) -> Iterator[Path]:
+    """Build an artifact directory in a sibling temp dir, then rename it into place.
+
+    Nothing is visible at `final_dir` until the body (which must write the manifest)
+    succeeds. If another process finished the same artifact meanwhile, its result is kept.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
+    try:
+        yield tmp
+        if final_dir.exists():
+            if is_complete(final_dir):
+                return  # a concurrent build of the same inputs won; keep it
+            shutil.rmtree(final_dir)
+        os.replace(tmp, final_dir)
+        _fsync_dir(final_dir.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,163 @@
+"""Typed run configuration: one place states every default.
+
+The same YAML drives `maskshare run --config FILE`, the Prefect flows and deployments.
+Unknown fields are rejected (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from maskshare.errors import UserError
+from maskshare.saes import SAESetConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+
+class Ablation(StrEnum):
+    SLOT_MEAN = "slot-mean"
+    GLOBAL_MEAN = "global-mean"
+    ZERO = "zero"
+
+
+class ErrorTerm(StrEnum):
+    CLEAN = "clean"
+    MEAN = "mean"
+    DROP = "drop"
+
+
+class Objective(StrEnum):
+    LOGIT_DIFF = "logit-diff"
+    KL = "kl"
+    CE = "ce"
+
+
+class Relaxation(StrEnum):
+    SIGMOID = "sigmoid"
+    HARD_CONCRETE = "hard-concrete"
+
+
+class GroupingKind(StrEnum):
+    ATTENTION = "attention"
+    TEMPLATE = "template"
+    SINGLE = "single"
+    FROM_END = "from-end"
+    ROLES = "roles"
+
+
+class DatasetRef(Strict):
+    """A built-in or user-added dataset (data/datasets/<name>.yaml) and its variant."""
+
+    name: str = "elements-symbol"
+    variant: Literal["templated", "freeform"] = "freeform"
+    max_items: int | None = Field(default=None, ge=1, description="cap on items after filtering")
+    min_items: int = Field(default=20, ge=1, description="fail if fewer items pass the filter")
+
+
+class AttentionFeatures(Strict):
+    """Which per-token attention features the `attention` grouping clusters."""
+
+    from_final: bool = True          # attention paid to the token by the final position
+    to_bos: bool = True              # attention the token pays to BOS
+    to_self: bool = True             # ... to itself
+    to_prev: bool = True             # ... to its predecessor
+    position_from_end: bool = False  # optionally, position counted from the end
+    layers: list[int] | None = None  # None: every layer
+    log_scale: bool = True           # log(attn + eps) before standardising
+
+
+class GroupingConfig(Strict):
+    kind: GroupingKind = GroupingKind.ATTENTION
+    n_slots: int | Literal["auto"] = 12
+    n_slots_range: tuple[int, int] = (4, 24)  # searched when n_slots is "auto"
+    score: Literal["silhouette", "bic"] = "silhouette"
+    clusterer: Literal["kmeans", "agglomerative", "gmm", "hdbscan"] = "kmeans"
+    pca_components: int | float | None = 0.95  # int: components; float: variance kept
+    pin_bos: bool = True
+    pin_final: bool = True
+    from_end_k: int = Field(default=3, ge=1)  # for `from-end`
+    features: AttentionFeatures = Field(default_factory=AttentionFeatures)
+    batch_size: int = Field(default=32, ge=1)
+
+
+class MaskConfig(Strict):
+    objective: Objective = Objective.LOGIT_DIFF
+    ablation: Ablation = Ablation.SLOT_MEAN
+    error: ErrorTerm = ErrorTerm.DROP
+    relaxation: Relaxation = Relaxation.SIGMOID
+    lambdas: list[float] = Field(default_factory=lambda: [0.002, 0.005, 0.01, 0.02])
+    steps: int = Field(default=150, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    temperature_start: float = 1.0
+    temperature_end: float = 200.0
+    init_logit: float = 1.0    # theta at start (mask ~ on)
+    checkpoint_every: int = Field(default=25, ge=1)
+    max_train_prompts: int | None = None
+
+
+class EvalConfig(Strict):
+    seeds: list[int] = Field(default_factory=lambda: [0, 1])  # stability across seeds
+    baselines: list[GroupingKind] = Field(
+        default_factory=lambda: [GroupingKind.SINGLE, GroupingKind.FROM_END, GroupingKind.ROLES])
+    ablations: list[Ablation] = Field(
+        default_factory=lambda: [Ablation.GLOBAL_MEAN, Ablation.ZERO])
+    matched_latents_per_token: float | None = None  # None: chosen from the curves
+
+
+class RunConfig(Strict):
+    name: str = "default"
+    seed: int = 0
+    model: str = "smollm2-135m"
+    device: str = "cpu"
+    threads: int | None = None
+    saes: SAESetConfig = Field(default_factory=SAESetConfig)
+    dataset: DatasetRef = Field(default_factory=DatasetRef)
+    grouping: GroupingConfig = Field(default_factory=GroupingConfig)
+    masks: MaskConfig = Field(default_factory=MaskConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    runs_dir: str = "data/runs"
+
+
+def _format_validation(e: ValidationError, source: str) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{source}: {loc}: {err['msg']}{more}"
+
+
+def parse_config(data: object, source: str = "config") -> RunConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise UserError(_format_validation(e, source)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"cannot read config {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: malformed YAML{where}") from None
+    return parse_config(data, str(path))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

