@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from maskshare.artifacts import is_complete
 from maskshare.errors import UserError
 from maskshare.runtime import cache_dir, configure_threads
 
@@ -50,13 +51,13 @@ def gguf_path() -> Path:
 def embedded_hf_dir() -> Path:
     """The cached float32 HF folder of the embedded model, converting the GGUF on first use."""
     out = cache_dir() / "models" / EMBEDDED
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+    if is_complete(out, verify_hashes=False):
         return out
     if importlib.util.find_spec("gguf") is None:
         raise UserError(f"the 'gguf' package is not installed: {INSTALL_HINT}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from maskshare.artifacts import building
+    from maskshare.artifacts import building, write_manifest
 
     g = gguf_path()
     logger.info("converting %s to float32 safetensors in %s (once, ~15 s)", g.name, out)
@@ -69,7 +70,7 @@ def embedded_hf_dir() -> Path:
     with building(out) as tmp:
         hf.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "manifest.json").write_text('{"source": "%s"}\n' % g.name)
+        write_manifest(tmp, inputs={"gguf": g.name}, config=SMOLLM2_135M_CFG)
     return out
 
 
@@ -112,9 +113,9 @@ def _llama_cfg_from_hf(hf_config) -> dict:
 
 def _hooked_from_hf_dir(hf_dir: Path, device: str, base_cfg: dict | None = None,
                         bos_token: str | None = None):
+    from sae_lens import HookedSAETransformer
     from transformer_lens import HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
-    from sae_lens import HookedSAETransformer
 
     hf = load_hf_model(hf_dir)
     arch = (getattr(hf.config, "architectures", None) or ["?"])[0]
@@ -154,7 +155,10 @@ def load_model(name: str = EMBEDDED, device: str = "cpu", threads: int | None = 
         if not (p / "config.json").is_file():
             raise UserError(f"{p} is not a Hugging Face model folder (no config.json)")
         return _hooked_from_hf_dir(p, device)
-    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, get_official_model_name
+    from transformer_lens.loading_from_pretrained import (
+        OFFICIAL_MODEL_NAMES,
+        get_official_model_name,
+    )
 
     try:
         get_official_model_name(name)

@@ -1,0 +1,51 @@
+"""`maskshare run --config FILE`: the whole pipeline; prints the run directory last."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HEADLINE = ["faithfulness", "faithfulness_vs_clean", "completeness", "latents_per_token",
+            "circuit_size", "ari_template", "ari_roles", "purity_roles"]
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", required=True, help="run config YAML (see configs/default.yaml)")
+    p.add_argument("--no-prefect", action="store_true",
+                   help="run the stages in this process without Prefect")
+
+
+def print_headline(run: Path) -> None:
+    mpath = run / "metrics.json"
+    if not mpath.is_file():
+        return
+    metrics = json.loads(mpath.read_text())
+    for k in HEADLINE:
+        if k in metrics and metrics[k] is not None:
+            v = metrics[k]
+            print(f"{k:>24}: {v:.4g}" if isinstance(v, float) else f"{k:>24}: {v}")
+
+
+def run(args) -> int:
+    from maskshare.config import load_config
+
+    cfg = load_config(args.config)  # bad config: UserError before anything is written
+    if args.no_prefect:
+        from maskshare.pipeline import run_pipeline
+
+        run_dir = run_pipeline(cfg)
+    else:
+        from flows import configure_prefect_env
+
+        configure_prefect_env()
+        from flows.pipeline import pipeline_flow
+
+        state = pipeline_flow(config=cfg, return_state=True)
+        if state.is_failed():
+            state.result()  # re-raises the stage's exception (UserError -> exit 2)
+        run_dir = Path(state.result())
+    print_headline(Path(run_dir))
+    sys.stdout.flush()
+    print(run_dir)
+    return 0
