@@ -274,12 +274,16 @@ def test_quality_template_grouping_is_perfect_and_single_is_zero(model, template
 
 
 def test_attention_recovers_template_positions(model, templated):
-    """One template: the attention features encode position, so clusters match positions."""
+    """A knowable case: with position as the only feature, clusters are the positions."""
     n = len(templated["tokens"][0])
-    g = make_grouping(cfg(n_slots=n, features=AttentionFeatures(position_from_end=True)),
-                      seed=0).fit(model, templated)
+    only_pos = AttentionFeatures(from_final=False, to_bos=False, to_self=False, to_prev=False,
+                                 position_from_end=True)
+    g = make_grouping(cfg(n_slots=n, features=only_pos), seed=0).fit(model, templated)
     q = grouping_quality(g, g.assign(model, templated), templated)
-    assert q["ari_template"] > 0.9
+    assert q["ari_template"] == pytest.approx(1.0)
+    # and a wrong number of slots cannot reach it
+    g = make_grouping(cfg(n_slots=n - 2, features=only_pos), seed=0).fit(model, templated)
+    assert grouping_quality(g, g.assign(model, templated), templated)["ari_template"] < 0.95
 
 
 def test_roles_quality_and_split_breakdown(model):

@@ -1,0 +1,275 @@
+"""Look at a grouping: the `RUN/groups/<kind>/` folder, a text table and an HTML page.
+
+`write_group_artifacts(out_dir, grouping, assignment, items, features_2d, quality)`
+writes, atomically (the folder appears complete or not at all):
+
+- `grouping.json`, `grouping.safetensors`: the fitted grouping (`load_grouping`)
+- `tokens.parquet`: one row per token: prompt_id, position, from_end, token_id, token,
+  slot, slot_name, role, split, distance (to the assigned centroid; NaN where none), x, y
+  (2-D projection of the features; NaN when not given)
+- `quality.json`: `grouping_quality(...)` plus anything the caller adds
+- `groups.html`: the self-contained page of `render_html`
+- `manifest.json`: file hashes (`maskshare.artifacts`)
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from maskshare.artifacts import _fsync_dir, write_json_atomic, write_manifest, write_text_atomic
+from maskshare.errors import UserError
+from maskshare.grouping import Assignment, Grouping, load_grouping
+
+TOKENS = "tokens.parquet"
+QUALITY = "quality.json"
+HTML = "groups.html"
+MAX_SCATTER = 4000
+
+
+def tokens_table(grouping: Grouping, assignment: Assignment, items,
+                 features_2d: np.ndarray | None = None) -> pl.DataFrame:
+    """Every token of `items` with its slot (the `tokens.parquet` table)."""
+    toks = [list(t) for t in items["tokens"].to_list()]
+    n = sum(len(t) for t in toks)
+    strs = items["token_strs"].to_list() if "token_strs" in items.columns else \
+        [[str(x) for x in t] for t in toks]
+    roles = items["roles"].to_list() if "roles" in items.columns else [[""] * len(t) for t in toks]
+    splits = items["split"].to_list() if "split" in items.columns else [""] * len(toks)
+    pids = [int(x) for x in items["prompt_id"].to_list()] if "prompt_id" in items.columns \
+        else list(range(len(toks)))
+    slots = assignment.flat_slots()
+    if len(slots) != n:
+        raise ValueError(f"the assignment has {len(slots)} tokens, the items {n}")
+    xy = np.full((n, 2), np.nan) if features_2d is None else np.asarray(features_2d, float)
+    if xy.shape != (n, 2):
+        raise ValueError(f"features_2d has shape {xy.shape}, expected ({n}, 2)")
+    names = grouping.slot_names
+    return pl.DataFrame({
+        "prompt_id": np.repeat(pids, [len(t) for t in toks]).astype(np.int64),
+        "position": np.concatenate([np.arange(len(t)) for t in toks]).astype(np.int64),
+        "from_end": np.concatenate([np.arange(len(t))[::-1] for t in toks]).astype(np.int64),
+        "token_id": np.concatenate([np.asarray(t, dtype=np.int64) for t in toks]),
+        "token": [s for ss in strs for s in ss],
+        "slot": slots.astype(np.int64),
+        "slot_name": [names[s] if 0 <= s < len(names) else "?" for s in slots.tolist()],
+        "role": [r for rs in roles for r in rs],
+        "split": [sp for sp, t in zip(splits, toks) for _ in t],
+        "distance": assignment.flat_distance().astype(np.float64),
+        "x": xy[:, 0], "y": xy[:, 1],
+    })
+
+
+def write_group_artifacts(out_dir: str | Path, grouping: Grouping, assignment: Assignment,
+                          items, features_2d: np.ndarray | None, quality: dict[str, Any],
+                          manifest: dict[str, Any] | None = None) -> Path:
+    """Write the `RUN/groups/<kind>/` folder atomically (replacing an older one)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        grouping.save(tmp)
+        table = tokens_table(grouping, assignment, items, features_2d)
+        table.write_parquet(tmp / TOKENS)
+        write_json_atomic(tmp / QUALITY, quality)
+        write_text_atomic(tmp / HTML, render_html(table, quality, grouping.slot_names,
+                                                  title=f"groups: {grouping.kind}"))
+        write_manifest(tmp, config=grouping.cfg.model_dump(mode="json"), seed=grouping.seed,
+                       extra=manifest or {})
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        _fsync_dir(out_dir.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def read_group_dir(path: str | Path, kind: str = "attention") -> tuple[Path, pl.DataFrame, dict]:
+    """Find `RUN/groups/<kind>/` (or accept that folder itself) and read its table."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p} does not exist")
+    d = p if (p / TOKENS).is_file() else p / "groups" / kind
+    if not (d / TOKENS).is_file():
+        have = sorted(x.name for x in (p / "groups").iterdir() if x.is_dir()
+                      and not x.name.startswith(".")) if (p / "groups").is_dir() else []
+        hint = f" (this run has: {', '.join(have)}; pick one with --kind)" if have else \
+            " (is it a run directory?)"
+        raise UserError(f"{d} holds no groups{hint}")
+    quality = json.loads((d / QUALITY).read_text()) if (d / QUALITY).is_file() else {}
+    return d, pl.read_parquet(d / TOKENS), quality
+
+
+def _slot_names(d: Path, table: pl.DataFrame) -> list[str]:
+    try:
+        return load_grouping(d).slot_names
+    except UserError:
+        n = int(table["slot"].max()) + 1
+        return [str(i) for i in range(n)]
+
+
+def slot_summary(table: pl.DataFrame, n_tokens: int = 6, n_examples: int = 3) -> list[dict]:
+    """One dict per slot: size, top tokens, roles, mean position from the end, examples."""
+    out = []
+    real = table.filter(pl.col("slot") >= 0)
+    for slot in sorted(set(real["slot"].to_list())):
+        sub = real.filter(pl.col("slot") == slot)
+        pids = list(dict.fromkeys(sub["prompt_id"].to_list()))[:n_examples]
+        examples = []
+        for pid in pids:
+            pr = real.filter(pl.col("prompt_id") == pid).sort("position")
+            examples.append("".join(f"[[{t}]]" if s == slot else t for t, s in
+                                    zip(_show(pr["token"].to_list()), pr["slot"].to_list())))
+        out.append({
+            "slot": int(slot), "name": sub["slot_name"][0] if "slot_name" in sub.columns else "",
+            "size": sub.height,
+            "tokens": Counter(_show(sub["token"].to_list())).most_common(n_tokens),
+            "roles": Counter(sub["role"].to_list()).most_common(),
+            "mean_from_end": float(sub["from_end"].mean()),
+            "examples": examples,
+        })
+    return out
+
+
+def _show(tokens: list[str]) -> list[str]:
+    """Byte-level BPE display: 'Ġ' -> space, 'Ċ' -> newline mark."""
+    return [t.replace("Ġ", " ").replace("Ċ", "\\n") for t in tokens]
+
+
+def format_table(summary: list[dict], quality: dict) -> str:
+    lines = []
+    q = {k: v for k, v in quality.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if q:
+        lines.append("quality: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else
+                                             f"{k}={v}" for k, v in sorted(q.items())))
+    for sp, m in sorted(quality.get("by_split", {}).items()):
+        lines.append(f"  {sp}: " + ", ".join(f"{k}={v:.3g}" for k, v in sorted(m.items())
+                                             if isinstance(v, float)))
+    for s in summary:
+        lines.append("")
+        lines.append(f"slot {s['slot']} ({s['name']}): {s['size']} tokens, "
+                     f"mean position from end {s['mean_from_end']:.2f}")
+        lines.append("  tokens: " + ", ".join(f"{t!r}x{c}" for t, c in s["tokens"]))
+        lines.append("  roles:  " + ", ".join(f"{r}:{c}" for r, c in s["roles"]))
+        for e in s["examples"]:
+            lines.append("  e.g.   " + e.replace("\n", "\\n"))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- html
+
+def _colour(i: int) -> str:
+    if i < 0:
+        return "#dddddd"
+    if i == 0:
+        return "#bbbbbb"
+    hue = (i * 137.508) % 360
+    return f"hsl({hue:.0f},70%,{72 if i % 2 else 60}%)"
+
+
+def _scatter(table: pl.DataFrame, by: str, colours: dict, title: str) -> str:
+    t = table.filter(pl.col("x").is_not_nan() & pl.col("y").is_not_nan() & (pl.col("slot") > 0))
+    if t.height == 0:
+        return f"<p><em>{html.escape(title)}: no 2-D projection stored</em></p>"
+    if t.height > MAX_SCATTER:
+        t = t.sample(MAX_SCATTER, seed=0)
+    w, h, m = 460, 360, 20
+    x, y = t["x"].to_numpy(), t["y"].to_numpy()
+    x0, x1, y0, y1 = x.min(), x.max(), y.min(), y.max()
+    sx = (w - 2 * m) / ((x1 - x0) or 1)
+    sy = (h - 2 * m) / ((y1 - y0) or 1)
+    pts = []
+    for xi, yi, key, tok, pos in zip(x, y, t[by].to_list(), t["token"].to_list(),
+                                      t["position"].to_list()):
+        pts.append(f'<circle cx="{m + (xi - x0) * sx:.1f}" cy="{h - m - (yi - y0) * sy:.1f}" '
+                   f'r="2.5" fill="{colours.get(key, "#999")}" fill-opacity="0.7">'
+                   f"<title>{html.escape(f'{by} {key}: {_show([tok])[0]!r} @{pos}')}</title>"
+                   "</circle>")
+    legend = " ".join(f'<span class="chip" style="background:{c}">{html.escape(str(k))}</span>'
+                      for k, c in colours.items() if k in set(t[by].to_list()))
+    return (f'<div class="plot"><h3>{html.escape(title)}</h3><svg width="{w}" height="{h}" '
+            f'viewBox="0 0 {w} {h}" xmlns="http://www.w3.org/2000/svg">'
+            f'<rect width="{w}" height="{h}" fill="#fafafa" stroke="#ccc"/>{"".join(pts)}</svg>'
+            f"<div>{legend}</div></div>")
+
+
+def render_html(table: pl.DataFrame, quality: dict, slot_names: list[str] | None = None,
+                title: str = "groups") -> str:
+    """A self-contained page: quality, per-slot table, 2-D scatters, every prompt coloured."""
+    esc = html.escape
+    n = int(table["slot"].max()) + 1 if table.height else 0
+    slot_names = slot_names or [str(i) for i in range(n)]
+    slot_col = {i: _colour(i) for i in range(n)}
+    roles = sorted(set(table["role"].to_list()))
+    role_col = {r: _colour(i + 1) for i, r in enumerate(roles)}
+    summary = slot_summary(table)
+    rows = []
+    for s in summary:
+        rows.append(
+            f'<tr><td><span class="chip" style="background:{slot_col[s["slot"]]}">'
+            f'{s["slot"]}</span> {esc(s["name"])}</td><td>{s["size"]}</td>'
+            f"<td>{esc(', '.join(f'{t!r}×{c}' for t, c in s['tokens']))}</td>"
+            f"<td>{esc(', '.join(f'{r}:{c}' for r, c in s['roles']))}</td>"
+            f'<td>{s["mean_from_end"]:.2f}</td>'
+            f"<td>{'<br>'.join(esc(e) for e in s['examples'])}</td></tr>")
+    prompts = []
+    for (pid,), pr in table.sort("prompt_id", "position").group_by("prompt_id",
+                                                                   maintain_order=True):
+        spans = []
+        for tok, slot, role, dist in zip(_show(pr["token"].to_list()), pr["slot"].to_list(),
+                                         pr["role"].to_list(), pr["distance"].to_list()):
+            d = "" if dist is None or dist != dist else f", distance {dist:.2f}"
+            name = slot_names[slot] if 0 <= slot < len(slot_names) else "?"
+            spans.append(f'<span class="t" style="background:{slot_col.get(slot, "#eee")}" '
+                         f'title="slot {slot} ({esc(name)}), role {esc(role)}{d}">'
+                         f"{esc(tok)}</span>")
+        split = pr["split"][0] if "split" in pr.columns else ""
+        prompts.append(f'<div class="p"><span class="pid">{pid} {esc(str(split))}</span>'
+                       f'{"".join(spans)}</div>')
+    qrows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(json.dumps(v))}</td></tr>"
+                    for k, v in sorted(quality.items()))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padding:3px 6px;
+vertical-align:top;font-size:13px}} .chip{{display:inline-block;padding:0 5px;border-radius:3px;
+margin:1px;font-size:12px}} .t{{white-space:pre;border-radius:2px;padding:1px 0;
+margin-right:1px;font-family:monospace}} .p{{margin:3px 0}} .pid{{color:#888;font-size:11px;
+display:inline-block;width:9em}} .plot{{display:inline-block;margin-right:1em;vertical-align:top}}
+</style></head><body>
+<h1>{esc(title)}</h1>
+<h2>Quality</h2><table>{qrows}</table>
+<h2>Slots</h2>
+<table><tr><th>slot</th><th>size</th><th>most common tokens</th><th>roles</th>
+<th>mean position from end</th><th>examples ([[slot tokens]])</th></tr>{"".join(rows)}</table>
+<h2>2-D projection of the features (PCA)</h2>
+{_scatter(table, "slot", slot_col, "coloured by slot")}
+{_scatter(table, "role", role_col, "coloured by role")}
+<h2>Prompts</h2><p>Hover a token for its slot and role.</p>
+{"".join(prompts)}
+</body></html>
+"""
+
+
+def show(path: str | Path, kind: str = "attention", html_file: str | Path | None = None) -> str:
+    """The text table of `RUN/groups/<kind>/`; with `html_file`, also write the page."""
+    d, table, quality = read_group_dir(path, kind)
+    names = _slot_names(d, table)
+    if html_file is not None:
+        write_text_atomic(html_file, render_html(table, quality, names, title=f"groups: {d}"))
+    return format_table(slot_summary(table), quality)
