@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "groups": ("groups", "show RUN [--html FILE]: inspect a run's position groups"),
     "eval": ("evaluate", "apply a run's circuit to new prompts (JSON lines)"),
     "serve": ("serve", "serve the scheduled deployments on a Prefect server"),
+    "sweep": ("sweep", "mask training over datasets x groupings x ablations x lambdas on Dask"),
     "train-saes": ("train_saes", "train the embedded model's SAE set offline"),
     "sae-quality": ("sae_quality", "measure the SAE set's quality table"),
 }
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()
         return 0

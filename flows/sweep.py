@@ -1,0 +1,89 @@
+"""`sweep`: the pipeline's costly part (mask training) mapped over datasets x groupings x
+ablations x sparsity settings, on a Dask cluster through prefect-dask.
+
+A local cluster by default (`n_workers` processes, one torch thread each), or an existing
+scheduler by address. Cheap stages (dataset, groups, slot stats) run first per dataset;
+then every (run, variant, lambda, seed) mask job is submitted to the task runner; then
+each run is evaluated. Results are the same as a sequential sweep: every job is seeded and
+writes its own content-addressed directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows.pipeline import (
+    dataset_task,
+    evaluate_task,
+    groups_task,
+    masks_task,
+    prepare_run_task,
+    stats_task,
+)
+from maskshare import pipeline as core
+from maskshare.config import GroupingKind, RunConfig, load_config
+
+
+def sweep_configs(base: RunConfig, datasets: list[str] | None = None,
+                  groupings: list[str] | None = None, ablations: list[str] | None = None,
+                  lambdas: list[float] | None = None) -> list[RunConfig]:
+    """One config per dataset, with the requested comparisons and sparsity settings."""
+    out = []
+    for name in datasets or [base.dataset.name]:
+        upd = {"dataset": base.dataset.model_copy(update={"name": name}),
+               "name": f"{base.name}-{name}"}
+        cfg = base.model_copy(update=upd, deep=True)
+        if groupings is not None:
+            cfg.evaluate.baselines = [GroupingKind(g) for g in groupings
+                                      if GroupingKind(g) != cfg.grouping.kind]
+        if ablations is not None:
+            cfg.evaluate.ablations = [a for a in ablations if a != cfg.masks.ablation.value]
+        if lambdas is not None:
+            cfg.masks.lambdas = list(lambdas)
+        out.append(RunConfig.model_validate(cfg.model_dump()))
+    return out
+
+
+@flow(name="sweep")
+def sweep_flow(config_path: str, datasets: list[str] | None = None,
+               groupings: list[str] | None = None, ablations: list[str] | None = None,
+               lambdas: list[float] | None = None) -> list[str]:
+    log = get_run_logger()
+    cfgs = sweep_configs(load_config(config_path), datasets, groupings, ablations, lambdas)
+    runs = []
+    for cfg in cfgs:
+        run = prepare_run_task(cfg)
+        dataset_task(run)
+        for k in core.grouping_kinds(cfg):
+            groups_task(run, k.value)
+            stats_task(run, k.value)
+        runs.append((run, cfg))
+    futures = [masks_task.submit(run, v, lam, seed)
+               for run, cfg in runs for v, lam, seed in core.mask_jobs(cfg)]
+    log.info("submitted %d mask-training jobs", len(futures))
+    for f in futures:
+        f.result()
+    for run, _ in runs:
+        evaluate_task(run)
+    return [run for run, _ in runs]
+
+
+def run_sweep(config_path: str, *, dask_address: str | None = None, n_workers: int = 2,
+              sequential: bool = False, **kwargs) -> list[str]:
+    """Run the sweep on a Dask cluster (local by default), or sequentially."""
+    if sequential:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        runner = ThreadPoolTaskRunner(max_workers=1)
+    else:
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            runner = DaskTaskRunner(address=dask_address)
+        else:
+            runner = DaskTaskRunner(cluster_kwargs={
+                "n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                "env": {"MASKSHARE_THREADS": "1"}})
+    return sweep_flow.with_options(task_runner=runner)(config_path=str(Path(config_path)), **kwargs)
