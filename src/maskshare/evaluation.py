@@ -1,0 +1,163 @@
+"""Metrics of a binarised circuit on given (held-out) prompts. Plain, JSON-serialisable dicts.
+
+ld(X) is the mean over prompts of logit(answer) - logit(counterfactual) at each prompt's
+final position under variant X:
+- M: every SAE spliced in, every latent kept (the run's error term); M_clean: the model alone;
+- empty: every latent ablated; circuit: the mask; complement: the mask's complement.
+
+    faithfulness          = (ld(C) - ld(empty)) / (ld(M) - ld(empty))
+    faithfulness_vs_clean = (ld(C) - ld(empty)) / (ld(M_clean) - ld(empty))
+    completeness          = faithfulness of the complement (low is good)
+
+Size, over the evaluated prompts' non-BOS tokens (slot 0 / BOS is never ablated, so never
+counted): `latents_per_token` is the mean over those tokens of the latents kept at the
+token's slot, summed over SAEs; `circuit_size` counts kept (slot, SAE, latent) triples in
+the slots those tokens actually use (`slots_used` of them); `circuit_size_all_slots` counts
+every non-BOS slot; `distinct_latents` counts distinct (SAE, latent) pairs kept anywhere.
+A ratio whose denominator is (near) zero, and every metric on zero prompts, is None with a
+`note` saying why: never a division by zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from maskshare.masking import (
+    MaskedModel,
+    Masks,
+    PreparedBatch,
+    complement,
+    empty_masks,
+    full_masks,
+)
+
+EPS = 1e-6
+
+
+def _ratio(num: float, den: float) -> float | None:
+    if not (math.isfinite(num) and math.isfinite(den)) or abs(den) < EPS:
+        return None
+    return float(num / den)
+
+
+def size_metrics(masks: Masks, slots: list[np.ndarray]) -> dict:
+    """Size of a binary mask, weighted by the tokens of `slots` (one array per prompt)."""
+    hooks = list(masks)
+    n_slots = next(iter(masks.values())).shape[0]
+    kept_per_slot = sum((masks[h] > 0.5).sum(1).double() for h in hooks)  # [n_slots]
+    counts = np.zeros(n_slots)
+    for s in slots:
+        s = np.asarray(s)[1:]
+        s = s[s >= 0]
+        counts += np.bincount(s, minlength=n_slots)[:n_slots]
+    n_tok = counts.sum()
+    used = np.nonzero(counts)[0]
+    used = used[used != 0]
+    kept_np = kept_per_slot.numpy()
+    distinct = 0
+    for h in hooks:
+        any_kept = (masks[h][1:] > 0.5).any(0)
+        distinct += int(any_kept.sum())
+    return {
+        "latents_per_token": float((counts * kept_np).sum() / n_tok) if n_tok else None,
+        "circuit_size": int(kept_np[used].sum()),
+        "slots_used": int(len(used)),
+        "circuit_size_all_slots": int(kept_np[1:].sum()),
+        "distinct_latents": distinct,
+        "kept_per_hook": {h: int((masks[h][1:] > 0.5).sum()) for h in hooks},
+        "n_tokens": int(n_tok),
+    }
+
+
+def evaluate_masks(mm: MaskedModel, batches: list[PreparedBatch], masks: Masks,
+                   slots: list[np.ndarray] | None = None) -> dict:
+    """ld under M, M_clean, empty, circuit, complement; F, F vs clean, completeness; size.
+
+    `masks` must be binary (`binarize(theta)`); `slots` are the evaluated prompts' slot
+    arrays (for the size); if None they are read from the batches.
+    """
+    n = sum(len(b) for b in batches)
+    if slots is None:
+        slots = []
+        for b in batches:
+            for row, ln in zip(b.slots, b.lengths, strict=True):
+                slots.append(row[:int(ln)].numpy())
+    out: dict = {"n_prompts": n, "n_scored": n, "ablation": str(mm.ablation),
+                 "error": str(mm.error)}
+    out.update(size_metrics(masks, slots))
+    keys = ("ld_model", "ld_model_clean", "ld_ablated", "ld_circuit", "ld_complement",
+            "faithfulness", "faithfulness_vs_clean", "completeness")
+    if n == 0:
+        out.update({k: None for k in keys})
+        out["note"] = "no usable prompts: nothing to evaluate"
+        return out
+    ld = {
+        "ld_model": mm.logit_diffs(batches, full_masks(mm.saes, mm.n_slots)),
+        "ld_model_clean": mm.clean_logit_diffs(batches),
+        "ld_ablated": mm.logit_diffs(batches, empty_masks(mm.saes, mm.n_slots)),
+        "ld_circuit": mm.logit_diffs(batches, masks),
+        "ld_complement": mm.logit_diffs(batches, complement(masks)),
+    }
+    means = {k: float(np.mean(v)) for k, v in ld.items()}
+    out.update(means)
+    e = means["ld_ablated"]
+    out["faithfulness"] = _ratio(means["ld_circuit"] - e, means["ld_model"] - e)
+    out["faithfulness_vs_clean"] = _ratio(means["ld_circuit"] - e, means["ld_model_clean"] - e)
+    out["completeness"] = _ratio(means["ld_complement"] - e, means["ld_model"] - e)
+    notes = []
+    if out["faithfulness"] is None:
+        notes.append("ld(M) equals ld(empty): faithfulness undefined")
+    if out["faithfulness_vs_clean"] is None:
+        notes.append("ld(M_clean) equals ld(empty): faithfulness vs clean undefined")
+    if notes:
+        out["note"] = "; ".join(notes)
+    out["per_prompt"] = {k: [float(x) for x in v] for k, v in ld.items()}
+    return out
+
+
+def curve_area(sizes: list[float], faithfulness: list[float | None],
+               x_range: tuple[float, float] | None = None) -> float | None:
+    """Mean F over log10(latents per token): the area under the F-versus-size curve divided
+    by the width of `x_range` in log10 units (default: the points' own span). F is clipped
+    to [0, 1]; outside the points it is held at the nearest point's value. Points whose F
+    is None are skipped; fewer than one usable point gives None."""
+    pts = sorted((float(s), min(max(float(f), 0.0), 1.0)) for s, f in zip(sizes, faithfulness,
+                                                                           strict=True)
+                 if f is not None and s is not None and s > 0 and math.isfinite(f))
+    if not pts:
+        return None
+    xs = np.log10([p[0] for p in pts])
+    ys = np.array([p[1] for p in pts])
+    lo, hi = (xs[0], xs[-1]) if x_range is None else (math.log10(x_range[0]),
+                                                       math.log10(x_range[1]))
+    if hi - lo < 1e-12:
+        return float(np.interp(lo, xs, ys))
+    grid = np.linspace(lo, hi, 513)
+    return float(np.trapezoid(np.interp(grid, xs, ys), grid) / (hi - lo))
+
+
+def f_at_size(sizes: list[float], faithfulness: list[float | None], target: float) -> float | None:
+    """F read off the curve at `target` latents per token (linear in log size; None outside
+    the measured range, where reading it off would be extrapolation)."""
+    pts = sorted((float(s), float(f)) for s, f in zip(sizes, faithfulness, strict=True)
+                 if f is not None and s is not None and s > 0)
+    if not pts or target < pts[0][0] or target > pts[-1][0] or target <= 0:
+        return None
+    return float(np.interp(math.log10(target), np.log10([p[0] for p in pts]),
+                           [p[1] for p in pts]))
+
+
+def jaccard(a: Masks, b: Masks, level: str = "triples") -> float | None:
+    """Jaccard overlap of two binary masks' kept latents: over (slot, SAE, latent) triples
+    (non-BOS slots) or, with level="latents", over distinct (SAE, latent) pairs. None when
+    both are empty."""
+    inter = union = 0
+    for h in a:
+        x, y = a[h][1:] > 0.5, b[h][1:] > 0.5
+        if level == "latents":
+            x, y = x.any(0), y.any(0)
+        inter += int((x & y).sum())
+        union += int((x | y).sum())
+    return None if union == 0 else inter / union

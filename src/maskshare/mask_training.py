@@ -1,0 +1,350 @@
+"""Learning masks over (slot, SAE, latent) triples, and sweeps over the sparsity coefficient.
+
+Parameters: theta[hook] of shape [n_slots, d_sae], initialised to `init_logit`.
+
+Relaxations
+- `sigmoid` (the original method): m = sigmoid(theta * T), T annealed geometrically from
+  `temperature_start` to `temperature_end` over the run (T_t = T0 * (T1/T0)^(t/(steps-1))),
+  so the mask hardens towards the binary one used at evaluation (theta > 0).
+- `hard-concrete` (Louizos et al. 2018; beta = 2/3, gamma = -0.1, zeta = 1.1), log-alpha =
+  theta: a stretched, clamped concrete sample during training; its deterministic gate is
+  > 0.5 exactly when theta > 0, so it binarises the same way. No temperature annealing.
+
+Penalty: lambda * (relaxed latents per token) = lambda * sum_s w_s * sum_{hook, latent} m[s],
+where w_s is the share of the training set's non-BOS tokens that sit in slot s (BOS is never
+ablated, so it costs nothing). This is the relaxed form of `latents_per_token`, the size the
+evaluation reports, so lambda reads as "logit units per latent kept per token". For
+hard-concrete, m is the gate's probability of being non-zero.
+
+Objectives (mean over the prompts of the step's batch)
+- `logit-diff`: |ld(masked) - ld(M)| per prompt, then averaged (not the difference of the
+  batch means: each prompt must be matched);
+- `kl`: KL(p_M || p_masked) at the final (answer) position;
+- `ce`: cross-entropy of the answer token at the final position.
+
+Reproducibility: the batch of step t is drawn from a permutation seeded by (seed, epoch),
+hard-concrete noise by (seed, t), so a run depends only on its seed and inputs. A
+checkpoint (theta, Adam state, history; safetensors written atomically) every
+`checkpoint_every` steps lets an interrupted run resume and end with the masks an
+uninterrupted run would have. A non-finite loss or gradient stops training with an error
+naming the step and, where found, the hook and slot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from maskshare.artifacts import atomic_path, hash_config, write_json_atomic
+from maskshare.config import MaskConfig, Objective, Relaxation
+from maskshare.masking import MaskedModel, Masks, PreparedBatch, binarize, full_masks
+
+logger = logging.getLogger(__name__)
+
+HC_BETA, HC_GAMMA, HC_ZETA = 2.0 / 3.0, -0.1, 1.1
+CHECKPOINT = "checkpoint.safetensors"
+
+
+class MaskTrainingError(RuntimeError):
+    """Training diverged (non-finite loss or gradient); the message names step/hook/slot."""
+
+
+@dataclass
+class Targets:
+    """What the masked model is trained to match, per batch (from M, computed once)."""
+
+    ld: list[Tensor]                       # [B] ld(M) per batch
+    logprobs: list[Tensor] | None = None   # [B, d_vocab] log p_M at the final position (kl)
+
+
+@dataclass
+class TrainResult:
+    theta: dict[str, Tensor]
+    lam: float
+    seed: int
+    history: list[dict] = field(default_factory=list)
+
+    def masks(self) -> Masks:
+        return binarize(self.theta)
+
+    def kept(self) -> dict[str, int]:
+        return {h: int((t > 0).sum()) for h, t in self.theta.items()}
+
+    def save(self, directory: str | Path, extra: dict | None = None) -> None:
+        """masks.safetensors (theta per hook) and summary.json."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory / "masks.safetensors") as tmp:
+            save_file({h: t.contiguous() for h, t in self.theta.items()}, str(tmp),
+                      metadata={"hooks": ",".join(self.theta), "lambda": repr(self.lam),
+                                "seed": str(self.seed)})
+        last = self.history[-1] if self.history else {}
+        write_json_atomic(directory / "summary.json", {
+            "lambda": self.lam, "seed": self.seed, "steps": len(self.history),
+            "kept_per_hook": self.kept(), "kept_total": sum(self.kept().values()),
+            "final": last, "history": self.history, **(extra or {})})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TrainResult:
+        from safetensors import safe_open
+
+        directory = Path(directory)
+        with safe_open(str(directory / "masks.safetensors"), framework="pt") as f:
+            meta = f.metadata() or {}
+            hooks = [h for h in meta.get("hooks", "").split(",") if h]
+            theta = {h: f.get_tensor(h) for h in hooks}
+        summary = json.loads((directory / "summary.json").read_text())
+        return cls(theta=theta, lam=float(summary["lambda"]), seed=int(summary["seed"]),
+                   history=summary.get("history", []))
+
+
+@torch.no_grad()
+def compute_targets(mm: MaskedModel, batches: list[PreparedBatch],
+                    objective: Objective | str = Objective.LOGIT_DIFF) -> Targets:
+    """ld(M) (and log p_M for `kl`) per batch: the full-mask pass, once for all lambdas."""
+    full = full_masks(mm.saes, mm.n_slots)
+    lds, lps = [], []
+    for b in batches:
+        logits = mm.final_logits(b, full)
+        r = torch.arange(len(b))
+        lds.append(logits[r, b.answer] - logits[r, b.counterfactual])
+        if Objective(objective) == Objective.KL:
+            lps.append(F.log_softmax(logits, -1))
+    return Targets(ld=lds, logprobs=lps if lps else None)
+
+
+def slot_weights(batches: list[PreparedBatch], n_slots: int) -> Tensor:
+    """Share of non-BOS, non-padding training tokens per slot ([n_slots], sums to 1)."""
+    w = torch.zeros(n_slots, dtype=torch.float64)
+    for b in batches:
+        s = b.slots[:, 1:]
+        s = s[s >= 0]
+        w.index_add_(0, s, torch.ones_like(s, dtype=torch.float64))
+    return (w / w.sum().clamp(min=1)).float()
+
+
+def temperature(cfg: MaskConfig, step: int) -> float:
+    if cfg.steps <= 1:
+        return float(cfg.temperature_end)
+    f = step / (cfg.steps - 1)
+    t0, t1 = cfg.temperature_start, cfg.temperature_end
+    if t0 > 0 and t1 > 0:
+        return float(t0 * (t1 / t0) ** f)
+    return float(t0 + (t1 - t0) * f)
+
+
+def relaxed_masks(theta: dict[str, Tensor], cfg: MaskConfig, step: int, seed: int,
+                  train: bool = True) -> tuple[Masks, Masks]:
+    """(mask used in the forward pass, per-latent penalty weight), both [n_slots, d_sae]."""
+    if cfg.relaxation == Relaxation.SIGMOID:
+        T = temperature(cfg, step)
+        m = {h: torch.sigmoid(t * T) for h, t in theta.items()}
+        return m, m
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step + 1)
+    masks, probs = {}, {}
+    for h, t in theta.items():
+        if train:
+            u = torch.rand(t.shape, generator=g).clamp(1e-6, 1 - 1e-6)
+            s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + t) / HC_BETA)
+        else:
+            s = torch.sigmoid(t)
+        masks[h] = (s * (HC_ZETA - HC_GAMMA) + HC_GAMMA).clamp(0.0, 1.0)
+        probs[h] = torch.sigmoid(t - HC_BETA * math.log(-HC_GAMMA / HC_ZETA))
+    return masks, probs
+
+
+def objective_loss(mm: MaskedModel, batch: PreparedBatch, masks: Masks, targets: Targets,
+                   bi: int, objective: Objective) -> Tensor:
+    logits = mm.final_logits(batch, masks)
+    r = torch.arange(len(batch))
+    if objective == Objective.LOGIT_DIFF:
+        ld = logits[r, batch.answer] - logits[r, batch.counterfactual]
+        return (ld - targets.ld[bi]).abs().mean()
+    lp = F.log_softmax(logits, -1)
+    if objective == Objective.KL:
+        ref = targets.logprobs[bi]
+        return (ref.exp() * (ref - lp)).sum(-1).mean()
+    return -lp[r, batch.answer].mean()
+
+
+def _batch_for_step(n_batches: int, step: int, seed: int) -> int:
+    epoch, k = divmod(step, n_batches)
+    return int(np.random.default_rng([seed, epoch]).permutation(n_batches)[k])
+
+
+def _run_key(cfg: MaskConfig, lam: float, seed: int, mm: MaskedModel, n_prompts: int,
+             init: dict[str, Tensor] | None) -> str:
+    init_h = None if init is None else hash_config(
+        {h: float(t.double().sum()) for h, t in init.items()})
+    return hash_config(cfg.model_dump(mode="json", exclude={"lambdas", "checkpoint_every"}), lam, seed, str(mm.ablation), str(mm.error),
+                       mm.hooks, mm.n_slots, n_prompts, init_h)
+
+
+def _save_checkpoint(path: Path, step: int, theta: dict[str, Tensor], opt: torch.optim.Adam,
+                     history: list[dict], key: str) -> None:
+    from safetensors.torch import save_file
+
+    tensors, steps = {}, {}
+    params = list(theta.values())
+    for h, p in zip(theta, params, strict=True):
+        tensors[f"theta::{h}"] = p.detach().clone().contiguous()
+        st = opt.state.get(p, {})
+        if st:
+            tensors[f"exp_avg::{h}"] = st["exp_avg"].contiguous()
+            tensors[f"exp_avg_sq::{h}"] = st["exp_avg_sq"].contiguous()
+            steps[h] = float(st["step"])
+    meta = {"step": str(step), "key": key, "history": json.dumps(history),
+            "adam_steps": json.dumps(steps), "hooks": json.dumps(list(theta))}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def _load_checkpoint(path: Path, theta: dict[str, Tensor], opt: torch.optim.Adam,
+                     key: str) -> tuple[int, list[dict]] | None:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("key") != key:
+            logger.warning("ignoring checkpoint %s: it belongs to a different run", path)
+            return None
+        steps = json.loads(meta["adam_steps"])
+        with torch.no_grad():
+            for h, p in theta.items():
+                p.copy_(f.get_tensor(f"theta::{h}"))
+                if h in steps:
+                    opt.state[p] = {"step": torch.tensor(steps[h]),
+                                    "exp_avg": f.get_tensor(f"exp_avg::{h}"),
+                                    "exp_avg_sq": f.get_tensor(f"exp_avg_sq::{h}")}
+        return int(meta["step"]), json.loads(meta["history"])
+
+
+class _Frozen:
+    """Model and SAE weights need no gradients while masks train."""
+
+    def __init__(self, *modules):
+        self.params = [p for m in modules for p in m.parameters()]
+
+    def __enter__(self):
+        self.was = [p.requires_grad for p in self.params]
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc):
+        for p, w in zip(self.params, self.was, strict=True):
+            p.requires_grad_(w)
+
+
+def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, lam: float, *,
+                seed: int = 0, targets: Targets | None = None,
+                init_theta: dict[str, Tensor] | None = None,
+                checkpoint_dir: str | Path | None = None, progress: bool = True,
+                callback: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train one mask at sparsity coefficient `lam`; resumes from `checkpoint_dir` if present.
+
+    `callback(step, record)` runs after every step (tests use it to simulate a crash).
+    """
+    from tqdm.auto import tqdm
+
+    if not batches:
+        raise ValueError("no training prompts")
+    objective = Objective(cfg.objective)
+    if targets is None:
+        targets = compute_targets(mm, batches, objective)
+    w = slot_weights(batches, mm.n_slots)
+    theta = {h: (init_theta[h].detach().clone() if init_theta is not None else
+                 torch.full((mm.n_slots, s.cfg.d_sae), float(cfg.init_logit)))
+             for h, s in mm.saes.items()}
+    for t in theta.values():
+        t.requires_grad_(True)
+    opt = torch.optim.Adam(list(theta.values()), lr=cfg.lr)
+    n_prompts = sum(len(b) for b in batches)
+    key = _run_key(cfg, lam, seed, mm, n_prompts, init_theta)
+    ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    start, history = 0, []
+    if ckpt is not None:
+        loaded = _load_checkpoint(ckpt, theta, opt, key)
+        if loaded is not None:
+            start, history = loaded
+            logger.info("resuming lambda=%g from step %d (%s)", lam, start, ckpt)
+    bar = tqdm(range(start, cfg.steps), desc=f"masks lambda={lam:g}", disable=not progress,
+               initial=start, total=cfg.steps, leave=False)
+    with _Frozen(mm.model, *mm.saes.values()):
+        for step in bar:
+            bi = _batch_for_step(len(batches), step, seed)
+            batch = batches[bi]
+            masks, probs = relaxed_masks(theta, cfg, step, seed)
+            obj = objective_loss(mm, batch, masks, targets, bi, objective)
+            size = sum((w[:, None] * p).sum() for p in probs.values())
+            loss = obj + lam * size
+            if not torch.isfinite(loss):
+                where = mm.locate_nonfinite(batch, {h: m.detach() for h, m in masks.items()})
+                raise MaskTrainingError(
+                    f"non-finite loss ({loss.item()}) at step {step} (lambda {lam:g})"
+                    + (f": first at {where}" if where else "")
+                    + "; check the slot statistics and SAE weights there")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for h, t in theta.items():
+                bad = ~torch.isfinite(t.grad)
+                if bad.any():
+                    slots = sorted(set(bad.nonzero()[:, 0].tolist()))
+                    raise MaskTrainingError(f"non-finite gradient at step {step} (lambda "
+                                            f"{lam:g}): hook {h}, slot(s) {slots}")
+            opt.step()
+            rec = {"step": step, "loss": loss.item(), "objective": obj.item(),
+                   "size": size.item(), "temperature": temperature(cfg, step)
+                   if cfg.relaxation == Relaxation.SIGMOID else None,
+                   "kept": int(sum((t > 0).sum() for t in theta.values()))}
+            history.append(rec)
+            bar.set_postfix(obj=f"{rec['objective']:.3f}", size=f"{rec['size']:.1f}")
+            if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0
+                                     or step + 1 == cfg.steps):
+                _save_checkpoint(ckpt, step + 1, theta, opt, history, key)
+            if callback is not None:
+                callback(step, rec)
+    bar.close()
+    return TrainResult(theta={h: t.detach().clone() for h, t in theta.items()}, lam=lam,
+                       seed=seed, history=history)
+
+
+def train_sweep(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, *,
+                seed: int = 0, lambdas: list[float] | None = None, out_dir: str | Path | None = None,
+                warm_start: bool = False, progress: bool = True) -> dict[float, TrainResult]:
+    """One mask per lambda (ascending). Shared across lambdas: the prepared batches (cached
+    residual below the first hook, first-hook latents) and M's targets. With `warm_start`
+    each lambda starts from the previous (smaller) lambda's theta. With `out_dir`, each lambda
+    checkpoints and saves into `out_dir/<lambda>/`; a finished lambda is loaded, not retrained.
+    """
+    lambdas = sorted(cfg.lambdas if lambdas is None else lambdas)
+    targets = compute_targets(mm, batches, cfg.objective)
+    out: dict[float, TrainResult] = {}
+    prev = None
+    for lam in lambdas:
+        d = Path(out_dir) / f"{lam:g}" if out_dir is not None else None
+        if d is not None and (d / "summary.json").is_file() and (d / "masks.safetensors").is_file():
+            res = TrainResult.load(d)
+        else:
+            res = train_masks(mm, batches, cfg, lam, seed=seed, targets=targets,
+                              init_theta=prev if warm_start else None, checkpoint_dir=d,
+                              progress=progress)
+            if d is not None:
+                res.save(d, extra={"ablation": str(mm.ablation), "error": str(mm.error),
+                                   "relaxation": str(cfg.relaxation),
+                                   "objective": str(cfg.objective), "warm_start": warm_start})
+        out[lam] = res
+        prev = res.theta
+    return out

@@ -1,0 +1,314 @@
+"""The masked forward pass over every SAE of a run at once.
+
+At each SAE hook the activation x of a token in slot s becomes
+
+    a  = enc(x)
+    a' = m[s] * a + (1 - m[s]) * abl[s]        # abl: slot mean | global mean | zero
+    x' = dec(a') + err                          # err: x - dec(a) | slot mean of it | 0
+
+with a mask `m` per (slot, SAE, latent): float in [0, 1] while training (relaxed), 0/1 when
+evaluating. Conventions (docs/architecture.md): every prompt starts with one BOS, batches
+are right-padded, slot 0 is BOS and padding is slot -1.
+
+BOS: its activation passes through *untouched* at every hook, in every variant (M, circuit,
+empty, complement), whatever the error term: BOS is never spliced, so it is never ablated
+and, with error `drop`, it is not reconstructed by the SAE either. Padding positions are
+untouched as well (they follow each prompt's final token, so causal attention keeps them
+out of every real token's result; the attention mask is passed all the same).
+
+Efficiency by construction:
+- the residual stream below the first SAE hook does not depend on the masks: `prepare`
+  computes it once per batch and every later pass starts there (`start_at_layer`); when the
+  first hook is `blocks.L.hook_resid_post` (or `hook_resid_pre`), the clean latents and the
+  clean SAE error there are cached too, and the pass starts at block L+1 (L);
+- batches are grouped by length, so little is spent on padding;
+- logits are computed only at each prompt's own final position (no full unembed).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from maskshare.config import Ablation, ErrorTerm
+from maskshare.errors import UserError
+from maskshare.saes import hook_layer
+from maskshare.slot_stats import SlotStats, check_inputs, length_batches, pad_batch, pad_slots
+
+Masks = dict[str, Float[Tensor, "n_slots d_sae"]]
+
+
+@dataclass
+class PreparedBatch:
+    """One length-grouped batch with everything the masks do not change, cached."""
+
+    idx: list[int]                              # positions in the caller's prompt list
+    tokens: Int[Tensor, "B P"]
+    attention_mask: Int[Tensor, "B P"]
+    slots: Int[Tensor, "B P"]                   # -1 on padding
+    lengths: Int[Tensor, " B"]
+    answer: Int[Tensor, " B"]
+    counterfactual: Int[Tensor, " B"]
+    resid: Float[Tensor, "B P d_model"]         # clean input to block `start_layer`
+    first_latents: Tensor | None = None         # clean enc(x) at the first hook (resid hooks)
+    first_error: Tensor | None = None           # clean x - dec(enc(x)) there
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    @property
+    def untouched(self) -> Tensor:
+        """[B, P] True at BOS (position 0) and at padding: never spliced."""
+        pos0 = torch.zeros_like(self.slots, dtype=torch.bool)
+        pos0[:, 0] = True
+        return pos0 | (self.slots < 0)
+
+
+def full_masks(saes: dict, n_slots: int) -> Masks:
+    """Every latent kept: the SAE model M."""
+    return {h: torch.ones(n_slots, s.cfg.d_sae) for h, s in saes.items()}
+
+
+def empty_masks(saes: dict, n_slots: int) -> Masks:
+    """Every latent ablated."""
+    return {h: torch.zeros(n_slots, s.cfg.d_sae) for h, s in saes.items()}
+
+
+def binarize(theta: Masks) -> Masks:
+    """The evaluated circuit: kept where theta > 0."""
+    return {h: (t > 0).float() for h, t in theta.items()}
+
+
+def complement(masks: Masks) -> Masks:
+    """The circuit ablated, everything else kept (of a binary mask)."""
+    return {h: 1.0 - m for h, m in masks.items()}
+
+
+def _layer_pos(hook: str) -> tuple[int, str]:
+    m = re.match(r"blocks\.(\d+)\.(.+)$", hook)
+    if not m:
+        raise UserError(f"hook {hook!r} is not a per-layer hook (blocks.L.<hook>)")
+    return int(m.group(1)), m.group(2)
+
+
+class MaskedModel:
+    """A model with SAEs spliced in at every hook of `saes`, masked per (slot, SAE, latent).
+
+    `stats` holds the per-slot means (needed for `slot-mean`/`global-mean` ablation and for
+    error `mean`). A slot with no training tokens falls back to the global means.
+    """
+
+    def __init__(self, model, saes: dict, stats: SlotStats | None, n_slots: int, *,
+                 ablation: Ablation | str = Ablation.SLOT_MEAN,
+                 error: ErrorTerm | str = ErrorTerm.DROP):
+        self.model, self.saes, self.n_slots = model, dict(saes), int(n_slots)
+        self.ablation, self.error = Ablation(ablation), ErrorTerm(error)
+        self.hooks = list(self.saes)
+        needs_stats = self.ablation != Ablation.ZERO or self.error == ErrorTerm.MEAN
+        if needs_stats:
+            if stats is None:
+                raise UserError(f"ablation {self.ablation} / error {self.error} need slot "
+                                "statistics (compute_slot_stats)")
+            missing = [h for h in self.hooks if h not in stats.hooks]
+            if missing:
+                raise UserError(f"slot statistics lack hook(s) {missing}")
+            if stats.n_slots != self.n_slots:
+                raise UserError(f"slot statistics have {stats.n_slots} slots, masks have "
+                                f"{self.n_slots}: recompute them for this grouping")
+        self.abl: dict[str, Tensor | None] = {}
+        self.err_mean: dict[str, Tensor | None] = {}
+        for h in self.hooks:
+            self.abl[h] = None
+            self.err_mean[h] = None
+            if stats is None:
+                continue
+            st = stats.hooks[h]
+            empty = (stats.counts == 0)[:, None]
+            if self.ablation == Ablation.SLOT_MEAN:
+                self.abl[h] = torch.where(empty, st.global_latent_mean[None], st.latent_mean)
+            elif self.ablation == Ablation.GLOBAL_MEAN:
+                self.abl[h] = st.global_latent_mean[None].expand(self.n_slots, -1).clone()
+            if self.error == ErrorTerm.MEAN:
+                self.err_mean[h] = torch.where(empty, st.global_error_mean[None], st.error_mean)
+        # where the cached pass starts
+        layers = [hook_layer(h) for h in self.hooks]
+        first = self.hooks[0]
+        l0, kind = _layer_pos(first)
+        if kind == "hook_resid_post" and all(ly > l0 for ly in layers[1:]):
+            self.start_layer, self.first_outside = l0 + 1, True
+        elif kind == "hook_resid_pre":
+            self.start_layer, self.first_outside = l0, True
+        else:
+            self.start_layer, self.first_outside = min(layers), False
+        self.n_layers = model.cfg.n_layers
+
+    # ---- preparation (once per prompt set) ----
+
+    @torch.no_grad()
+    def prepare(self, tokens: list[list[int]], slots: list[np.ndarray], answer_ids: list[int],
+                counterfactual_ids: list[int], batch_size: int = 32) -> list[PreparedBatch]:
+        """Group prompts by length into batches and cache what the masks cannot change."""
+        check_inputs(tokens, slots, self.n_slots)
+        if not (len(answer_ids) == len(counterfactual_ids) == len(tokens)):
+            raise UserError("need one answer and one counterfactual id per prompt")
+        out = []
+        for idx in length_batches([len(t) for t in tokens], batch_size):
+            toks, att, lens = pad_batch(tokens, idx)
+            sl = pad_slots(slots, idx, toks.shape[1])
+            resid = self.model(toks, attention_mask=att, stop_at_layer=self.start_layer)
+            b = PreparedBatch(idx=list(idx), tokens=toks, attention_mask=att, slots=sl,
+                              lengths=lens,
+                              answer=torch.as_tensor([answer_ids[i] for i in idx]),
+                              counterfactual=torch.as_tensor([counterfactual_ids[i] for i in idx]),
+                              resid=resid.detach())
+            if self.first_outside:
+                sae = self.saes[self.hooks[0]]
+                a = sae.encode(resid)
+                b.first_latents = a
+                b.first_error = resid - sae.decode(a)
+            out.append(b)
+        return out
+
+    # ---- the masked pass ----
+
+    def splice(self, hook: str, x: Tensor, batch: PreparedBatch, mask: Tensor,
+               a: Tensor | None = None, err: Tensor | None = None) -> Tensor:
+        """x' for activation x [B, P, d_in] at `hook` under `mask` [n_slots, d_sae]."""
+        sae = self.saes[hook]
+        if a is None:
+            a = sae.encode(x)
+        si = batch.slots.clamp(min=0)
+        m = mask[si]
+        abl = self.abl[hook]
+        a2 = m * a if abl is None else abl[si] + m * (a - abl[si])
+        out = sae.decode(a2)
+        if self.error == ErrorTerm.CLEAN:
+            out = out + (err if err is not None else x - sae.decode(a))
+        elif self.error == ErrorTerm.MEAN:
+            out = out + self.err_mean[hook][si]
+        return torch.where(batch.untouched[..., None], x, out)
+
+    def final_residual(self, batch: PreparedBatch, masks: Masks) -> Float[Tensor, "B d_model"]:
+        """Residual stream after the last block at each prompt's own final token."""
+        self._check_masks(masks)
+        resid = batch.resid
+        hooks = self.hooks
+        if self.first_outside:
+            h0 = hooks[0]
+            resid = self.splice(h0, resid, batch, masks[h0], batch.first_latents,
+                                batch.first_error)
+            hooks = hooks[1:]
+
+        def make(h):
+            def fn(act, hook):
+                return self.splice(h, act, batch, masks[h])
+            return fn
+
+        fwd = [(h, make(h)) for h in hooks]
+        with self.model.hooks(fwd_hooks=fwd):
+            if self.start_layer < self.n_layers:
+                resid = self.model(resid, start_at_layer=self.start_layer,
+                                   stop_at_layer=self.n_layers,
+                                   attention_mask=batch.attention_mask)
+        return resid[torch.arange(len(batch)), batch.lengths - 1]
+
+    def final_logits(self, batch: PreparedBatch, masks: Masks) -> Float[Tensor, "B d_vocab"]:
+        """Logits at each prompt's final position only."""
+        return final_logits_from_resid(self.model, self.final_residual(batch, masks))
+
+    def logit_diff(self, batch: PreparedBatch, masks: Masks) -> Float[Tensor, " B"]:
+        return _ld(self.final_logits(batch, masks), batch)
+
+    @torch.no_grad()
+    def logit_diffs(self, batches: list[PreparedBatch], masks: Masks) -> np.ndarray:
+        """Per-prompt ld under `masks`, in the caller's prompt order."""
+        return _scatter(batches, [self.logit_diff(b, masks) for b in batches])
+
+    @torch.no_grad()
+    def clean_logit_diffs(self, batches: list[PreparedBatch]) -> np.ndarray:
+        """Per-prompt ld of the model alone (no SAEs): M_clean."""
+        return _scatter(batches, [clean_batch_logit_diff(self.model, b) for b in batches])
+
+    @torch.no_grad()
+    def locate_nonfinite(self, batch: PreparedBatch, masks: Masks) -> str | None:
+        """Where a masked pass first turns non-finite: 'hook H, slot(s) [..]', else None."""
+        for h, m in masks.items():
+            bad = ~torch.isfinite(m)
+            if bad.any():
+                return f"mask of hook {h}, slot(s) {sorted(set(bad.nonzero()[:, 0].tolist()))}"
+        found: list[str] = []
+
+        def make(h):
+            def fn(act, hook):
+                out = self.splice(h, act, batch, masks[h])
+                if not found:
+                    bad = ~torch.isfinite(out).all(-1)
+                    if bad.any():
+                        s = sorted(set(batch.slots[bad].tolist()))
+                        found.append(f"hook {h}, slot(s) {s}")
+                return out
+            return fn
+
+        fwd = [(h, make(h)) for h in self.hooks]
+        with self.model.hooks(fwd_hooks=fwd):
+            self.model(batch.tokens, attention_mask=batch.attention_mask,
+                       stop_at_layer=self.n_layers)
+        return found[0] if found else None
+
+    def _check_masks(self, masks: Masks) -> None:
+        for h in self.hooks:
+            if h not in masks:
+                raise UserError(f"no mask for hook {h}")
+            want = (self.n_slots, self.saes[h].cfg.d_sae)
+            if tuple(masks[h].shape) != want:
+                raise UserError(f"mask for {h} has shape {tuple(masks[h].shape)}, expected {want}")
+
+
+def final_logits_from_resid(model, resid_final: Tensor) -> Tensor:
+    """ln_final + unembed on [B, d_model] (the final positions only)."""
+    x = resid_final[:, None, :]
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    return model.unembed(x)[:, 0, :]
+
+
+def _ld(logits: Tensor, batch: PreparedBatch) -> Tensor:
+    r = torch.arange(len(batch))
+    return logits[r, batch.answer] - logits[r, batch.counterfactual]
+
+
+def _scatter(batches: list[PreparedBatch], vals: list[Tensor]) -> np.ndarray:
+    n = sum(len(b) for b in batches)
+    out = np.full(n, np.nan)
+    for b, v in zip(batches, vals, strict=True):
+        out[b.idx] = v.detach().double().numpy()
+    return out
+
+
+@torch.no_grad()
+def clean_batch_logit_diff(model, batch: PreparedBatch) -> Tensor:
+    resid = model(batch.tokens, attention_mask=batch.attention_mask,
+                  stop_at_layer=model.cfg.n_layers)
+    logits = final_logits_from_resid(model, resid[torch.arange(len(batch)), batch.lengths - 1])
+    return _ld(logits, batch)
+
+
+@torch.no_grad()
+def clean_logit_diffs(model, tokens: list[list[int]], answer_ids: list[int],
+                      counterfactual_ids: list[int], batch_size: int = 32) -> np.ndarray:
+    """Per-prompt ld of the model alone (no SAEs), logits only at each final position."""
+    out = np.full(len(tokens), np.nan)
+    for idx in length_batches([len(t) for t in tokens], batch_size):
+        toks, att, lens = pad_batch(tokens, idx)
+        resid = model(toks, attention_mask=att, stop_at_layer=model.cfg.n_layers)
+        logits = final_logits_from_resid(model, resid[torch.arange(len(idx)), lens - 1])
+        r = torch.arange(len(idx))
+        ld = logits[r, torch.as_tensor([answer_ids[i] for i in idx])] - \
+            logits[r, torch.as_tensor([counterfactual_ids[i] for i in idx])]
+        out[idx] = ld.double().numpy()
+    return out
