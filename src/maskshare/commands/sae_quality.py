@@ -1,0 +1,27 @@
+"""`maskshare sae-quality`: measure an SAE set's quality table (quality.json / quality.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--saes", help="SAE set folder (default: data/saes/<model>/)")
+    parser.add_argument("--model", default="smollm2-135m", help="model name (default: %(default)s)")
+    parser.add_argument("--ce-rows", type=int, default=32,
+                        help="held-out rows for the CE-loss-recovered column (default: %(default)s)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: cores available)")
+    parser.add_argument("--json", action="store_true", help="print quality.json instead of the table")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from maskshare.errors import UserError
+    from maskshare.sae_quality import quality_markdown, sae_quality
+
+    if args.ce_rows < 1:
+        raise UserError("--ce-rows must be at least 1")
+    q = sae_quality(args.saes, model_name=args.model, threads=args.threads, ce_rows=args.ce_rows)
+    print(json.dumps(q, indent=2, default=str) if args.json else quality_markdown(q), end="")
+    return 0

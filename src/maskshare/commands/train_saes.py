@@ -1,0 +1,66 @@
+"""`maskshare train-saes`: train the embedded model's SAE set offline (sae_lens trainer)."""
+
+from __future__ import annotations
+
+import argparse
+
+from maskshare.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file of SAETrainingConfig fields (optional)")
+    parser.add_argument("--model", help="model name (default: smollm2-135m)")
+    parser.add_argument("--hooks", nargs="+", metavar="HOOK",
+                        help="hook points, e.g. blocks.6.hook_resid_post blocks.8.hook_mlp_out")
+    parser.add_argument("--d-sae", type=int, help="SAE width")
+    parser.add_argument("-k", type=int, help="active latents per token (topk)")
+    parser.add_argument("--epochs", type=float, help="passes over the cached activations")
+    parser.add_argument("--train-tokens", type=int, help="training tokens in the corpus")
+    parser.add_argument("--seed", type=int, help="seed for the corpus, order and init")
+    parser.add_argument("--threads", type=int, help="torch threads (default: cores available)")
+    parser.add_argument("--out", help="output folder (default: data/saes/<model>/)")
+    parser.add_argument("--no-quality", action="store_true",
+                        help="skip the quality table (run `maskshare sae-quality` later)")
+
+
+def load_training_config(args: argparse.Namespace):
+    import yaml
+    from pydantic import ValidationError
+
+    from maskshare.sae_training import SAETrainingConfig
+
+    data: dict = {}
+    if args.config:
+        try:
+            with open(args.config) as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise UserError(f"cannot read {args.config}: {e.strerror or e}") from None
+        except yaml.YAMLError:
+            raise UserError(f"{args.config}: malformed YAML") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{args.config}: expected a mapping of settings")
+    for key, val in (("model", args.model), ("hooks", args.hooks), ("d_sae", args.d_sae),
+                     ("k", args.k), ("epochs", args.epochs), ("seed", args.seed),
+                     ("threads", args.threads)):
+        if val is not None:
+            data[key] = val
+    if args.train_tokens is not None:
+        data.setdefault("corpus", {})["train_tokens"] = args.train_tokens
+    if args.seed is not None:
+        data.setdefault("corpus", {})["seed"] = args.seed
+    try:
+        return SAETrainingConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise UserError(f"SAE training config: {loc}: {err['msg']}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from maskshare.sae_training import train_saes
+
+    cfg = load_training_config(args)
+    out = train_saes(cfg, out_dir=args.out, quality=not args.no_quality)
+    print(out)
+    return 0

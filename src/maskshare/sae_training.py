@@ -1,0 +1,326 @@
+"""Train the embedded SAE set with sae_lens's own trainer, from activations cached once.
+
+The model runs once over the corpus (`maskshare.corpus`), only up to the deepest hook
+(`stop_at_layer`), caching every hook's activations (fp16) in memory and on disk under
+`cache_dir()/activations/<hash>/`. Each SAE is then trained from its cached activations
+with `sae_lens.SAETrainer` fed by a seeded, shuffling data provider, converted to its
+inference form (`save_inference_model`) and saved as an sae_lens folder
+(`cfg.json` + `sae_weights.safetensors`, weights stored in `save_dtype`) that
+`SAE.load_from_disk` reads. BOS positions are excluded from training: the residual at
+BOS is an attention sink with a norm ~100x any other token's, and maskshare never
+splices or ablates BOS.
+
+Output: `data/saes/<model>/<hook>/` for each hook, `manifest.json` (recipe, corpus
+description + sha256, seed, timings, quality), `quality.json`, `quality.md`; the whole
+folder is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from maskshare.artifacts import _fsync_dir, atomic_path, hash_config, read_manifest, write_manifest
+from maskshare.corpus import Corpus, CorpusConfig, build_corpus
+from maskshare.errors import UserError
+from maskshare.runtime import cache_dir, configure_threads
+from maskshare.saes import embedded_sae_root, hook_layer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOOKS = [f"blocks.{layer}.hook_resid_post" for layer in (6, 12, 18, 24)]
+
+
+class SAETrainingConfig(BaseModel):
+    """The recipe of an SAE set: hooks, architecture, optimisation, corpus, seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "smollm2-135m"
+    hooks: list[str] = Field(default_factory=lambda: list(DEFAULT_HOOKS))
+    architecture: Literal["topk", "batchtopk", "standard"] = "topk"
+    d_sae: int = Field(default=2304, ge=1)
+    k: int = Field(default=64, ge=1, description="active latents per token (topk/batchtopk)")
+    l1_coefficient: float = Field(default=5.0, ge=0, description="standard SAEs only")
+    epochs: float = Field(default=5.0, gt=0, description="passes over the cached activations")
+    batch_size: int = Field(default=1024, ge=1, description="tokens per training step")
+    lr: float = Field(default=5e-4, gt=0)
+    lr_warm_up_steps: int = Field(default=50, ge=0)
+    lr_end_fraction: float = Field(default=0.1, ge=0, le=1,
+                                   description="cosine decay to lr * this")
+    forward_batch_rows: int = Field(default=16, ge=1)
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    seed: int = 0
+    threads: int | None = None
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+
+
+def _deepest(hooks: list[str]) -> int:
+    return max(hook_layer(h) for h in hooks)
+
+
+def _flat(act: Tensor) -> Tensor:
+    """[batch, pos, ...] -> [batch, pos, d] (hook_z-style activations are flattened)."""
+    return act.reshape(*act.shape[:2], -1)
+
+
+@torch.no_grad()
+def collect_activations(model, tokens: torch.Tensor, hooks: list[str], batch_rows: int = 16,
+                        skip_bos: bool = True, desc: str = "activations"
+                        ) -> dict[str, Float[Tensor, "n d"]]:
+    """Activations at `hooks` for every (non-BOS) token of `tokens`, in ONE model pass (fp16).
+
+    The model runs only up to the deepest hook. Rows are [rows, pos] token ids, BOS first.
+    """
+    missing = [h for h in hooks if h not in model.hook_dict]
+    if missing:
+        raise UserError(f"hook(s) {missing} do not exist in model {model.cfg.model_name!r}")
+    stop = _deepest(hooks) + 1
+    out: dict[str, list[Tensor]] = {h: [] for h in hooks}
+    start = 1 if skip_bos else 0
+    for i in tqdm(range(0, tokens.shape[0], batch_rows), desc=desc, unit="batch"):
+        batch = tokens[i:i + batch_rows]
+        _, cache = model.run_with_cache(batch, stop_at_layer=stop, names_filter=hooks)
+        for h in hooks:
+            a = _flat(cache[h])[:, start:]
+            out[h].append(a.reshape(-1, a.shape[-1]).to(torch.float16))
+    return {h: torch.cat(v) for h, v in out.items()}
+
+
+def cached_activations(model, corpus: Corpus, hooks: list[str], batch_rows: int = 16
+                       ) -> dict[str, Tensor]:
+    """Training activations, read from the disk cache or collected once and cached."""
+    from safetensors.torch import load_file, save_file
+
+    key = hash_config(model.cfg.model_name, corpus.sha256, sorted(hooks))
+    d = cache_dir() / "activations" / key
+    f = d / "acts.safetensors"
+    if f.is_file():
+        try:
+            acts = load_file(str(f))
+            if set(acts) >= set(hooks):
+                logger.info("using cached activations %s", f)
+                return {h: acts[h] for h in hooks}
+        except Exception as e:  # a truncated cache is rebuilt, never trusted
+            logger.warning("ignoring unreadable activation cache %s: %s", f, e)
+    acts = collect_activations(model, corpus.train, hooks, batch_rows, desc="train activations")
+    d.mkdir(parents=True, exist_ok=True)
+    with atomic_path(f) as tmp:
+        save_file({h: a.contiguous() for h, a in acts.items()}, str(tmp))
+    return acts
+
+
+def activation_batches(acts: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Endless float32 batches of rows of `acts`, reshuffled every epoch (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    n = acts.shape[0]
+    if n < batch_size:
+        raise UserError(f"only {n} activations for a batch of {batch_size}: "
+                        "lower batch_size or add corpus tokens")
+    while True:
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield acts[perm[i:i + batch_size]].float()
+
+
+def _training_sae(cfg: SAETrainingConfig, d_in: int, hook: str):
+    from sae_lens import (
+        BatchTopKTrainingSAE,
+        BatchTopKTrainingSAEConfig,
+        StandardTrainingSAE,
+        StandardTrainingSAEConfig,
+        TopKTrainingSAE,
+        TopKTrainingSAEConfig,
+    )
+
+    common = dict(d_in=d_in, d_sae=cfg.d_sae, normalize_activations="expected_average_only_in",
+                  reshape_activations="hook_z" if hook.endswith("hook_z") else "none")
+    if cfg.architecture == "topk":
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=cfg.k, **common))
+    elif cfg.architecture == "batchtopk":
+        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=cfg.k, **common))
+    else:
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=cfg.l1_coefficient,
+                                                            **common))
+    sae.cfg.metadata.hook_name = hook
+    sae.cfg.metadata.model_name = cfg.model
+    sae.cfg.metadata.context_size = cfg.corpus.context_size
+    sae.cfg.metadata.prepend_bos = True
+    return sae
+
+
+def train_sae(acts: Tensor, hook: str, cfg: SAETrainingConfig, seed: int | None = None):
+    """Train one SAE on cached activations [n, d_in] with sae_lens's `SAETrainer`."""
+    from sae_lens import LoggingConfig, SAETrainer
+    from sae_lens.config import SAETrainerConfig
+
+    seed = cfg.seed if seed is None else seed
+    torch.manual_seed(seed)
+    sae = _training_sae(cfg, acts.shape[-1], hook)
+    total = int(cfg.epochs * acts.shape[0]) // cfg.batch_size * cfg.batch_size
+    total = max(total, cfg.batch_size)
+    steps = total // cfg.batch_size
+    tcfg = SAETrainerConfig(
+        total_training_samples=total, train_batch_size_samples=cfg.batch_size, lr=cfg.lr,
+        lr_end=cfg.lr * cfg.lr_end_fraction, lr_scheduler_name="cosineannealing",
+        lr_warm_up_steps=min(cfg.lr_warm_up_steps, steps // 2),
+        lr_decay_steps=0, device="cpu", dead_feature_window=min(1000, max(10, steps // 5)),
+        feature_sampling_window=max(steps + 1, 2), logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=min(50, max(1, acts.shape[0] // cfg.batch_size)),
+    )
+    provider = activation_batches(acts, cfg.batch_size, seed)
+    return SAETrainer(cfg=tcfg, sae=sae, data_provider=provider).fit()
+
+
+def save_inference_sae(sae, path: str | Path, dtype: str = "float16") -> Path:
+    """Save `sae` (training or inference) as an inference sae_lens folder, weights in `dtype`."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if hasattr(sae, "save_inference_model"):
+        weights, _ = sae.save_inference_model(path)
+    else:
+        weights, _ = sae.save_model(path)
+    if dtype != "float32":
+        sd = load_file(str(weights))
+        save_file({k: v.to(getattr(torch, dtype)).contiguous() for k, v in sd.items()},
+                  str(weights))
+    return path
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished `tmp` into `final`, replacing an older `final` (swap, then delete)."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+        os.replace(final, old / "x")
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def hook_dirname(hook: str) -> str:
+    return hook
+
+
+def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None = None,
+               model=None, quality: bool = True) -> Path:
+    """Train the SAE set of `cfg` and write it (plus manifest and quality) to `out_dir`.
+
+    `out_dir` defaults to the embedded set's folder `data/saes/<model>/`. `model` may be
+    passed in (tests); otherwise `cfg.model` is loaded.
+    """
+    from maskshare.models import load_model
+
+    cfg = cfg or SAETrainingConfig()
+    if not cfg.hooks:
+        raise UserError("no hooks to train SAEs for: set hooks")
+    if len(set(cfg.hooks)) != len(cfg.hooks):
+        raise UserError(f"hooks are repeated: {cfg.hooks}")
+    configure_threads(cfg.threads)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if model is None:
+        model = load_model(cfg.model, threads=cfg.threads)
+    timings["load_model_s"] = time.perf_counter() - t0
+    for h in cfg.hooks:
+        hook_layer(h)
+        if h not in model.hook_dict:
+            raise UserError(f"hook {h!r} does not exist in model {cfg.model!r}")
+    out_dir = Path(out_dir) if out_dir is not None else embedded_sae_root(cfg.model)
+
+    t = time.perf_counter()
+    corpus = build_corpus(model.tokenizer, cfg.corpus)
+    timings["corpus_s"] = time.perf_counter() - t
+    logger.info("corpus: %d train rows, %d held-out rows (sha256 %s)", corpus.train.shape[0],
+                corpus.heldout.shape[0], corpus.sha256[:12])
+
+    t = time.perf_counter()
+    acts = cached_activations(model, corpus, cfg.hooks, cfg.forward_batch_rows)
+    timings["activations_s"] = time.perf_counter() - t
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        saes = {}
+        for i, h in enumerate(cfg.hooks):
+            t = time.perf_counter()
+            logger.info("training SAE %d/%d at %s", i + 1, len(cfg.hooks), h)
+            trained = train_sae(acts[h], h, cfg, seed=cfg.seed + i)
+            save_inference_sae(trained, tmp / hook_dirname(h), cfg.save_dtype)
+            saes[h] = trained
+            timings[f"train_{h}_s"] = time.perf_counter() - t
+        del acts
+        q = None
+        if quality:
+            from maskshare.sae_quality import load_sae_dir, measure_quality, write_quality
+
+            t = time.perf_counter()
+            q = measure_quality(model, load_sae_dir(tmp, model), corpus.heldout)
+            write_quality(tmp, q)
+            timings["quality_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t0
+        write_set_manifest(tmp, cfg, corpus.description, timings, q)
+        _replace_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("wrote %s", out_dir)
+    return out_dir
+
+
+def write_set_manifest(directory: Path, cfg: SAETrainingConfig, corpus_description: dict,
+                       timings: dict[str, float], quality: dict[str, Any] | None) -> dict:
+    return write_manifest(
+        directory,
+        inputs={"model": cfg.model, "corpus_sha256": corpus_description["sha256"]},
+        config=cfg.model_dump(mode="json"), seed=cfg.seed, timings=timings,
+        extra={"recipe": recipe_text(cfg), "corpus": corpus_description,
+               "quality": quality_summary(quality) if quality else None},
+    )
+
+
+def recipe_text(cfg: SAETrainingConfig) -> str:
+    return (f"{cfg.architecture} SAEs (sae_lens SAETrainer), d_sae={cfg.d_sae}"
+            + (f", k={cfg.k}" if cfg.architecture != "standard" else "")
+            + f", {cfg.epochs:g} epochs over {cfg.corpus.train_tokens} corpus tokens "
+            f"(BOS excluded), batch {cfg.batch_size} tokens, Adam lr {cfg.lr:g} "
+            f"(warm-up {cfg.lr_warm_up_steps} steps, cosine to {cfg.lr * cfg.lr_end_fraction:g}), "
+            f"activations normalised by their expected norm (folded into the weights), "
+            f"weights saved as {cfg.save_dtype}, seed {cfg.seed}")
+
+
+def quality_summary(q: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a quality dict (for manifests)."""
+    return {
+        "per_sae": {h: {k: v for k, v in r.items() if not isinstance(v, list | dict)}
+                    for h, r in q.get("per_sae", {}).items()},
+        "all_spliced": q.get("all_spliced"),
+    }
+
+
+def update_manifest_quality(directory: Path, quality: dict[str, Any]) -> None:
+    """Refresh an SAE set's manifest after its quality table was re-measured."""
+    m = read_manifest(directory)
+    if m is None:
+        return
+    reserved = {"inputs", "config", "seed", "timings", "versions", "files", "created"}
+    extra = {k: v for k, v in m.items() if k not in reserved}
+    extra["quality"] = quality_summary(quality)
+    write_manifest(directory, inputs=m.get("inputs"), config=m.get("config"), seed=m.get("seed"),
+                   timings=m.get("timings"), extra=extra)
