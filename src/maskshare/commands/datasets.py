@@ -1,0 +1,116 @@
+"""`maskshare datasets list | show NAME | add SPEC.yaml | build NAME [--model M] [--variant V]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import polars as pl
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True,
+                                parser_class=type(parser))
+    sub.add_parser("list", help="list the dataset specs")
+    p = sub.add_parser("show", help="show a spec and its source table")
+    p.add_argument("name")
+    p = sub.add_parser("add", help="validate a spec YAML and its table, then add it")
+    p.add_argument("spec", metavar="SPEC.yaml")
+    p = sub.add_parser("build", help="build a dataset for a model and print its pass table")
+    p.add_argument("name")
+    p.add_argument("--model", default="smollm2-135m", help="model name (default: %(default)s)")
+    p.add_argument("--variant", choices=["templated", "freeform", "both"], default="both")
+    p.add_argument("--max-items", type=int, default=None)
+    p.add_argument("--min-items", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def format_pass_table(table: pl.DataFrame) -> str:
+    """A Markdown table: one row per phrasing, plus a total."""
+    lines = ["| id | phrasing | held out | items | passed | mean p(answer) | mean logit diff |",
+             "|---:|---|:---:|---:|---:|---:|---:|"]
+    for r in table.iter_rows(named=True):
+        text = r["phrasing"].replace("\n", "\\n").replace("|", "\\|")
+        lines.append(f"| {r['phrasing_id']} | `{text}` | {'yes' if r['held_out'] else ''} | "
+                     f"{r['n_items']} | {r['n_passed']} | {r['mean_answer_prob']:.3f} | "
+                     f"{r['mean_logit_diff']:.2f} |")
+    lines.append(f"| | **total** | | {table['n_items'].sum()} | {table['n_passed'].sum()} | | |")
+    return "\n".join(lines)
+
+
+def _list() -> int:
+    from maskshare.datasets import list_specs
+
+    for s in list_specs():
+        n = len(s.freeform)
+        print(f"{s.name:24s} {'+'.join(s.variants()):20s} {n:3d} free-form phrasings  "
+              f"{s.description}")
+    return 0
+
+
+def _show(name: str) -> int:
+    import yaml
+
+    from maskshare.datasets.registry import find_spec
+    from maskshare.datasets.sources import check_source, load_source
+
+    spec, path = find_spec(name)
+    df, h = load_source(spec, path.parent)
+    check_source(spec, df)
+    print(f"# {path}")
+    print(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False,
+                         allow_unicode=True).rstrip())
+    print(f"# source: {df.height} rows, columns {df.columns}, content hash {h}")
+    with pl.Config(tbl_rows=5, fmt_str_lengths=40):
+        print(df.head(5))
+    return 0
+
+
+def _build(args) -> int:
+    from maskshare.config import DatasetRef
+    from maskshare.datasets import build_dataset, load_spec
+    from maskshare.models import load_model
+
+    spec = load_spec(args.name)
+    variants = spec.variants() if args.variant == "both" else [args.variant]
+    for v in variants:  # fail on a missing variant before loading the model
+        if v not in spec.variants():
+            from maskshare.errors import UserError
+
+            raise UserError(f"{spec.name} has no {v} variant (it has {spec.variants()})")
+    model = load_model(args.model)
+    for v in variants:
+        ref = DatasetRef(name=args.name, variant=v, max_items=args.max_items,
+                         min_items=args.min_items)
+        built = build_dataset(ref, model, progress=not args.no_progress)
+        st = built.stats
+        print(f"\n## {spec.name} ({v}) on {args.model}{' (cached)' if built.cached else ''}\n")
+        print(format_pass_table(built.pass_table))
+        extra = []
+        if st.get("n_dropped_ambiguous"):
+            extra.append(f"{st['n_dropped_ambiguous']} entities dropped for an ambiguous first "
+                         f"answer token ({', '.join(st['dropped_ambiguous'][:8])}"
+                         f"{', ...' if st['n_dropped_ambiguous'] > 8 else ''})")
+        if "n_dropped_length" in st:
+            extra.append(f"{st['n_dropped_length']} prompts dropped for a token length other "
+                         f"than the modal {st['modal_length']}")
+        extra.append(f"{built.items.height} items kept; splits {st.get('splits')}")
+        print("\n" + "\n".join(f"- {e}" for e in extra))
+        print(f"\n{built.path}")
+    return 0
+
+
+def run(args) -> int:
+    if args.action == "list":
+        return _list()
+    if args.action == "show":
+        return _show(args.name)
+    if args.action == "add":
+        from maskshare.datasets import add_spec
+
+        print(add_spec(args.spec))
+        return 0
+    if args.action == "build":
+        return _build(args)
+    print(f"unknown action {args.action}", file=sys.stderr)
+    return 1

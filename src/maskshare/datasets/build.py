@@ -1,0 +1,345 @@
+"""Build a dataset for one model: render prompts, label token roles, pick counterfactuals,
+split, keep the items the model answers (behaviour filter), and cache the result.
+
+A build is content-addressed by the spec, the source table's contents, the model name and
+the variant, and lives in `cache_dir()/datasets/<name>-<variant>-<hash>/` with
+`items.parquet`, `pass_table.parquet`, `spec.yaml` and `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+import yaml
+
+from maskshare.artifacts import building, hash_config, is_complete, read_manifest, write_manifest
+from maskshare.datasets.registry import find_spec
+from maskshare.datasets.schema import ITEMS_SCHEMA, PASS_TABLE_SCHEMA, load_items, validate_items
+from maskshare.datasets.sources import check_source, load_source
+from maskshare.datasets.spec import DatasetSpec, Phrasing, parse_template, render
+from maskshare.errors import UserError
+from maskshare.models import bos_id
+from maskshare.runtime import cache_dir
+
+logger = logging.getLogger(__name__)
+
+BUILD_VERSION = 1
+BATCH_SIZE = 32
+
+
+@dataclass
+class BuiltDataset:
+    """A built dataset: its cache dir, the items that passed, and the per-phrasing pass table."""
+
+    path: Path
+    items: pl.DataFrame
+    pass_table: pl.DataFrame
+    spec: DatasetSpec
+    variant: str
+    stats: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+
+
+# ---------------------------------------------------------------------------- tokens and roles
+
+
+def _offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    offs, prev = [], 0
+    for i in range(len(ids)):  # slow tokenizers: offsets from decoded prefixes
+        n = len(tokenizer.decode(ids[: i + 1]))
+        offs.append((prev, n))
+        prev = n
+    return ids, offs
+
+
+def token_roles(tokenizer, prompt: str, spans: list[tuple[int, int, str]],
+                bos: int) -> tuple[list[int], list[str], list[str]]:
+    """Token ids (BOS first), their strings and one role per token.
+
+    A token takes the role of the labelled span covering its first non-space character, so a
+    token that merges a space into a word (" gold") counts as the word. BOS is `bos`, the last
+    token `final`, everything else `other`.
+    """
+    ids, offs = _offsets(tokenizer, prompt)
+    if not ids:
+        raise UserError(f"empty prompt {prompt!r}")
+    roles = []
+    for s, e in offs:
+        role = "other"
+        for i in range(s, min(e, len(prompt))):
+            if prompt[i].isspace():
+                continue
+            role = next((r for a, b, r in spans if a <= i < b), "other")
+            break
+        roles.append(role)
+    roles[-1] = "final"
+    strs = [tokenizer.decode([bos])] + [tokenizer.decode([i]) for i in ids]
+    return [bos] + ids, strs, ["bos"] + roles
+
+
+# ------------------------------------------------------------------ answers and counterfactuals
+
+
+def first_token(tokenizer, text: str) -> int | None:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return int(ids[0]) if ids else None
+
+
+def resolve_answers(spec: DatasetSpec, df: pl.DataFrame, tokenizer,
+                    d_vocab: int) -> tuple[pl.DataFrame, list[str]]:
+    """Add `answer` (text) and `answer_id` (its first token) to the rows; drop rows whose first
+    token is shared with a different answer that it does not spell out completely (" Cs" starts
+    with " C", carbon's whole answer). Returns the rows kept and the entities dropped."""
+    texts = [spec.answer_prefix + str(v) for v in df[spec.answer]]
+    ids = []
+    for ent, t in zip(df[spec.entity], texts, strict=True):
+        i = first_token(tokenizer, t)
+        tok = tokenizer.decode([i]) if i is not None else ""
+        if i is None or not tok.strip() or i >= d_vocab:
+            raise UserError(f"{spec.name}: answer {t!r} (entity {ent!r}) does not start with a "
+                            f"token the model can emit (first token {tok!r}); answers must start "
+                            "with a non-blank token: check answer_prefix and the answer column")
+        ids.append(i)
+    if spec.answer_mode == "first_token":
+        texts = [tokenizer.decode([i]) for i in ids]
+    by_id: dict[int, set[str]] = defaultdict(set)
+    for i, t in zip(ids, texts, strict=True):
+        by_id[i].add(t)
+    keep = []
+    for i, t in zip(ids, texts, strict=True):
+        partial = tokenizer.decode([i]) != t
+        keep.append(not (partial and len(by_id[i]) > 1))
+    out = df.with_columns(pl.Series("answer", texts, pl.String),
+                          pl.Series("answer_id", ids, pl.Int64))
+    mask = pl.Series(keep)
+    dropped = out.filter(~mask)[spec.entity].to_list()
+    return out.filter(mask), dropped
+
+
+def pick_counterfactuals(entities: list[str], answers: list[str], answer_ids: list[int],
+                         seed: int) -> tuple[list[str], list[int]]:
+    """For each entity another entity's answer whose first token differs (seeded per entity)."""
+    pool = sorted({(a, i) for a, i in zip(answers, answer_ids, strict=True)})
+    cf, cf_ids = [], []
+    for ent, aid in zip(entities, answer_ids, strict=True):
+        cands = [(a, i) for a, i in pool if i != aid]
+        if not cands:
+            raise UserError("every answer starts with the same token: no counterfactual exists")
+        a, i = random.Random(f"{seed}:{ent}").choice(cands)
+        cf.append(a)
+        cf_ids.append(i)
+    return cf, cf_ids
+
+
+def split_entities(entities: list[str], test_fraction: float, seed: int) -> set[str]:
+    """The held-out (test) entities: a seeded fraction of the distinct entities."""
+    ents = sorted(set(entities))
+    if test_fraction <= 0 or len(ents) < 2:
+        return set()
+    n_test = min(len(ents) - 1, max(1, round(test_fraction * len(ents))))
+    random.Random(f"split:{seed}").shuffle(ents)
+    return set(ents[:n_test])
+
+
+def split_of(test_entity: bool, held_out_phrasing: bool) -> str:
+    return {(False, False): "train", (True, False): "test_entity",
+            (False, True): "test_phrasing", (True, True): "test_both"}[(test_entity,
+                                                                        held_out_phrasing)]
+
+
+# ------------------------------------------------------------------------------- the items
+
+
+def _rows_for(phrasing: Phrasing, df: pl.DataFrame) -> pl.DataFrame:
+    for col, val in phrasing.where.items():
+        df = df.filter(pl.col(col) == val)
+    return df
+
+
+def render_items(spec: DatasetSpec, df: pl.DataFrame, variant: str, tokenizer,
+                 bos: int) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Every (phrasing, row) prompt with tokens, roles, answer, counterfactual and split (before
+    the behaviour filter). Templated data keeps only prompts of the modal token length."""
+    test_ents = split_entities(df[spec.entity].to_list(), spec.split.test_fraction,
+                               spec.split.seed)
+    cf, cf_ids = pick_counterfactuals(df[spec.entity].to_list(), df["answer"].to_list(),
+                                      df["answer_id"].to_list(), spec.counterfactual_seed)
+    cf_of = {e: (c, i) for e, c, i in zip(df[spec.entity], cf, cf_ids, strict=True)}
+    rows: list[dict[str, Any]] = []
+    for ph in spec.phrasings(variant):
+        segs = parse_template(ph.text)
+        for r in _rows_for(ph, df).iter_rows(named=True):
+            prompt, spans = render(segs, r, spec.role_of)
+            tokens, strs, roles = token_roles(tokenizer, prompt, spans, bos)
+            ent = str(r[spec.entity])
+            rows.append({
+                "prompt": prompt, "tokens": tokens, "token_strs": strs, "roles": roles,
+                "answer": r["answer"], "answer_id": r["answer_id"],
+                "counterfactual": cf_of[ent][0], "counterfactual_id": cf_of[ent][1],
+                "entity": ent, "phrasing_id": ph.id, "phrasing": ph.text,
+                "split": split_of(ent in test_ents, ph.held_out),
+                "held_out": ph.held_out,
+            })
+    info: dict[str, Any] = {"n_test_entities": len(test_ents)}
+    if variant == "templated" and rows:
+        lengths = Counter(len(r["tokens"]) for r in rows)
+        modal = max(lengths, key=lambda n: (lengths[n], -n))
+        info.update(modal_length=modal, n_dropped_length=sum(
+            c for n, c in lengths.items() if n != modal))
+        rows = [r for r in rows if len(r["tokens"]) == modal]
+    schema = {k: v for k, v in ITEMS_SCHEMA.items() if k not in ("answer_prob", "logit_diff",
+                                                                  "dataset", "variant",
+                                                                  "prompt_id")}
+    items = pl.DataFrame(rows, schema={**schema, "held_out": pl.Boolean})
+    items = items.with_row_index("prompt_id").with_columns(pl.col("prompt_id").cast(pl.Int64))
+    return items, info
+
+
+# ------------------------------------------------------------------------------- scoring
+
+
+def score_prompts(model, tokens: list[list[int]], answer_ids: list[int], cf_ids: list[int], *,
+                  batch_size: int = BATCH_SIZE, progress: bool = True,
+                  desc: str = "scoring") -> tuple[list[int], list[float], list[float]]:
+    """Top-1 token, p(answer) and logit(answer) - logit(counterfactual) at each prompt's own
+    final position. Batches are right-padded and sorted by length."""
+    from tqdm.auto import tqdm
+
+    n = len(tokens)
+    order = sorted(range(n), key=lambda i: len(tokens[i]))
+    pad = model.tokenizer.pad_token_id
+    pad = 0 if pad is None else int(pad)
+    top, prob, ld = [0] * n, [0.0] * n, [0.0] * n
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    with torch.no_grad():
+        for b in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+            lens = torch.tensor([len(tokens[i]) for i in b])
+            width = int(lens.max())
+            x = torch.tensor([tokens[i] + [pad] * (width - len(tokens[i])) for i in b],
+                             device=model.cfg.device)
+            resid = model(x, stop_at_layer=model.cfg.n_layers)
+            last = resid[torch.arange(len(b)), lens.to(resid.device) - 1]
+            logits = model.unembed(model.ln_final(last[:, None, :]))[:, 0].float()
+            logp = logits.log_softmax(-1)
+            a = torch.tensor([answer_ids[i] for i in b], device=logits.device)
+            c = torch.tensor([cf_ids[i] for i in b], device=logits.device)
+            rows = torch.arange(len(b), device=logits.device)
+            for j, i in enumerate(b):
+                top[i] = int(logits[j].argmax())
+                prob[i] = float(logp[j, a[j]].exp())
+                ld[i] = float(logits[j, a[j]] - logits[j, c[j]])
+            del rows
+    return top, prob, ld
+
+
+def pass_table(items: pl.DataFrame, passed: pl.Series) -> pl.DataFrame:
+    df = items.with_columns(passed.alias("_passed"))
+    t = (df.group_by("phrasing_id", "phrasing", "held_out", maintain_order=True)
+         .agg(n_items=pl.len().cast(pl.Int64), n_passed=pl.col("_passed").sum().cast(pl.Int64),
+              mean_answer_prob=pl.col("answer_prob").mean().cast(pl.Float64),
+              mean_logit_diff=pl.col("logit_diff").mean().cast(pl.Float64))
+         .sort("phrasing_id"))
+    return t.select([pl.col(c).cast(d) for c, d in PASS_TABLE_SCHEMA.items()])
+
+
+# ------------------------------------------------------------------------------- the build
+
+
+def model_name(model) -> str:
+    return str(getattr(model.cfg, "model_name", None) or "unknown")
+
+
+def build_key(spec: DatasetSpec, source_hash: str, model: str, variant: str,
+              max_items: int | None) -> str:
+    return hash_config({"spec": spec.model_dump(mode="json"), "source": source_hash,
+                        "model": model, "variant": variant, "max_items": max_items,
+                        "version": BUILD_VERSION})
+
+
+def _load_built(path: Path, spec: DatasetSpec, variant: str) -> BuiltDataset:
+    m = read_manifest(path) or {}
+    return BuiltDataset(path=path, items=load_items(path),
+                        pass_table=pl.read_parquet(path / "pass_table.parquet"), spec=spec,
+                        variant=variant, stats=m.get("stats", {}), cached=True)
+
+
+def _check_min(built: BuiltDataset, min_items: int) -> BuiltDataset:
+    n = built.items.height
+    if n < min_items:
+        raise UserError(f"{built.spec.name} ({built.variant}): only {n} items pass the behaviour "
+                        f"filter on this model, fewer than min_items={min_items}; add phrasings or "
+                        "rows, or lower min_items")
+    return built
+
+
+def build_dataset(ref, model, *, progress: bool = True) -> BuiltDataset:
+    """Build (or load from the cache) `ref.name` / `ref.variant` for `model`.
+
+    `ref` is a `maskshare.config.DatasetRef`. Raises UserError for bad specs/tables and when
+    fewer than `ref.min_items` items pass the behaviour filter (nothing is written then).
+    """
+    spec, spec_path = find_spec(ref.name)
+    variant = ref.variant
+    if variant not in spec.variants():
+        raise UserError(f"{spec.name} has no {variant} variant (it has {spec.variants()})")
+    df, source_hash = load_source(spec, spec_path.parent)
+    check_source(spec, df)
+    name = model_name(model)
+    key = build_key(spec, source_hash, name, variant, ref.max_items)
+    out = cache_dir() / "datasets" / f"{spec.name}-{variant}-{key}"
+    if is_complete(out):
+        logger.info("loading cached dataset %s", out)
+        return _check_min(_load_built(out, spec, variant), ref.min_items)
+
+    t0 = time.time()
+    tok = model.tokenizer
+    df, dropped = resolve_answers(spec, df, tok, model.cfg.d_vocab)
+    if df.height == 0:
+        raise UserError(f"{spec.name}: no rows left after dropping ambiguous answers")
+    items, info = render_items(spec, df, variant, tok, bos_id(model))
+    top, prob, ld = score_prompts(model, items["tokens"].to_list(), items["answer_id"].to_list(),
+                                  items["counterfactual_id"].to_list(), progress=progress,
+                                  desc=f"{spec.name} {variant}")
+    items = items.with_columns(pl.Series("answer_prob", prob, pl.Float64),
+                               pl.Series("logit_diff", ld, pl.Float64),
+                               pl.lit(spec.name).alias("dataset"),
+                               pl.lit(variant).alias("variant"))
+    passed = pl.Series(top) == items["answer_id"]
+    table = pass_table(items, passed)
+    kept = items.filter(passed)
+    if ref.max_items is not None and kept.height > ref.max_items:
+        idx = sorted(random.Random(f"cap:{spec.split.seed}").sample(range(kept.height),
+                                                                    ref.max_items))
+        kept = kept[idx]
+    kept = validate_items(kept.drop("held_out"), source=f"{spec.name} items")
+    stats = {"n_rows": df.height + len(dropped), "n_dropped_ambiguous": len(dropped),
+             "dropped_ambiguous": dropped, "n_scored": items.height,
+             "n_passed": int(passed.sum()), "n_items": kept.height, **info,
+             "splits": dict(Counter(kept["split"].to_list()))}
+    built = BuiltDataset(path=out, items=kept, pass_table=table, spec=spec, variant=variant,
+                         stats=stats)
+    _check_min(built, ref.min_items)
+    with building(out) as tmp:
+        kept.write_parquet(tmp / "items.parquet")
+        table.write_parquet(tmp / "pass_table.parquet")
+        (tmp / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"),
+                                                      sort_keys=False))
+        write_manifest(tmp, inputs={"spec": str(spec_path), "source_hash": source_hash,
+                                    "model": name},
+                       config={"variant": variant, "max_items": ref.max_items,
+                               "build_version": BUILD_VERSION},
+                       seed=spec.split.seed, timings={"build_s": round(time.time() - t0, 2)},
+                       extra={"stats": stats, "key": key})
+    return built
