@@ -306,6 +306,13 @@ def test_sweep_larger_lambda_keeps_fewer_latents_and_saves(data, tmp_path):
     assert all(torch.equal(back.theta[h], res[0.5].theta[h]) for h in back.theta)
     summary = json.loads((tmp_path / "0.5" / "summary.json").read_text())
     assert summary["kept_total"] == k1 and summary["steps"] == 30
+    # a finished lambda is loaded, not retrained; other settings retrain it
+    again = train_sweep(mm, batches, cfg, seed=0, out_dir=tmp_path, progress=False)
+    assert all(torch.equal(again[0.5].theta[h], res[0.5].theta[h]) for h in back.theta)
+    changed = train_sweep(mm, batches, _cfg(steps=5, lambdas=[0.5], lr=0.2), seed=0,
+                          out_dir=tmp_path, progress=False)
+    assert len(changed[0.5].history) == 5
+    assert json.loads((tmp_path / "0.5" / "summary.json").read_text())["steps"] == 5
 
 
 @pytest.mark.parametrize("objective", ["kl", "ce"])

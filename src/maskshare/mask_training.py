@@ -72,6 +72,7 @@ class TrainResult:
     lam: float
     seed: int
     history: list[dict] = field(default_factory=list)
+    key: str | None = None  # hash of everything that determines the result (see _run_key)
 
     def masks(self) -> Masks:
         return binarize(self.theta)
@@ -93,7 +94,7 @@ class TrainResult:
         write_json_atomic(directory / "summary.json", {
             "lambda": self.lam, "seed": self.seed, "steps": len(self.history),
             "kept_per_hook": self.kept(), "kept_total": sum(self.kept().values()),
-            "final": last, "history": self.history, **(extra or {})})
+            "final": last, "history": self.history, "key": self.key, **(extra or {})})
 
     @classmethod
     def load(cls, directory: str | Path) -> TrainResult:
@@ -106,7 +107,7 @@ class TrainResult:
             theta = {h: f.get_tensor(h) for h in hooks}
         summary = json.loads((directory / "summary.json").read_text())
         return cls(theta=theta, lam=float(summary["lambda"]), seed=int(summary["seed"]),
-                   history=summary.get("history", []))
+                   history=summary.get("history", []), key=summary.get("key"))
 
 
 @torch.no_grad()
@@ -318,7 +319,7 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
                 callback(step, rec)
     bar.close()
     return TrainResult(theta={h: t.detach().clone() for h, t in theta.items()}, lam=lam,
-                       seed=seed, history=history)
+                       seed=seed, history=history, key=key)
 
 
 def train_sweep(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, *,
@@ -333,11 +334,17 @@ def train_sweep(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
     targets = compute_targets(mm, batches, cfg.objective)
     out: dict[float, TrainResult] = {}
     prev = None
+    n_prompts = sum(len(b) for b in batches)
     for lam in lambdas:
         d = Path(out_dir) / f"{lam:g}" if out_dir is not None else None
+        res = None
         if d is not None and (d / "summary.json").is_file() and (d / "masks.safetensors").is_file():
             res = TrainResult.load(d)
-        else:
+            key = _run_key(cfg, lam, seed, mm, n_prompts, prev if warm_start else None)
+            if res.key != key:
+                logger.warning("retraining lambda=%g: %s was trained with other settings", lam, d)
+                res = None
+        if res is None:
             res = train_masks(mm, batches, cfg, lam, seed=seed, targets=targets,
                               init_theta=prev if warm_start else None, checkpoint_dir=d,
                               progress=progress)
