@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="model name (default: %(default)s)")
     p.add_argument("--variant", choices=["templated", "freeform", "both"], default="both")
     p.add_argument("--max-items", type=int, default=None)
-    p.add_argument("--min-items", type=int, default=1)
+    p.add_argument("--min-items", type=int, default=None,
+                   help="fail if fewer items pass (default: DatasetRef's, 20)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -66,9 +67,27 @@ def _show(name: str) -> int:
     return 0
 
 
+def _print_built(built, model: str) -> None:
+    st = built.stats
+    print(f"\n## {built.spec.name} ({built.variant}) on {model}"
+          f"{' (cached)' if built.cached else ''}\n")
+    print(format_pass_table(built.pass_table))
+    extra = []
+    if st.get("n_dropped_ambiguous"):
+        extra.append(f"{st['n_dropped_ambiguous']} entities dropped for an ambiguous first "
+                     f"answer token ({', '.join(st['dropped_ambiguous'][:8])}"
+                     f"{', ...' if st['n_dropped_ambiguous'] > 8 else ''})")
+    if "n_dropped_length" in st:
+        extra.append(f"{st['n_dropped_length']} prompts dropped for a token length other "
+                     f"than the modal {st['modal_length']}")
+    extra.append(f"{built.items.height} items kept; splits {st.get('splits')}")
+    print("\n" + "\n".join(f"- {e}" for e in extra), flush=True)
+
+
 def _build(args) -> int:
     from maskshare.config import DatasetRef
     from maskshare.datasets import build_dataset, load_spec
+    from maskshare.datasets.build import TooFewItems
     from maskshare.models import load_model
 
     spec = load_spec(args.name)
@@ -80,22 +99,14 @@ def _build(args) -> int:
             raise UserError(f"{spec.name} has no {v} variant (it has {spec.variants()})")
     model = load_model(args.model)
     for v in variants:
-        ref = DatasetRef(name=args.name, variant=v, max_items=args.max_items,
-                         min_items=args.min_items)
-        built = build_dataset(ref, model, progress=not args.no_progress)
-        st = built.stats
-        print(f"\n## {spec.name} ({v}) on {args.model}{' (cached)' if built.cached else ''}\n")
-        print(format_pass_table(built.pass_table))
-        extra = []
-        if st.get("n_dropped_ambiguous"):
-            extra.append(f"{st['n_dropped_ambiguous']} entities dropped for an ambiguous first "
-                         f"answer token ({', '.join(st['dropped_ambiguous'][:8])}"
-                         f"{', ...' if st['n_dropped_ambiguous'] > 8 else ''})")
-        if "n_dropped_length" in st:
-            extra.append(f"{st['n_dropped_length']} prompts dropped for a token length other "
-                         f"than the modal {st['modal_length']}")
-        extra.append(f"{built.items.height} items kept; splits {st.get('splits')}")
-        print("\n" + "\n".join(f"- {e}" for e in extra))
+        kw = {} if args.min_items is None else {"min_items": args.min_items}
+        ref = DatasetRef(name=args.name, variant=v, max_items=args.max_items, **kw)
+        try:
+            built = build_dataset(ref, model, progress=not args.no_progress)
+        except TooFewItems as e:
+            _print_built(e.built, args.model)  # show why before the one-line error
+            raise
+        _print_built(built, args.model)
         print(f"\n{built.path}")
     return 0
 

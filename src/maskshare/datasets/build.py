@@ -235,12 +235,10 @@ def score_prompts(model, tokens: list[list[int]], answer_ids: list[int], cf_ids:
             logp = logits.log_softmax(-1)
             a = torch.tensor([answer_ids[i] for i in b], device=logits.device)
             c = torch.tensor([cf_ids[i] for i in b], device=logits.device)
-            rows = torch.arange(len(b), device=logits.device)
             for j, i in enumerate(b):
                 top[i] = int(logits[j].argmax())
                 prob[i] = float(logp[j, a[j]].exp())
                 ld[i] = float(logits[j, a[j]] - logits[j, c[j]])
-            del rows
     return top, prob, ld
 
 
@@ -275,12 +273,20 @@ def _load_built(path: Path, spec: DatasetSpec, variant: str) -> BuiltDataset:
                         variant=variant, stats=m.get("stats", {}), cached=True)
 
 
+class TooFewItems(UserError):
+    """Fewer items passed the behaviour filter than asked for; carries the pass table."""
+
+    def __init__(self, message: str, built: BuiltDataset):
+        super().__init__(message)
+        self.built = built
+
+
 def _check_min(built: BuiltDataset, min_items: int) -> BuiltDataset:
     n = built.items.height
     if n < min_items:
-        raise UserError(f"{built.spec.name} ({built.variant}): only {n} items pass the behaviour "
+        raise TooFewItems(f"{built.spec.name} ({built.variant}): only {n} items pass the behaviour "
                         f"filter on this model, fewer than min_items={min_items}; add phrasings or "
-                        "rows, or lower min_items")
+                        "rows, or lower min_items", built)
     return built
 
 

@@ -20,13 +20,16 @@ from maskshare.runtime import data_dir
 TABLE_SUFFIXES = (".csv", ".parquet")
 
 
-def _elements(min_number: int = 1, max_number: int = 118) -> pl.DataFrame:
-    """The periodic table from the `periodictable` package: number, name, symbol."""
+def _elements(min_number: int = 1, max_number: int = 118,
+              exclude_symbols: list[str] | tuple[str, ...] = ()) -> pl.DataFrame:
+    """The periodic table from the `periodictable` package: number, name, symbol (elements
+    in `exclude_symbols` left out, e.g. those a prompt uses as worked examples)."""
     import periodictable
 
     rows = [
         {"number": str(el.number), "name": el.name, "symbol": el.symbol}
-        for el in periodictable.elements if min_number <= el.number <= max_number
+        for el in periodictable.elements
+        if min_number <= el.number <= max_number and el.symbol not in exclude_symbols
     ]
     return pl.DataFrame(rows, schema={"number": pl.String, "name": pl.String,
                                       "symbol": pl.String})
