@@ -35,7 +35,7 @@ def _item(model, pid, template, relation, entity, phrasing_id, split):
     rel = (r0, r0 + len(relation))
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, roles = [tokenize_prompt(model, "")[0]], ["bos"]
-    for i, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]):
+    for i, (s, e) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
         ids.append(i)
         mid = (s + e) / 2
         roles.append("subject" if subj[0] <= mid < subj[1] else
@@ -139,7 +139,7 @@ def test_attention_pins_bos_and_final(model, items):
         assert s[0] == 0 and s[-1] == 1
         assert (s[1:-1] >= 2).all() and (s < g.n_slots).all()
     assert len(a.slots) == items.height
-    assert all(len(s) == len(t) for s, t in zip(a.slots, items["tokens"].to_list()))
+    assert all(len(s) == len(t) for s, t in zip(a.slots, items["tokens"].to_list(), strict=True))
     for d in a.distance:
         assert np.isnan(d[0]) and np.isnan(d[-1]) and np.isfinite(d[1:-1]).all()
 
@@ -173,7 +173,7 @@ def test_clusterers_assign_new_prompts_without_refitting(model, items, clusterer
 
 def test_kmeans_assign_reproduces_training_labels(model, items):
     """On its own training tokens the nearest-centroid predictor equals KMeans' labels."""
-    g = make_grouping(cfg(n_slots=7), seed=0).fit(model, items)
+    g = make_grouping(cfg(n_slots=7, clusterer="kmeans"), seed=0).fit(model, items)
     a = g.assign(model, items)
     d = a.flat_distance()
     # the training range: no more than 1% + one token per slot beyond the 99th percentile
@@ -216,9 +216,9 @@ def test_save_load_round_trip_gives_identical_assignments(model, items, template
     g2 = load_grouping(tmp_path)
     assert g2.kind == g.kind and g2.n_slots == g.n_slots and g2.slot_names == g.slot_names
     a, b = g.assign(model, data), g2.assign(model, data)
-    for x, y in zip(a.slots, b.slots):
+    for x, y in zip(a.slots, b.slots, strict=True):
         np.testing.assert_array_equal(x, y)
-    for x, y in zip(a.distance, b.distance):
+    for x, y in zip(a.distance, b.distance, strict=True):
         np.testing.assert_allclose(x, y, equal_nan=True)
     assert a.ood_fraction == b.ood_fraction
 
@@ -245,8 +245,8 @@ def test_roles_grouping_and_unseen_roles(model, items):
                                   .otherwise(pl.element())))
     a = g.assign(model, new)
     other = g.slot_names.index("other")
-    for rs, s in zip(new["roles"].to_list(), a.slots):
-        for r, x in zip(rs, s):
+    for rs, s in zip(new["roles"].to_list(), a.slots, strict=True):
+        for r, x in zip(rs, s, strict=True):
             want = 0 if r == "bos" else other if r == "verb" else g.slot_names.index(r)
             assert x == want
 
@@ -365,3 +365,15 @@ def test_groups_show_missing_kind_is_bad_input(run_dir, capsys):
     assert main(["groups", "show", str(run), "--kind", "roles"]) == 2
     err = capsys.readouterr().err
     assert "attention" in err and len(err.strip().splitlines()) == 1
+
+
+def test_write_group_artifacts_defaults_take_projection_and_quality(model, tmp_path):
+    from maskshare.groups_view import write_group_artifacts
+
+    items = make_items(model, elements=ELEMENTS[:6])
+    g = make_grouping(cfg(n_slots=5), seed=0).fit(model, items)
+    a = g.assign(model, items)
+    d = write_group_artifacts(tmp_path / "groups" / "attention", g, a, items)
+    t = pl.read_parquet(d / "tokens.parquet")
+    assert t["x"].is_not_nan().all() and t["y"].is_not_nan().all()
+    assert "ari_roles" in json.loads((d / "quality.json").read_text())

@@ -78,7 +78,7 @@ class GroupingConfig(Strict):
     n_slots: int | Literal["auto"] = 12
     n_slots_range: tuple[int, int] = (4, 24)  # searched when n_slots is "auto"
     score: Literal["silhouette", "bic"] = "silhouette"
-    clusterer: Literal["kmeans", "agglomerative", "gmm", "hdbscan"] = "kmeans"
+    clusterer: Literal["kmeans", "agglomerative", "gmm", "hdbscan"] = "agglomerative"
     pca_components: int | float | None = 0.95  # int: components; float: variance kept
     pin_bos: bool = True
     pin_final: bool = True

@@ -139,7 +139,7 @@ def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | 
             batch[i, :len(t)] = torch.as_tensor(t, dtype=torch.long)
         pats: list[torch.Tensor | None] = [None] * len(layers)
 
-        def keep(pattern, hook):
+        def keep(pattern, hook, pats=pats):
             pats[hook_names[hook.name]] = pattern.detach().float().cpu()
 
         with torch.no_grad():

@@ -62,6 +62,7 @@ class Assignment:
     distance: list[np.ndarray]   # float64 per prompt; NaN where not applicable
     ood_fraction: float          # share of tokens with a distance beyond the training range
     prompt_ids: list[int]
+    features_2d: np.ndarray | None = None  # [n_tokens, 2] projection (attention grouping)
 
     def flat_slots(self) -> np.ndarray:
         return np.concatenate(self.slots) if self.slots else np.zeros(0, np.int64)
@@ -350,7 +351,7 @@ class AttentionGrouping(Grouping):
             pc = min(z.shape)
         elif isinstance(pc, int):
             pc = min(pc, *z.shape)
-        pca = PCA(n_components=pc, random_state=self.seed, svd_solver="full").fit(z)
+        pca = PCA(n_components=pc, random_state=self.seed, svd_solver="auto").fit(z)
         self.arrays = {"scaler_mean": mean, "scaler_scale": scale,
                        "pca_mean": pca.mean_.astype(np.float64),
                        "pca_components": pca.components_.astype(np.float64)}
@@ -447,9 +448,9 @@ class AttentionGrouping(Grouping):
         has = ~np.isnan(dist)
         ood = float(np.mean(dist[has] > thr[slot[has]])) if has.any() else 0.0
         bounds = np.cumsum([0] + [len(t) for t in _token_lists(items)])
-        return Assignment([slot[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
-                          [dist[a:b] for a, b in zip(bounds[:-1], bounds[1:])], ood,
-                          _prompt_ids(items))
+        return Assignment([slot[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+                          [dist[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], ood,
+                          _prompt_ids(items), features_2d=self.project_2d(f))
 
     def _meta(self):
         return self.meta

@@ -28,7 +28,7 @@ import polars as pl
 
 from maskshare.artifacts import _fsync_dir, write_json_atomic, write_manifest, write_text_atomic
 from maskshare.errors import UserError
-from maskshare.grouping import Assignment, Grouping, load_grouping
+from maskshare.grouping import Assignment, Grouping, grouping_quality, load_grouping
 
 TOKENS = "tokens.parquet"
 QUALITY = "quality.json"
@@ -63,17 +63,26 @@ def tokens_table(grouping: Grouping, assignment: Assignment, items,
         "slot": slots.astype(np.int64),
         "slot_name": [names[s] if 0 <= s < len(names) else "?" for s in slots.tolist()],
         "role": [r for rs in roles for r in rs],
-        "split": [sp for sp, t in zip(splits, toks) for _ in t],
+        "split": [sp for sp, t in zip(splits, toks, strict=True) for _ in t],
         "distance": assignment.flat_distance().astype(np.float64),
         "x": xy[:, 0], "y": xy[:, 1],
     })
 
 
 def write_group_artifacts(out_dir: str | Path, grouping: Grouping, assignment: Assignment,
-                          items, features_2d: np.ndarray | None, quality: dict[str, Any],
+                          items, features_2d: np.ndarray | None = None,
+                          quality: dict[str, Any] | None = None,
                           manifest: dict[str, Any] | None = None) -> Path:
-    """Write the `RUN/groups/<kind>/` folder atomically (replacing an older one)."""
+    """Write the `RUN/groups/<kind>/` folder atomically (replacing an older one).
+
+    `features_2d` [n_tokens, 2] defaults to `assignment.features_2d` (the attention
+    grouping fills it); `quality` defaults to `grouping_quality(grouping, assignment, items)`.
+    """
     out_dir = Path(out_dir)
+    if features_2d is None:
+        features_2d = assignment.features_2d
+    if quality is None:
+        quality = grouping_quality(grouping, assignment, items)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -134,7 +143,7 @@ def slot_summary(table: pl.DataFrame, n_tokens: int = 6, n_examples: int = 3) ->
         for pid in pids:
             pr = real.filter(pl.col("prompt_id") == pid).sort("position")
             examples.append("".join(f"[[{t}]]" if s == slot else t for t, s in
-                                    zip(_show(pr["token"].to_list()), pr["slot"].to_list())))
+                                    zip(_show(pr["token"].to_list()), pr["slot"].to_list(), strict=True)))
         out.append({
             "slot": int(slot), "name": sub["slot_name"][0] if "slot_name" in sub.columns else "",
             "size": sub.height,
@@ -195,7 +204,7 @@ def _scatter(table: pl.DataFrame, by: str, colours: dict, title: str) -> str:
     sy = (h - 2 * m) / ((y1 - y0) or 1)
     pts = []
     for xi, yi, key, tok, pos in zip(x, y, t[by].to_list(), t["token"].to_list(),
-                                      t["position"].to_list()):
+                                      t["position"].to_list(), strict=True):
         pts.append(f'<circle cx="{m + (xi - x0) * sx:.1f}" cy="{h - m - (yi - y0) * sy:.1f}" '
                    f'r="2.5" fill="{colours.get(key, "#999")}" fill-opacity="0.7">'
                    f"<title>{html.escape(f'{by} {key}: {_show([tok])[0]!r} @{pos}')}</title>"
@@ -232,7 +241,7 @@ def render_html(table: pl.DataFrame, quality: dict, slot_names: list[str] | None
                                                                    maintain_order=True):
         spans = []
         for tok, slot, role, dist in zip(_show(pr["token"].to_list()), pr["slot"].to_list(),
-                                         pr["role"].to_list(), pr["distance"].to_list()):
+                                         pr["role"].to_list(), pr["distance"].to_list(), strict=True):
             d = "" if dist is None or dist != dist else f", distance {dist:.2f}"
             name = slot_names[slot] if 0 <= slot < len(slot_names) else "?"
             spans.append(f'<span class="t" style="background:{slot_col.get(slot, "#eee")}" '
