@@ -15,6 +15,7 @@ from maskshare.sae_quality import (
     final_logits,
     measure_quality,
     quality_markdown,
+    sae_quality,
     sae_stats,
     splice_hooks,
 )
@@ -129,7 +130,14 @@ def test_train_saes_writes_the_set_with_manifest(model, tmp_path, tmp_cache):
         assert 0 < r["l0"] <= 8
     # retraining replaces the set (a different recipe, not the old folder kept)
     train_saes(cfg.model_copy(update={"k": 4}), out_dir=out, model=model, quality=False)
-    assert read_manifest(out)["config"]["k"] == 4
+    m = read_manifest(out)
+    assert m["config"]["k"] == 4 and m["quality"] is None and not (out / "quality.json").exists()
+    # the quality command measures the set on the held-out text its manifest names
+    q = sae_quality(out, model=model, ce_rows=2)
+    m = read_manifest(out)
+    assert q["corpus_sha256"] == m["corpus"]["sha256"]
+    assert m["quality"]["per_sae"][hooks[0]]["l0"] <= 4
+    assert "quality.json" in m["files"] and is_complete(out)
 
 
 def _inverting_sae(d: int, hook: str):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +226,7 @@ def logit_diff_kept(model, saes: dict[str, Any], seed: int = 0) -> dict[str, Any
 
 
 @torch.no_grad()
-def measure_quality(model, saes: dict[str, Any], heldout: Tensor, ce_rows: int = 32,
+def measure_quality(model, saes: dict[str, Any], heldout: Tensor, ce_rows: int = 16,
                     batch_rows: int = 16, seed: int = 0) -> dict[str, Any]:
     """The whole quality table for `saes` on held-out token rows ([rows, pos], BOS first)."""
     from maskshare.sae_training import collect_activations
@@ -297,7 +298,7 @@ def write_quality(directory: str | Path, q: dict[str, Any]) -> None:
 
 
 def sae_quality(sae_dir: str | Path | None = None, model_name: str = "smollm2-135m",
-                threads: int | None = None, ce_rows: int = 32, model=None) -> dict[str, Any]:
+                threads: int | None = None, ce_rows: int = 16, model=None) -> dict[str, Any]:
     """Measure the quality of the SAE set in `sae_dir` and write quality.json / quality.md.
 
     The held-out text is rebuilt from the corpus config recorded in the set's manifest
@@ -315,10 +316,11 @@ def sae_quality(sae_dir: str | Path | None = None, model_name: str = "smollm2-13
     corpus_cfg = CorpusConfig.model_validate((m.get("config") or {}).get("corpus") or {})
     if model is None:
         model = load_model((m.get("config") or {}).get("model") or model_name, threads=threads)
+    t0 = time.perf_counter()
     saes = load_sae_dir(sae_dir, model)
     corpus = build_corpus(model.tokenizer, corpus_cfg)
     q = measure_quality(model, saes, corpus.heldout, ce_rows=ce_rows)
     q["corpus_sha256"] = corpus.sha256
     write_quality(sae_dir, q)
-    update_manifest_quality(sae_dir, q)
+    update_manifest_quality(sae_dir, q, time.perf_counter() - t0)
     return q

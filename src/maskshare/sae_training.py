@@ -272,6 +272,7 @@ def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None 
 
             t = time.perf_counter()
             q = measure_quality(model, load_sae_dir(tmp, model), corpus.heldout)
+            q["corpus_sha256"] = corpus.sha256
             write_quality(tmp, q)
             timings["quality_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
@@ -314,7 +315,8 @@ def quality_summary(q: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def update_manifest_quality(directory: Path, quality: dict[str, Any]) -> None:
+def update_manifest_quality(directory: Path, quality: dict[str, Any],
+                            quality_s: float | None = None) -> None:
     """Refresh an SAE set's manifest after its quality table was re-measured."""
     m = read_manifest(directory)
     if m is None:
@@ -322,5 +324,8 @@ def update_manifest_quality(directory: Path, quality: dict[str, Any]) -> None:
     reserved = {"inputs", "config", "seed", "timings", "versions", "files", "created"}
     extra = {k: v for k, v in m.items() if k not in reserved}
     extra["quality"] = quality_summary(quality)
+    timings = dict(m.get("timings") or {})
+    if quality_s is not None:
+        timings["quality_s"] = quality_s
     write_manifest(directory, inputs=m.get("inputs"), config=m.get("config"), seed=m.get("seed"),
-                   timings=m.get("timings"), extra=extra)
+                   timings=timings, extra=extra)

@@ -8,7 +8,7 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--saes", help="SAE set folder (default: data/saes/<model>/)")
     parser.add_argument("--model", default="smollm2-135m", help="model name (default: %(default)s)")
-    parser.add_argument("--ce-rows", type=int, default=32,
+    parser.add_argument("--ce-rows", type=int, default=16,
                         help="held-out rows for the CE-loss-recovered column (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch threads (default: cores available)")
     parser.add_argument("--json", action="store_true", help="print quality.json instead of the table")
