@@ -5,9 +5,10 @@
 32 free-form-like prompts (several phrasings, lengths 8-17 tokens), 12 slots (from-end
 style), 4 SAEs at resid_post of layers 6/12/18/24: the embedded set if it exists, else
 random StandardSAEs of width 2304 (`--random-saes` forces them; the step cost is the
-same for a given width). Prints JSON: seconds per step (median) with the cached residual
-below the first hook (start_at_layer) and without it, and the extra cost a full unembed
-(every position) would add to a step.
+same for a given width). Prints JSON: seconds per step (median; wall and CPU) with the
+cached residual below the first hook (start_at_layer) and without it, with and without
+splitting the batch into length groups, and what a full unembed (every position) costs
+against the final positions only.
 """
 
 from __future__ import annotations
@@ -101,10 +102,14 @@ def main() -> None:
 
     res = []
     mm = MaskedModel(model, saes, stats, ns)
-    res.append(step_times(mm, "cached residual below first hook + first-hook latents"))
+    res.append(step_times(mm, "cached residual below first hook + first-hook latents, "
+                              "split by length"))
+    mm1 = MaskedModel(model, saes, stats, ns)
+    mm1.split_by_length = False  # the whole batch padded to its longest prompt
+    res.append(step_times(mm1, "as above, batch not split by length"))
     mm0 = MaskedModel(model, saes, stats, ns)
     mm0.start_layer, mm0.first_outside = 0, False  # every step from the embeddings
-    res.append(step_times(mm0, "no reuse (start at layer 0)"))
+    res.append(step_times(mm0, "no reuse (start at layer 0), split by length"))
 
     # what a full unembed (every position) would add: ln_final + unembed fwd + bwd
     P = max(len(t) for t in tokens)

@@ -191,8 +191,10 @@ def test_start_at_layer_reuse_matches_a_full_pass(hooks):
     assert not np.allclose(mm.logit_diffs(batches, masks), clean, atol=1e-3)
 
 
-def test_padding_does_not_change_any_prompt(data):
+@pytest.mark.parametrize("split", [False, True])
+def test_padding_does_not_change_any_prompt(data, split):
     mm = _mm(data, error=ErrorTerm.MEAN)
+    mm.split_by_length = split  # run padded batches whole, or in length groups
     g = torch.Generator().manual_seed(1)
     masks = {h: torch.rand(N_SLOTS, s.cfg.d_sae, generator=g) for h, s in data["saes"].items()}
     together = _prep(mm, data, batch_size=len(PROMPTS))
@@ -202,6 +204,14 @@ def test_padding_does_not_change_any_prompt(data):
     a = _ordered_final_logits(mm, together, masks)
     b = _ordered_final_logits(mm, alone, masks)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_length_parts_minimise_padding():
+    from maskshare.masking import length_parts
+
+    assert length_parts([7] * 8 + [10] * 8 + [12] * 8 + [16] * 8) == [(0, 24), (24, 32)]
+    assert length_parts([9] * 6) == [(0, 6)]
+    assert length_parts([5] * 10 + [30], max_parts=1) == [(0, 11)]
 
 
 def test_streaming_slot_stats_equal_in_memory_means(data, tmp_path):

@@ -146,6 +146,8 @@ class MaskedModel:
         else:
             self.start_layer, self.first_outside = min(layers), False
         self.n_layers = model.cfg.n_layers
+        # run a batch in length groups when that saves padded tokens (see final_residual)
+        self.split_by_length, self.max_parts, self.min_saving = True, 3, 0.1
 
     # ---- preparation (once per prompt set) ----
 
@@ -194,8 +196,19 @@ class MaskedModel:
         return torch.where(batch.untouched[..., None], x, out)
 
     def final_residual(self, batch: PreparedBatch, masks: Masks) -> Float[Tensor, "B d_model"]:
-        """Residual stream after the last block at each prompt's own final token."""
+        """Residual stream after the last block at each prompt's own final token.
+
+        With `split_by_length` the batch's rows (sorted by length by `prepare`) run in up to
+        `max_parts` contiguous groups, each padded only to its own longest prompt, when that
+        saves more than `min_saving` of the padded tokens; results are the same."""
         self._check_masks(masks)
+        parts = length_parts(batch.lengths.tolist(), self.max_parts, self.min_saving) \
+            if self.split_by_length else [(0, len(batch))]
+        if len(parts) == 1:
+            return self._final_residual(batch, masks)
+        return torch.cat([self._final_residual(sub_batch(batch, a, b), masks) for a, b in parts])
+
+    def _final_residual(self, batch: PreparedBatch, masks: Masks) -> Tensor:
         resid = batch.resid
         hooks = self.hooks
         if self.first_outside:
@@ -267,6 +280,52 @@ class MaskedModel:
             want = (self.n_slots, self.saes[h].cfg.d_sae)
             if tuple(masks[h].shape) != want:
                 raise UserError(f"mask for {h} has shape {tuple(masks[h].shape)}, expected {want}")
+
+
+def length_parts(lengths: list[int], max_parts: int = 3,
+                 min_saving: float = 0.1) -> list[tuple[int, int]]:
+    """Contiguous row ranges [(start, end)] of a batch minimising padded tokens
+    (sum of rows x longest row per part) with at most `max_parts` parts; each extra part must
+    save at least `min_saving` of the one-part total, else fewer parts are used."""
+    n = len(lengths)
+    if n <= 1 or max_parts <= 1:
+        return [(0, n)]
+    INF = float("inf")
+    # best[k][j]: min padded tokens of rows [0, j) in k parts (rows need not be sorted)
+    best = [[INF] * (n + 1) for _ in range(max_parts + 1)]
+    back = [[0] * (n + 1) for _ in range(max_parts + 1)]
+    best[0][0] = 0.0
+    for k in range(1, max_parts + 1):
+        for j in range(1, n + 1):
+            m = 0
+            for i in range(j - 1, -1, -1):
+                m = max(m, lengths[i])
+                c = best[k - 1][i] + (j - i) * m
+                if c < best[k][j]:
+                    best[k][j], back[k][j] = c, i
+    one = best[1][n]
+    k_best = 1
+    for k in range(2, max_parts + 1):
+        if best[k_best][n] - best[k][n] >= min_saving * one:
+            k_best = k
+    cuts, j = [], n
+    for k in range(k_best, 0, -1):
+        i = back[k][j]
+        cuts.append((i, j))
+        j = i
+    return cuts[::-1]
+
+
+def sub_batch(batch: PreparedBatch, a: int, b: int) -> PreparedBatch:
+    """Rows [a, b) of a batch, trimmed to their own longest prompt."""
+    P = int(batch.lengths[a:b].max())
+    return PreparedBatch(
+        idx=batch.idx[a:b], tokens=batch.tokens[a:b, :P],
+        attention_mask=batch.attention_mask[a:b, :P], slots=batch.slots[a:b, :P],
+        lengths=batch.lengths[a:b], answer=batch.answer[a:b],
+        counterfactual=batch.counterfactual[a:b], resid=batch.resid[a:b, :P],
+        first_latents=None if batch.first_latents is None else batch.first_latents[a:b, :P],
+        first_error=None if batch.first_error is None else batch.first_error[a:b, :P])
 
 
 def final_logits_from_resid(model, resid_final: Tensor) -> Tensor:
