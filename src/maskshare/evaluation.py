@@ -71,12 +71,24 @@ def size_metrics(masks: Masks, slots: list[np.ndarray]) -> dict:
     }
 
 
+def reference_lds(mm: MaskedModel, batches: list[PreparedBatch]) -> dict[str, np.ndarray]:
+    """Per-prompt ld under M, M_clean and empty: the same for every mask of a variant, so a
+    sweep computes them once and passes them to `evaluate_masks(..., reference=...)`."""
+    return {
+        "ld_model": mm.logit_diffs(batches, full_masks(mm.saes, mm.n_slots)),
+        "ld_model_clean": mm.clean_logit_diffs(batches),
+        "ld_ablated": mm.logit_diffs(batches, empty_masks(mm.saes, mm.n_slots)),
+    }
+
+
 def evaluate_masks(mm: MaskedModel, batches: list[PreparedBatch], masks: Masks,
-                   slots: list[np.ndarray] | None = None) -> dict:
+                   slots: list[np.ndarray] | None = None,
+                   reference: dict[str, np.ndarray] | None = None) -> dict:
     """ld under M, M_clean, empty, circuit, complement; F, F vs clean, completeness; size.
 
     `masks` must be binary (`binarize(theta)`); `slots` are the evaluated prompts' slot
-    arrays (for the size); if None they are read from the batches.
+    arrays (for the size); if None they are read from the batches. `reference`: the
+    output of `reference_lds` on the same batches, to skip recomputing it.
     """
     n = sum(len(b) for b in batches)
     if slots is None:
@@ -94,9 +106,7 @@ def evaluate_masks(mm: MaskedModel, batches: list[PreparedBatch], masks: Masks,
         out["note"] = "no usable prompts: nothing to evaluate"
         return out
     ld = {
-        "ld_model": mm.logit_diffs(batches, full_masks(mm.saes, mm.n_slots)),
-        "ld_model_clean": mm.clean_logit_diffs(batches),
-        "ld_ablated": mm.logit_diffs(batches, empty_masks(mm.saes, mm.n_slots)),
+        **(reference if reference is not None else reference_lds(mm, batches)),
         "ld_circuit": mm.logit_diffs(batches, masks),
         "ld_complement": mm.logit_diffs(batches, complement(masks)),
     }
