@@ -70,10 +70,6 @@ def add_spec(path: str | Path) -> Path:
                         "choose another name")
     df, _ = load_source(spec, path.parent)
     check_source(spec, df)
-    if spec.entity in df.columns and df[spec.entity].n_unique() != df.height:
-        dup = df[spec.entity].filter(df[spec.entity].is_duplicated())[0]
-        raise UserError(f"{spec.name}: entity column {spec.entity!r} repeats {dup!r}; "
-                        "entities must be unique")
     dest = data_dir() / "datasets" / f"{spec.name}{SPEC_SUFFIX}"
     copy_from = copy_to = None
     if spec.source.table is not None:

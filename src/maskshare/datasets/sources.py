@@ -152,6 +152,10 @@ def check_source(spec, df: pl.DataFrame, *, where: str = "source table") -> None
                         f"(e.g. entity {empty[spec.entity][0]!r})")
     if (df[spec.entity].str.strip_chars() == "").any():
         raise UserError(f"{spec.name}: empty entity names in column {spec.entity!r}")
+    if df[spec.entity].n_unique() != df.height:
+        dup = df[spec.entity].filter(df[spec.entity].is_duplicated())[0]
+        raise UserError(f"{spec.name}: entity column {spec.entity!r} repeats {dup!r}; "
+                        "entities must be unique")
     for p in spec.phrasings():
         rows = df
         for col, val in p.where.items():
