@@ -59,6 +59,9 @@ class DatasetRef(Strict):
     variant: Literal["templated", "freeform"] = "freeform"
     max_items: int | None = Field(default=None, ge=1, description="cap on items after filtering")
     min_items: int = Field(default=20, ge=1, description="fail if fewer items pass the filter")
+    behaviour_filter: bool = Field(
+        default=True, description="keep only items the model answers top-1 (switch off only "
+                                  "for dry runs on models that answer nothing, e.g. `tiny`)")
 
 
 class AttentionFeatures(Strict):

@@ -134,10 +134,12 @@ def sae_fingerprint(cfg: RunConfig) -> str:
 
 
 def dataset_fingerprint(cfg: RunConfig) -> str:
-    from maskshare.datasets import load_spec
+    from maskshare.datasets.registry import find_spec
+    from maskshare.datasets.sources import load_source
 
-    spec = load_spec(cfg.dataset.name)
-    return hash_config(spec.fingerprint(), cfg.model)
+    spec, path = find_spec(cfg.dataset.name)
+    _, source_hash = load_source(spec, path.parent)
+    return hash_config(spec.model_dump(mode="json"), source_hash, cfg.model)
 
 
 # ----------------------------------------------------------------------------- run dir

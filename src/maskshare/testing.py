@@ -91,3 +91,36 @@ def tiny_saes(model, hooks: list[str] | None = None, d_sae: int = 64, seed: int 
             p.requires_grad_(False)
         out[h] = sae.eval()
     return out
+
+
+def write_tiny_run_setup(root, *, dataset: str = "elements-symbol", variant: str = "freeform",
+                         steps: int = 6, lambdas: tuple[float, ...] = (0.01, 0.1)):
+    """Save tiny SAEs as sae_lens folders under `root` and write a run config using them
+    with the `tiny` model; returns the config path. For end-to-end tests and dry runs."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(root)
+    model = tiny_model(seed=0)
+    paths = []
+    for h, sae in tiny_saes(model, seed=0).items():
+        d = root / "saes" / h
+        d.mkdir(parents=True, exist_ok=True)
+        sae.save_model(str(d))
+        paths.append(str(d))
+    cfg = {
+        "name": "tiny", "model": "tiny", "threads": 1,
+        "saes": {"source": "local", "paths": paths},
+        "dataset": {"name": dataset, "variant": variant, "behaviour_filter": False,
+                    "max_items": 60, "min_items": 5},
+        "grouping": {"kind": "attention", "n_slots": 6, "clusterer": "kmeans",
+                     "batch_size": 16},
+        "masks": {"steps": steps, "lambdas": list(lambdas), "batch_size": 16,
+                  "checkpoint_every": 3},
+        "evaluate": {"seeds": [0, 1]},
+        "runs_dir": str(root / "runs"),
+    }
+    p = root / "tiny.yaml"
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return p

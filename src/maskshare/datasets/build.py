@@ -260,10 +260,12 @@ def model_name(model) -> str:
 
 
 def build_key(spec: DatasetSpec, source_hash: str, model: str, variant: str,
-              max_items: int | None) -> str:
-    return hash_config({"spec": spec.model_dump(mode="json"), "source": source_hash,
-                        "model": model, "variant": variant, "max_items": max_items,
-                        "version": BUILD_VERSION})
+              max_items: int | None, behaviour_filter: bool = True) -> str:
+    parts = {"spec": spec.model_dump(mode="json"), "source": source_hash, "model": model,
+             "variant": variant, "max_items": max_items, "version": BUILD_VERSION}
+    if not behaviour_filter:
+        parts["behaviour_filter"] = False
+    return hash_config(parts)
 
 
 def _load_built(path: Path, spec: DatasetSpec, variant: str) -> BuiltDataset:
@@ -303,7 +305,8 @@ def build_dataset(ref, model, *, progress: bool = True) -> BuiltDataset:
     df, source_hash = load_source(spec, spec_path.parent)
     check_source(spec, df)
     name = model_name(model)
-    key = build_key(spec, source_hash, name, variant, ref.max_items)
+    filt = getattr(ref, "behaviour_filter", True)
+    key = build_key(spec, source_hash, name, variant, ref.max_items, filt)
     out = cache_dir() / "datasets" / f"{spec.name}-{variant}-{key}"
     if is_complete(out):
         logger.info("loading cached dataset %s", out)
@@ -323,6 +326,8 @@ def build_dataset(ref, model, *, progress: bool = True) -> BuiltDataset:
                                pl.lit(spec.name).alias("dataset"),
                                pl.lit(variant).alias("variant"))
     passed = pl.Series(top) == items["answer_id"]
+    if not filt:  # dry runs on models that answer nothing (e.g. the tiny random model)
+        passed = pl.Series([True] * items.height)
     table = pass_table(items, passed)
     kept = items.filter(passed)
     if ref.max_items is not None and kept.height > ref.max_items:
