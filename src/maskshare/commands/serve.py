@@ -24,7 +24,6 @@ def add_arguments(p) -> None:
 
 def deployments(configs_dir: Path, cron: str, only: list[str] | None = None):
     from flows.pipeline import pipeline_flow
-
     from maskshare.config import load_config
 
     files = sorted(configs_dir.glob("*.yaml"))
