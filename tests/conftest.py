@@ -34,3 +34,23 @@ def tmp_cache(tmp_path, monkeypatch):
     """Point maskshare's cache at a fresh temp folder."""
     monkeypatch.setenv("MASKSHARE_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory):
+    """(config path, run dir, cache dir) of one finished tiny end-to-end run (~20 s, once per
+    session). Shared: tests must not modify it; copy it to change anything."""
+    from maskshare.config import load_config
+    from maskshare.pipeline import run_pipeline
+    from maskshare.testing import write_tiny_run_setup
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MASKSHARE_CACHE", str(root / "cache"))
+    mp.setenv("MASKSHARE_THREADS", "1")
+    try:
+        cfg_path = write_tiny_run_setup(root)
+        run = run_pipeline(load_config(cfg_path))
+    finally:
+        mp.undo()
+    return cfg_path, run, root / "cache"
