@@ -563,3 +563,51 @@ def run_pipeline(cfg: RunConfig) -> Path:
         stage_masks(run, Variant.parse(v), lam, seed)
     stage_evaluate(run)
     return run
+
+
+# ----------------------------------------------------------------------------- entity scaling
+def entity_scaling(run: Path, counts: list[int], seed: int | None = None,
+                   lam: float | None = None) -> list[dict]:
+    """How F on held-out entities grows with the number of training entities.
+
+    For each n in `counts`: train the main variant's mask (the run's chosen lambda unless
+    given) on the training prompts of the first n training entities (a seeded order),
+    evaluate it on `test_entity`. Slot means stay those of the whole training split.
+    Rows are also written to RUN/evaluate/entity_scaling.json.
+    """
+    import random
+
+    from maskshare.evaluation import evaluate_masks, reference_lds
+    from maskshare.mask_training import train_masks
+
+    run = Path(run)
+    cfg = load_run_config(run)
+    seed = cfg.seed if seed is None else seed
+    metrics = json.loads((run / "metrics.json").read_text()) if lam is None else {}
+    lam = float(metrics["lambda"]) if lam is None else lam
+    main = main_variant(cfg)
+    mm, test_batches, test_items, test_slots = _prepared(str(run), main.name, "test_entity", None)
+    if not test_batches:
+        raise UserError(f"{run.name} has no test_entity prompts")
+    ref = reference_lds(mm, test_batches)
+    _, slots = load_slots(run, main.grouping)
+    train = _split_items(load_run_items(run), "train")
+    entities = sorted(set(train["entity"].to_list()))
+    random.Random(seed).shuffle(entities)
+    rows = []
+    for n in counts:
+        keep = set(entities[:n])
+        sub = train.filter(train["entity"].is_in(list(keep)))
+        batches = mm.prepare(_token_lists(sub), [slots[p] for p in sub["prompt_id"].to_list()],
+                             sub["answer_id"].to_list(), sub["counterfactual_id"].to_list(),
+                             batch_size=cfg.masks.batch_size)
+        res = train_masks(mm, batches, cfg.masks, lam, seed=seed)
+        m = evaluate_masks(mm, test_batches, res.masks(), test_slots, reference=ref)
+        rows.append({"n_train_entities": len(keep), "n_train_prompts": sub.height,
+                     "lambda": lam, "faithfulness": m["faithfulness"],
+                     "faithfulness_vs_clean": m["faithfulness_vs_clean"],
+                     "latents_per_token": m["latents_per_token"],
+                     "n_test_prompts": m["n_prompts"]})
+        logger.info("entity scaling: %s", rows[-1])
+    write_json_atomic(run / "evaluate" / "entity_scaling.json", rows)
+    return rows
