@@ -476,3 +476,18 @@ def test_report_is_valid_self_contained_html_with_the_tables(data, tmp_path):
 def test_binarize_is_theta_positive():
     th = {"h": torch.tensor([[0.5, -0.1, 0.0]])}
     assert binarize(th)["h"].tolist() == [[1.0, 0.0, 0.0]]
+
+
+def test_early_stop_truncates_training_once_the_binary_mask_is_stable(data):
+    mm = _mm(data)
+    batches = _prep(mm, data, batch_size=4)
+    full = train_masks(mm, batches, _cfg(steps=80, lr=0.2), 0.5, progress=False)
+    assert len(full.history) == 80 and "changed" not in full.history[0]  # off by default
+    cfg = _cfg(steps=80, lr=0.2, early_stop_patience=4, early_stop_min_steps=10)
+    res = train_masks(mm, batches, cfg, 0.5, progress=False)
+    n = len(res.history)
+    assert 10 <= n < 80
+    assert not any(r["changed"] for r in res.history[-4:])
+    assert any(r["changed"] for r in res.history)
+    # a pure truncation of the same run: the same losses and kept counts step by step
+    assert [r["loss"] for r in res.history] == [r["loss"] for r in full.history[:n]]

@@ -104,6 +104,10 @@ class MaskConfig(Strict):
     init_logit: float = 1.0    # theta at start (mask ~ on)
     checkpoint_every: int = Field(default=25, ge=1)
     max_train_prompts: int | None = None
+    # stop once the binarised mask (theta > 0) has not changed for this many consecutive
+    # steps, but not before `early_stop_min_steps`; None: always run `steps` (default)
+    early_stop_patience: int | None = Field(default=None, ge=1)
+    early_stop_min_steps: int = Field(default=50, ge=0)
 
 
 class EvalConfig(Strict):
@@ -153,6 +157,8 @@ def load_config(path: str | Path) -> RunConfig:
         text = path.read_text()
     except OSError as e:
         raise UserError(f"cannot read config {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

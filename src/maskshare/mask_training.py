@@ -188,7 +188,10 @@ def _run_key(cfg: MaskConfig, lam: float, seed: int, mm: MaskedModel, n_prompts:
              init: dict[str, Tensor] | None) -> str:
     init_h = None if init is None else hash_config(
         {h: float(t.double().sum()) for h, t in init.items()})
-    return hash_config(cfg.model_dump(mode="json", exclude={"lambdas", "checkpoint_every"}), lam, seed, str(mm.ablation), str(mm.error),
+    exclude = {"lambdas", "checkpoint_every"}
+    if cfg.early_stop_patience is None:  # off: keys stay those of runs before the option
+        exclude |= {"early_stop_patience", "early_stop_min_steps"}
+    return hash_config(cfg.model_dump(mode="json", exclude=exclude), lam, seed, str(mm.ablation), str(mm.error),
                        mm.hooks, mm.n_slots, n_prompts, init_h)
 
 
@@ -257,6 +260,8 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
     """Train one mask at sparsity coefficient `lam`; resumes from `checkpoint_dir` if present.
 
     `callback(step, record)` runs after every step (tests use it to simulate a crash).
+    With `cfg.early_stop_patience = K`, training ends once the binarised mask has not
+    changed for K consecutive steps (and at least `cfg.early_stop_min_steps` steps ran).
     """
     from tqdm.auto import tqdm
 
@@ -281,8 +286,16 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
         if loaded is not None:
             start, history = loaded
             logger.info("resuming lambda=%g from step %d (%s)", lam, start, ckpt)
-    bar = tqdm(range(start, cfg.steps), desc=f"masks lambda={lam:g}", disable=not progress,
-               initial=start, total=cfg.steps, leave=False)
+    patience = cfg.early_stop_patience
+    prev_bin = {h: t.detach() > 0 for h, t in theta.items()} if patience else None
+    unchanged = 0  # consecutive steps without a change of the binarised mask (from history)
+    for r in reversed(history):
+        if not patience or r.get("changed", True):
+            break
+        unchanged += 1
+    done = bool(patience) and unchanged >= patience and start >= cfg.early_stop_min_steps
+    bar = tqdm(range(start, start if done else cfg.steps), desc=f"masks lambda={lam:g}",
+               disable=not progress, initial=start, total=cfg.steps, leave=False)
     with _Frozen(mm.model, *mm.saes.values()):
         for step in bar:
             bi = _batch_for_step(len(batches), step, seed)
@@ -310,13 +323,24 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
                    "size": size.item(), "temperature": temperature(cfg, step)
                    if cfg.relaxation == Relaxation.SIGMOID else None,
                    "kept": int(sum((t > 0).sum() for t in theta.values()))}
+            stop = False
+            if patience:
+                now_bin = {h: t.detach() > 0 for h, t in theta.items()}
+                rec["changed"] = any(bool((now_bin[h] != prev_bin[h]).any()) for h in theta)
+                prev_bin = now_bin
+                unchanged = 0 if rec["changed"] else unchanged + 1
+                stop = unchanged >= patience and step + 1 >= cfg.early_stop_min_steps
             history.append(rec)
             bar.set_postfix(obj=f"{rec['objective']:.3f}", size=f"{rec['size']:.1f}")
             if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0
-                                     or step + 1 == cfg.steps):
+                                     or step + 1 == cfg.steps or stop):
                 _save_checkpoint(ckpt, step + 1, theta, opt, history, key)
             if callback is not None:
                 callback(step, rec)
+            if stop:
+                logger.info("lambda=%g: mask unchanged for %d steps, stopping at step %d of %d",
+                            lam, patience, step + 1, cfg.steps)
+                break
     bar.close()
     return TrainResult(theta={h: t.detach().clone() for h, t in theta.items()}, lam=lam,
                        seed=seed, history=history, key=key)
