@@ -1,0 +1,102 @@
+"""benchmarks/bench.py: every section runs on the tiny model and the JSON has its figures.
+
+No timing assertions: only that the keys exist and the numbers are positive and finite."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from maskshare.config import GroupingConfig
+from maskshare.models import tokenize_prompt
+from maskshare.testing import tiny_model, tiny_saes
+
+PROMPTS = [
+    "The chemical symbol for gold is",
+    "The chemical symbol for iron is",
+    "Element: Gold\nSymbol:",
+    "Which symbol stands for the element on the periodic table? Answer:",
+    "gold Au 79",
+    "The chemical symbol for oxygen is",
+]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    spec = importlib.util.spec_from_file_location("maskshare_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_model(seed=0, n_layers=3)
+    saes = tiny_saes(model, d_sae=48, seed=0)
+    toks = [tokenize_prompt(model, p) for p in PROMPTS]
+    ans = [tokenize_prompt(model, " Au")[-1]] * len(toks)
+    cf = [tokenize_prompt(model, " Fe")[-1]] * len(toks)
+    return model, saes, toks, ans, cf
+
+
+def _positive(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def test_bench_sections_write_json_with_positive_figures(bench, setup, tmp_path, capsys):
+    model, saes, toks, ans, cf = setup
+    coll = bench.bench_collection(model, saes, toks, repeats=1)
+    feats = coll.pop("_features")
+    assert len(feats) == coll["n_tokens"] == sum(map(len, toks))
+    assert coll["latents_stop_at_layer"] == 3 and coll["features_deepest_layer"] == 2
+    step = bench.bench_mask_step(model, saes, toks, ans, cf, n_slots=5, repeats=2)
+    assert step["start_layer"] == 1  # the first SAE sits at blocks.0.hook_resid_post
+    grouping = bench.bench_grouping(model, feats, toks, sizes=(150, 400),
+                                    gcfg=GroupingConfig(n_slots=5, clusterer="kmeans"))
+    assert [g["tokens"] >= g["target_tokens"] for g in grouping] == [True, True]
+    scaling = bench.bench_scaling(model, saes, toks, ans, cf, prompts=(2, 4), lengths=(6, 10),
+                                  sae_counts=(1, 3), slot_counts=(4, 6), base=(4, None, 3, 5),
+                                  repeats=1)
+    assert [r["vary"] for r in scaling] == ["prompts"] * 2 + ["length"] * 2 + ["saes"] * 2 \
+        + ["slots"] * 2
+    assert [r["n_saes"] for r in scaling if r["vary"] == "saes"] == [1, 3]
+    assert {r["padded_tokens"] for r in scaling if r["vary"] == "length"} == {4 * 6, 4 * 10}
+    res = {"machine": bench.machine_info("cpu"), "saes": "tiny", "prompts": "tiny",
+           "collection": coll, "mask_step": step, "grouping": grouping, "scaling": scaling,
+           "pipeline_skipped": "test"}
+    paths = bench.write_results(res, tmp_path)
+    assert [p.name for p in paths] == ["latest.json", "cpu.json"]
+    data = json.loads(paths[0].read_text())
+    assert data == json.loads(paths[1].read_text())
+    m = data["machine"]
+    assert m["device"] == "cpu" and _positive(m["torch_threads"]) and m["torch"]
+    for k in ("features", "latents", "features_and_latents"):
+        assert _positive(data["collection"][f"{k}_tokens_per_s"])
+    s = data["mask_step"]
+    for k in ("masked_step_s", "plain_fwd_bwd_s", "masked_step_no_reuse_s",
+              "ratio_masked_to_plain", "reuse_gain_full_over_reuse", "reuse_ideal_gain"):
+        assert _positive(s[k]), k
+    assert all(_positive(v) for v in s["saved_for_backward_mb"].values())
+    for g in data["grouping"]:
+        assert all(_positive(g[k]) for k in ("fit_s", "assign_s", "peak_traced_mb", "n_slots"))
+    for r in data["scaling"]:
+        assert _positive(r["step_s"]) and _positive(r["saved_for_backward_mb"])
+    bench.print_table(data)
+    out = capsys.readouterr().out
+    assert "ratio masked / plain" in out and "pipeline: skipped" in out
+
+
+def test_tiled_features_keep_whole_prompts(bench, setup):
+    model, saes, toks, _, _ = setup
+    from maskshare.features import attention_features
+
+    f = attention_features(model, toks)
+    tiled, items = bench.tile_features(f, toks, 3 * len(f) - 1)
+    assert len(tiled) == 3 * len(f) and items.height == 3 * len(toks)
+    assert sum(len(t) for t in items["tokens"].to_list()) == len(tiled)
+    assert (tiled.position[: len(f)] == f.position).all()
