@@ -152,7 +152,12 @@ def building(final_dir: str | Path) -> Iterator[Path]:
             if is_complete(final_dir):
                 return  # a concurrent build of the same inputs won; keep it
             shutil.rmtree(final_dir)
-        os.replace(tmp, final_dir)
+        try:
+            os.replace(tmp, final_dir)
+        except OSError:
+            if is_complete(final_dir):
+                return  # a concurrent build finished between the check and the rename
+            raise
         _fsync_dir(final_dir.parent)
     finally:
         if tmp.exists():

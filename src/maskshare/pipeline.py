@@ -152,8 +152,25 @@ def run_dir_for(cfg: RunConfig) -> Path:
     return root / f"{cfg.name}-{h}"
 
 
+def check_inputs(cfg: RunConfig) -> None:
+    """Raise UserError on bad input before anything is written: the model, the SAE set
+    (files, hooks, widths against the model), the dataset spec and its variant, and a
+    grouping the data cannot take."""
+    from maskshare.datasets.registry import find_spec
+
+    get_saes(cfg)  # loads the model too; both are cached for the stages
+    spec, _ = find_spec(cfg.dataset.name)
+    if cfg.dataset.variant not in spec.variants():
+        raise UserError(f"dataset {spec.name!r} has no {cfg.dataset.variant} variant (it has "
+                        f"{', '.join(spec.variants())})")
+    if cfg.grouping.kind == GroupingKind.TEMPLATE and cfg.dataset.variant != "templated":
+        raise UserError("grouping.kind 'template' needs a templated dataset (dataset.variant: "
+                        "templated); free-form prompts share no positions")
+
+
 def prepare_run(cfg: RunConfig) -> Path:
-    """Create the run directory (idempotent) and write its config.yaml."""
+    """Check the inputs, then create the run directory (idempotent) and write its config.yaml."""
+    check_inputs(cfg)
     run = run_dir_for(cfg)
     run.mkdir(parents=True, exist_ok=True)
     text = dump_config(cfg)
@@ -552,16 +569,26 @@ def _write_report(run: Path, cfg: RunConfig, metrics: dict, comp_rows: list[dict
 
 # ----------------------------------------------------------------------------- all of it
 def run_pipeline(cfg: RunConfig) -> Path:
-    """Every stage in order, in this process (no Prefect). Returns the run directory."""
+    """Every stage in order, in this process (no Prefect). Returns the run directory.
+
+    A run directory this call created is removed again if a stage then fails on bad input
+    (e.g. too few items pass the dataset filter): fixing the input changes the run's hash,
+    so it could never be reused, and bad input must leave nothing behind."""
+    fresh = not run_dir_for(cfg).exists()
     run = prepare_run(cfg)
     logger.info("run directory: %s", run)
-    stage_dataset(run)
-    for k in grouping_kinds(cfg):
-        stage_groups(run, k)
-        stage_stats(run, k)
-    for v, lam, seed in mask_jobs(cfg):
-        stage_masks(run, Variant.parse(v), lam, seed)
-    stage_evaluate(run)
+    try:
+        stage_dataset(run)
+        for k in grouping_kinds(cfg):
+            stage_groups(run, k)
+            stage_stats(run, k)
+        for v, lam, seed in mask_jobs(cfg):
+            stage_masks(run, Variant.parse(v), lam, seed)
+        stage_evaluate(run)
+    except UserError:
+        if fresh:
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     return run
 
 

@@ -217,6 +217,8 @@ def read_spec_file(path: str | Path) -> DatasetSpec:
         data = yaml.safe_load(p.read_text())
     except OSError as e:
         raise UserError(f"{p}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         raise UserError(f"{p}: malformed YAML ({str(e).splitlines()[0]})") from None
     return parse_spec(data, source=str(p))
