@@ -11,6 +11,7 @@ Retries apply to I/O-bound steps only, never to bad input (UserError) or numeric
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -129,10 +130,16 @@ def pipeline_flow(config: RunConfig | None = None, config_path: str | None = Non
     """The whole run for one config: datasets -> groups -> masks -> evaluate."""
     log = get_run_logger()
     cfg = resolve_config(config, config_path)
+    fresh = not core.run_dir_for(cfg).exists()
     run = prepare_run_task(cfg)
     log.info("run directory: %s", run)
-    dataset_task(run)
-    group_positions_flow(run)
-    train_masks_flow(run)
-    evaluate_flow(run)
+    try:
+        dataset_task(run)
+        group_positions_flow(run)
+        train_masks_flow(run)
+        evaluate_flow(run)
+    except UserError:  # bad input leaves nothing behind (as core.run_pipeline)
+        if fresh:
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     return run
