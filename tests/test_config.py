@@ -75,3 +75,16 @@ def test_generated_configs_are_accepted_or_rejected_with_a_message(data):
         assert msg.startswith("generated") and "\n" not in msg
     else:
         assert isinstance(cfg, RunConfig)
+
+
+def test_every_shipped_config_is_valid_and_has_a_nightly_deployment():
+    from maskshare.runtime import PROJECT_ROOT
+
+    configs = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
+    assert configs
+    for p in configs:
+        load_config(p)
+    decl = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+    declared = {d["parameters"]["config_path"] for d in decl}
+    assert declared == {f"configs/{p.name}" for p in configs}
+    assert all(d["entrypoint"] == "flows/pipeline.py:pipeline_flow" for d in decl)
