@@ -9,6 +9,10 @@ same for a given width). Prints JSON: seconds per step (median; wall and CPU) wi
 cached residual below the first hook (start_at_layer) and without it, with and without
 splitting the batch into length groups, and what a full unembed (every position) costs
 against the final positions only.
+
+The fuller benchmark (collection throughput, the ratio to a plain forward+backward, the
+reuse gain measured interleaved, grouping, scaling, the whole pipeline) is
+`benchmarks/bench.py`; this script stays for the unembed and length-split comparisons.
 """
 
 from __future__ import annotations
