@@ -4,8 +4,8 @@
 
 Prints, for the default `GroupingConfig` (and with `--sweep` for a few feature / clusterer
 options): templated ARI against template positions; free-form purity and ARI against roles
-on the training phrasings, ARI and OOD fraction on the held-out phrasing; seconds for
-features + fit + assign, and an estimate for 20,000 tokens.
+on the training phrasings, ARI and OOD fraction on the held-out phrasings; stability (ARI
+between fits with different seeds). The cost for 20,000 tokens: benchmarks/groups_speed.py.
 
 Items come from `maskshare.datasets.build_dataset` when the `elements-symbol` spec is
 available; otherwise from a stand-in built here (`--standin` forces it): periodic-table
@@ -140,18 +140,22 @@ def sweep_configs(base: GroupingConfig, n_layers: int) -> dict[str, GroupingConf
             update={"position_from_end": True})}),
         "early_layers": base.model_copy(update={"features": f.model_copy(
             update={"layers": half})}),
-        "from_final_only": base.model_copy(update={"features": f.model_copy(
-            update={"to_bos": False, "to_self": False, "to_prev": False})}),
-        "no_from_final": base.model_copy(update={"features": f.model_copy(
-            update={"from_final": False})}),
+        "plus_to_bos_self_prev": base.model_copy(update={"features": f.model_copy(
+            update={"to_bos": True, "to_self": True, "to_prev": True})}),
     }
-    for c in ("gmm", "agglomerative", "hdbscan"):
+    for c in ("gmm", "hdbscan"):
         out[c] = base.model_copy(update={"clusterer": c})
-    for n in (6, 8, 16):
+    for n in (6, 7, 8, 12):
         out[f"n_slots={n}"] = base.model_copy(update={"n_slots": n})
-    out["pca=0.8"] = base.model_copy(update={"pca_components": 0.8})
-    out["pca=16"] = base.model_copy(update={"pca_components": 16})
-    out["auto"] = base.model_copy(update={"n_slots": "auto", "n_slots_range": (5, 16)})
+    out["pca=0.95"] = base.model_copy(update={"pca_components": 0.95})
+    out["kmeans"] = base.model_copy(update={"clusterer": "kmeans"})
+    out["every_layer"] = base.model_copy(update={"features": f.model_copy(
+        update={"layer_start_fraction": 0.0})})
+    out["every_feature_every_layer_n12_pca95 (previous default)"] = base.model_copy(update={
+        "n_slots": 12, "pca_components": 0.95, "features": f.model_copy(update={
+            "layer_start_fraction": 0.0, "to_bos": True, "to_self": True, "to_prev": True})})
+    out["float32"] = base.model_copy(update={"features": f.model_copy(
+        update={"dtype": "float32"})})
     return out
 
 
@@ -188,34 +192,19 @@ def main() -> None:
             results[f"{variant}/{name}"] = s
             print(json.dumps({"variant": variant, "config": name, "source": source,
                               "prompts": items.height, "tokens": n_tok, **s}), flush=True)
-        if variant == "freeform":
+        if variant == "freeform":  # stability: ARI between fits with other seeds
+            from maskshare.grouping import stability
+
             key = json.dumps(base.features.model_dump(mode="json"), sort_keys=True)
             f = feats[key]
-            t0 = time.perf_counter()
-            items_features(model, items, base.features, batch_size=base.batch_size)
-            per_tok = (time.perf_counter() - t0) / n_tok
-            reps = int(np.ceil(20000 / n_tok))
-            big = items
-            for _ in range(reps - 1):
-                big = pl.concat([big, items.with_columns(pl.col("prompt_id") + big.height)])
-            from maskshare.features import TokenFeatures
-
-            rng = np.random.default_rng(0)
-            fb = TokenFeatures(np.tile(f.matrix, (reps, 1)) +
-                               rng.normal(0, 0.01, (len(f) * reps, f.matrix.shape[1])).astype(
-                                   np.float32), np.repeat(big["prompt_id"].to_numpy(),
-                                                          big["tokens"].list.len().to_numpy()),
-                               np.tile(f.position, reps), np.tile(f.length, reps), f.names)
-            t0 = time.perf_counter()
-            g = make_grouping(base, seed=0).fit(model, big, features=fb)
-            g.assign(model, big, features=fb)
-            fit_s = time.perf_counter() - t0
-            est = per_tok * 20000 + fit_s
-            print(json.dumps({"timing": "20k tokens", "features_s_per_1k_tokens":
-                              round(per_tok * 1000, 2), "features_s_20k_est": round(per_tok * 20000, 1),
-                              "fit_assign_s_20k_measured": round(fit_s, 1),
-                              "total_s_20k_est": round(est, 1), "tokens_fit": len(fb)}), flush=True)
-
+            train = items.filter(pl.col("split") == "train")
+            rows = np.repeat(items["split"].to_numpy() == "train",
+                             items["tokens"].list.len().to_numpy())
+            stab = {f"{a}-{b}": round(stability(base, model, train, seeds=(a, b),
+                                                features=_subset(f, rows)), 3)
+                    for a, b in ((0, 1), (0, 2), (1, 2))}
+            print(json.dumps({"variant": variant, "config": "default",
+                              "stability_ari_between_seeds": stab}), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -80,10 +80,17 @@ def cfg(**kw):
     return GroupingConfig(**kw)
 
 
+def every_feature(**kw) -> AttentionFeatures:
+    """Every feature group in every layer (the defaults use fewer)."""
+    kw.setdefault("dtype", "float32")
+    return AttentionFeatures(to_bos=True, to_self=True, to_prev=True, layer_start_fraction=0,
+                             **kw)
+
+
 # ---------------------------------------------------------------- features
 
 def test_features_shape_names_and_no_padding_rows(model, items):
-    fc = AttentionFeatures(position_from_end=True)
+    fc = every_feature(position_from_end=True)
     f = items_features(model, items, fc, batch_size=7)
     n_tok = sum(len(t) for t in items["tokens"].to_list())
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -98,7 +105,7 @@ def test_features_shape_names_and_no_padding_rows(model, items):
 
 def test_features_definition_matches_the_pattern(model):
     ids = tokenize_prompt(model, "The chemical symbol for gold is")
-    fc = AttentionFeatures(log_scale=False, layers=[1])
+    fc = every_feature(log_scale=False, layers=[1])
     f = attention_features(model, [ids], fc)
     import torch
 
@@ -116,12 +123,51 @@ def test_features_definition_matches_the_pattern(model):
 def test_prompt_features_same_alone_and_in_padded_batch(model):
     short = tokenize_prompt(model, "gold is")
     long = tokenize_prompt(model, "Which symbol stands for gold on the periodic table? Answer:")
-    fc = AttentionFeatures(position_from_end=True)
+    fc = every_feature(position_from_end=True)
     alone = attention_features(model, [short], fc)
     both = attention_features(model, [long, short, long], fc, batch_size=3)
     rows = both.prompt_id == 1
     assert rows.sum() == len(short)
     np.testing.assert_allclose(both.matrix[rows], alone.matrix, atol=1e-5)
+
+
+def test_default_layers_are_the_last_third(model):
+    from maskshare.features import selected_layers
+
+    assert model.cfg.n_layers == 2
+    assert selected_layers(model, AttentionFeatures()) == [1]
+    assert selected_layers(model, AttentionFeatures(layer_start_fraction=0)) == [0, 1]
+
+    class Thirty:
+        class cfg:  # noqa: N801 - stands in for model.cfg
+            n_layers = 30
+
+    assert selected_layers(Thirty, AttentionFeatures()) == list(range(20, 30))
+    f = attention_features(model, [tokenize_prompt(model, "gold is")], AttentionFeatures())
+    assert f.names == [f"from_final.L1.H{h}" for h in range(model.cfg.n_heads)]
+
+
+def test_length_batches_keep_the_given_row_order(model):
+    """Prompts run in length-sorted batches; rows still come back in the given order."""
+    texts = ["gold is", "Which symbol stands for gold on the periodic table? Answer:",
+             "The chemical symbol for iron is", "tin", "Q: What is the symbol of neon? A:"]
+    toks = [tokenize_prompt(model, t) for t in texts]
+    fc = every_feature(position_from_end=True)
+    alone = [attention_features(model, [t], fc).matrix for t in toks]
+    both = attention_features(model, toks, fc, prompt_ids=[10, 11, 12, 13, 14], batch_size=2,
+                              max_batch_tokens=40)
+    np.testing.assert_allclose(both.matrix, np.concatenate(alone), atol=1e-5)
+    assert both.prompt_id.tolist() == [10 + i for i, t in enumerate(toks) for _ in t]
+    assert both.position.tolist() == [p for t in toks for p in range(len(t))]
+    assert both.length.tolist() == [len(t) for t in toks for _ in t]
+
+
+def test_bfloat16_features_are_close_to_float32(model, items):
+    f32 = items_features(model, items, AttentionFeatures(dtype="float32"))
+    bf16 = items_features(model, items, AttentionFeatures(dtype="bfloat16"))
+    assert bf16.matrix.shape == f32.matrix.shape and bf16.names == f32.names
+    # log-attention values: bfloat16 keeps about 2-3 significant digits
+    assert np.abs(np.exp(bf16.matrix) - np.exp(f32.matrix)).max() < 0.05
 
 
 def test_feature_layers_validated(model):
@@ -198,6 +244,38 @@ def test_auto_n_slots_by_silhouette_and_bic(model, items):
     assert 4 <= gb.n_slots <= 6
     with pytest.raises(UserError, match="bic needs"):
         make_grouping(cfg(n_slots="auto", score="bic"), seed=0).fit(model, items)
+
+
+def test_ward_tree_matches_sklearn_agglomerative(model, items):
+    """Ward labels from the one scipy tree equal scikit-learn's, for every cluster count."""
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.metrics import adjusted_rand_score
+
+    g = make_grouping(cfg(clusterer="agglomerative"), seed=0)
+    r = np.random.default_rng(0).normal(size=(300, 5))
+    for k in (2, 4, 7):
+        ours, _ = g._cluster(r, k)
+        ref = AgglomerativeClustering(n_clusters=k, linkage="ward").fit(r).labels_
+        assert adjusted_rand_score(ours, ref) == 1.0 and len(set(ours.tolist())) == k
+
+
+def test_default_auto_slots_record_scores(model, items):
+    g = make_grouping(cfg(), seed=0).fit(model, items)
+    lo, hi = GroupingConfig().n_slots_range
+    assert lo <= g.n_slots <= hi
+    assert g.meta["auto_scores"] and set(g.meta["auto_scores"]) <= {str(n) for n in
+                                                                     range(lo, hi + 1)}
+    assert g.meta["pca_dims"] <= 10
+
+
+def test_predict_distances_match_brute_force(model, items):
+    g = make_grouping(cfg(clusterer="kmeans", n_slots=6), seed=0).fit(model, items)
+    f = items_features(model, items, g.cfg.features)
+    r = g.reduce(f.matrix)
+    slot, dist = g._predict(r)
+    d = np.sqrt(((r[:, None, :] - g.arrays["centroids"][None]) ** 2).sum(-1))
+    assert (slot - g.n_pinned == d.argmin(1)).all()
+    np.testing.assert_allclose(dist, d.min(1), atol=1e-6)
 
 
 def test_too_few_slots_is_a_user_error(model, items):

@@ -10,15 +10,20 @@ A[l, h] the attention pattern of layer l, head h, rows = queries, columns = keys
 - `to_prev`: A[l, h][t, t-1] (attention t pays to its predecessor; 0 for t = 0)
 - `position_from_end` (optional): n-1-t, as log1p(n-1-t) when `log_scale`.
 
-With `log_scale` every attention value becomes log(a + 1e-4). Patterns come from
+Defaults (`AttentionFeatures`): `from_final` only, in the last third of the layers
+(`layer_start_fraction` 0.67: layers 20-29 of SmolLM2's 30), log scale; chosen on
+elements-symbol (docs/groups-results.md). With `log_scale` every attention value becomes
+log(a + 1e-4). `dtype: bfloat16` runs the forward pass under autocast (faster on CPUs with
+bfloat16 instructions, slightly different values). Patterns come from
 `blocks.L.attn.hook_pattern`, which is per query head also under grouped-query attention.
 Columns are ordered feature group by feature group (as listed), layer-major then head
 within each group; `TokenFeatures.names` names them.
 
 Batches are right-padded and run under the causal mask with no attention mask, so a real
 token never sees padding: a prompt's features are the same alone or in a batch, and
-padding never becomes a row. The model runs only up to the deepest selected layer
-(`stop_at_layer`).
+padding never becomes a row. The model runs only up to the deepest selected layer's
+attention pattern (the forward pass is stopped there), and only the needed slices of each
+pattern are kept. Prompts are batched by length to keep padding small.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from maskshare.config import AttentionFeatures
 from maskshare.errors import UserError
 
 LOG_EPS = 1e-4
+DEFAULT_MAX_BATCH_TOKENS = 2048  # padded tokens a batch
 
 
 @dataclass
@@ -49,8 +55,14 @@ class TokenFeatures:
 
 
 def selected_layers(model, cfg: AttentionFeatures) -> list[int]:
+    """The layers whose heads give features: `cfg.layers`, or when that is None the layers
+    from floor(layer_start_fraction x n_layers) to the last (every layer for 0)."""
     n = model.cfg.n_layers
-    layers = list(range(n)) if cfg.layers is None else sorted(set(cfg.layers))
+    if cfg.layers is None:
+        start = min(n - 1, int(np.floor(cfg.layer_start_fraction * n + 1e-9)))
+        layers = list(range(start, n))
+    else:
+        layers = sorted(set(cfg.layers))
     bad = [x for x in layers if not 0 <= x < n]
     if bad:
         raise UserError(f"grouping.features.layers: {bad} out of range for a {n}-layer model "
@@ -75,40 +87,42 @@ def feature_names(model, cfg: AttentionFeatures) -> list[str]:
     return names
 
 
-def _prompt_rows(pats: list[torch.Tensor], n: int, b: int, cfg: AttentionFeatures) -> np.ndarray:
-    """Feature rows [n, n_features] of prompt b (length n) from per-layer patterns."""
-    cols = []
-    t = torch.arange(n)
-    # pats[i]: [batch, head, q, k]
-    stack = torch.stack([p[b, :, :n, :n] for p in pats])  # [layer, head, n, n]
-    L, H = stack.shape[:2]
-    if cfg.from_final:
-        cols.append(stack[:, :, n - 1, :].reshape(L * H, n).T)
-    if cfg.to_bos:
-        cols.append(stack[:, :, :, 0].reshape(L * H, n).T)
-    if cfg.to_self:
-        cols.append(stack[:, :, t, t].reshape(L * H, n).T)
-    if cfg.to_prev:
-        prev = torch.zeros(L, H, n)
-        if n > 1:
-            prev[:, :, 1:] = stack[:, :, t[1:], t[1:] - 1]
-        cols.append(prev.reshape(L * H, n).T)
-    out = torch.cat(cols, dim=1) if cols else torch.zeros(n, 0)
-    if cfg.log_scale:
-        out = torch.log(out + LOG_EPS)
-    if cfg.position_from_end:
-        pos = (n - 1 - t).to(out.dtype)[:, None]
-        out = torch.cat([out, torch.log1p(pos) if cfg.log_scale else pos], dim=1)
-    return out.numpy().astype(np.float32)
+class _StopForward(Exception):
+    """Raised by the deepest needed hook: the rest of the forward pass is not needed."""
+
+
+def _length_batches(lengths: np.ndarray, batch_size: int, max_batch_tokens: int | None):
+    """Prompt indices grouped into batches of similar length (longest first), so that padding
+    is small: at most `batch_size` prompts and `max_batch_tokens` padded tokens a batch."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, cur, width = [], [], 0
+    for i in order.tolist():
+        w = max(width, int(lengths[i]))
+        if cur and (len(cur) >= batch_size or
+                    (max_batch_tokens is not None and w * (len(cur) + 1) > max_batch_tokens)):
+            batches.append(cur)
+            cur, w = [], int(lengths[i])
+        cur.append(i)
+        width = w
+    if cur:
+        batches.append(cur)
+    return batches
 
 
 def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | None = None,
                        prompt_ids: list[int] | None = None, batch_size: int = 32,
-                       progress: bool = False) -> TokenFeatures:
+                       progress: bool = False,
+                       max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS) -> TokenFeatures:
     """Attention features of every token of every prompt (see the module docstring).
 
     `tokens`: one id list per prompt, BOS first. Returns a `TokenFeatures` whose rows are
-    ordered prompt by prompt, position by position.
+    ordered prompt by prompt (in the given order), position by position.
+
+    Cost: one forward pass up to the deepest selected layer's attention pattern, nothing
+    cached but the feature values: each layer's hook keeps only the rows/columns it needs
+    (the final query row, the BOS column, the diagonal and the sub-diagonal). Prompts are
+    batched by length (at most `batch_size` prompts and `max_batch_tokens` padded tokens a
+    batch), so padding costs little.
     """
     cfg = cfg or AttentionFeatures()
     layers = selected_layers(model, cfg)
@@ -123,44 +137,74 @@ def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | 
     if any(len(t) > n_ctx for t in tokens):
         raise UserError(f"a prompt is longer than the model's context ({n_ctx} tokens)")
     pad = int(model.tokenizer.pad_token_id or 0) if model.tokenizer is not None else 0
-    hook_names = {f"blocks.{layer}.attn.hook_pattern": i for i, layer in enumerate(layers)}
-    stop = max(layers) + 1
+    groups = [g for g, on in (("from_final", cfg.from_final), ("to_bos", cfg.to_bos),
+                              ("to_self", cfg.to_self), ("to_prev", cfg.to_prev)) if on]
+    n_att = len(groups) * len(layers) * model.cfg.n_heads
+    layer_index = {layer: i for i, layer in enumerate(layers)}
+    deepest = f"blocks.{max(layers)}.attn.hook_pattern"
 
-    rows, pids, poss, lens = [], [], [], []
-    order = range(0, len(tokens), batch_size)
+    lengths = np.asarray([len(t) for t in tokens], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    n_rows = int(starts[-1])
+    matrix = np.empty((n_rows, len(names)), dtype=np.float32)
+    batches = _length_batches(lengths, batch_size, max_batch_tokens)
     if progress:
         from tqdm import tqdm
-        order = tqdm(order, desc="attention features", unit="batch")
-    for start in order:
-        chunk = tokens[start:start + batch_size]
-        width = max(len(t) for t in chunk)
-        batch = torch.full((len(chunk), width), pad, dtype=torch.long)
-        for i, t in enumerate(chunk):
-            batch[i, :len(t)] = torch.as_tensor(t, dtype=torch.long)
-        pats: list[torch.Tensor | None] = [None] * len(layers)
+        batches = tqdm(batches, desc="attention features", unit="batch")
+    for chunk in batches:
+        lens = torch.as_tensor(lengths[chunk])
+        B, T = len(chunk), int(lens.max())
+        batch = torch.full((B, T), pad, dtype=torch.long, device=model.cfg.device)
+        for i, j in enumerate(chunk):
+            batch[i, :lengths[j]] = torch.as_tensor(tokens[j], dtype=torch.long)
+        # [B, T, group, layer, head]: what each hook keeps
+        out = torch.zeros(B, T, len(groups), len(layers), model.cfg.n_heads)
+        bi = torch.arange(B)
 
-        def keep(pattern, hook, pats=pats):
-            pats[hook_names[hook.name]] = pattern.detach().float().cpu()
+        def keep(pattern, hook, out=out, lens=lens, bi=bi):
+            li = layer_index[int(hook.name.split(".")[1])]
+            p = pattern.detach().float().cpu()  # [B, H, q, k]
+            for g, name in enumerate(groups):
+                if name == "from_final":
+                    v = p[bi, :, lens - 1, :]                      # [B, H, k]
+                elif name == "to_bos":
+                    v = p[..., 0]                                  # [B, H, q]
+                elif name == "to_self":
+                    v = p.diagonal(0, -2, -1)                      # [B, H, q]
+                else:  # to_prev: 0 for t = 0
+                    v = torch.nn.functional.pad(p.diagonal(-1, -2, -1), (1, 0))
+                out[:, :, g, li, :] = v.transpose(1, 2)
+            if hook.name == deepest:
+                raise _StopForward
 
-        with torch.no_grad():
-            model.run_with_hooks(batch, stop_at_layer=stop,
-                                 fwd_hooks=[(h, keep) for h in hook_names])
-        for i, t in enumerate(chunk):
-            n = len(t)
-            rows.append(_prompt_rows(pats, n, i, cfg))  # type: ignore[arg-type]
-            pids.append(np.full(n, prompt_ids[start + i], dtype=np.int64))
-            poss.append(np.arange(n, dtype=np.int64))
-            lens.append(np.full(n, n, dtype=np.int64))
-    if not rows:
-        return TokenFeatures(np.zeros((0, len(names)), np.float32), np.zeros(0, np.int64),
-                             np.zeros(0, np.int64), np.zeros(0, np.int64), names)
-    return TokenFeatures(np.concatenate(rows), np.concatenate(pids), np.concatenate(poss),
-                         np.concatenate(lens), names)
+        autocast = torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16,
+                                  enabled=cfg.dtype == "bfloat16")
+        with torch.inference_mode(), autocast:
+            try:
+                model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", keep)
+                                                       for layer in layers])
+            except _StopForward:
+                pass
+        real = torch.arange(T)[None, :] < lens[:, None]          # [B, T]
+        vals = out.reshape(B, T, n_att)[real]                    # prompt by prompt, in order
+        if cfg.log_scale:
+            vals = torch.log(vals + LOG_EPS)
+        from_end = (lens[:, None] - 1 - torch.arange(T)[None, :])[real].float()
+        dest = np.concatenate([np.arange(starts[j], starts[j + 1]) for j in chunk])
+        matrix[dest, :n_att] = vals.numpy()
+        if cfg.position_from_end:
+            matrix[dest, n_att] = (torch.log1p(from_end) if cfg.log_scale else from_end).numpy()
+    pid = np.repeat(np.asarray(prompt_ids, dtype=np.int64), lengths)
+    position = (np.arange(n_rows, dtype=np.int64) - np.repeat(starts[:-1], lengths)
+                if n_rows else np.zeros(0, np.int64))
+    return TokenFeatures(matrix, pid, position, np.repeat(lengths, lengths), names)
 
 
 def items_features(model, items, cfg: AttentionFeatures | None = None, batch_size: int = 32,
-                   progress: bool = False) -> TokenFeatures:
+                   progress: bool = False,
+                   max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS) -> TokenFeatures:
     """`attention_features` of a dataset items table (columns `prompt_id`, `tokens`)."""
     return attention_features(model, [list(t) for t in items["tokens"].to_list()], cfg,
                               prompt_ids=[int(x) for x in items["prompt_id"].to_list()],
-                              batch_size=batch_size, progress=progress)
+                              batch_size=batch_size, progress=progress,
+                              max_batch_tokens=max_batch_tokens)

@@ -308,13 +308,29 @@ class AttentionGrouping(Grouping):
                                 n_init=2, random_state=self.seed).fit(r)
             return m.predict(r), m
         if c == "agglomerative":
-            m = AgglomerativeClustering(n_clusters=k, linkage="ward").fit(r)
-            return m.labels_, m
+            tree = self._ward_tree(r)
+            if tree is None:  # pragma: no cover - scipy is a scikit-learn dependency
+                m = AgglomerativeClustering(n_clusters=k, linkage="ward").fit(r)
+                return m.labels_, m
+            from scipy.cluster.hierarchy import fcluster
+
+            return fcluster(tree, k, criterion="maxclust").astype(np.int64) - 1, None
         if c == "hdbscan":
             min_size = max(5, len(r) // 200)
             m = HDBSCAN(min_cluster_size=min_size, min_samples=5, copy=True).fit(r)
             return m.labels_, m
         raise UserError(f"unknown clusterer {c!r}")  # pragma: no cover - config validates
+
+    def _ward_tree(self, r: np.ndarray):
+        """Ward linkage of `r`, computed once per fit and cut for every cluster count."""
+        cached = getattr(self, "_tree", None)
+        if cached is None or cached[0] is not r:
+            try:
+                from scipy.cluster.hierarchy import linkage
+            except ImportError:  # pragma: no cover
+                return None
+            self._tree = (r, linkage(r, method="ward"))
+        return self._tree[1]
 
     def _score(self, r: np.ndarray, labels: np.ndarray, model_obj) -> float:
         """Higher is better."""
@@ -351,7 +367,10 @@ class AttentionGrouping(Grouping):
             pc = min(z.shape)
         elif isinstance(pc, int):
             pc = min(pc, *z.shape)
-        pca = PCA(n_components=pc, random_state=self.seed, svd_solver="auto").fit(z)
+        # many more tokens than features: the covariance eigendecomposition is far cheaper
+        # than an SVD of the data and gives the same components
+        solver = "covariance_eigh" if z.shape[0] >= 4 * z.shape[1] else "auto"
+        pca = PCA(n_components=pc, random_state=self.seed, svd_solver=solver).fit(z)
         self.arrays = {"scaler_mean": mean, "scaler_scale": scale,
                        "pca_mean": pca.mean_.astype(np.float64),
                        "pca_components": pca.components_.astype(np.float64)}
@@ -389,6 +408,7 @@ class AttentionGrouping(Grouping):
             k = min(k, len(rf))
             labels, obj = self._cluster(rf, k)
 
+        self._tree = None
         found = sorted(set(labels.tolist()) - {-1})
         if not found:  # hdbscan found only noise: one cluster
             labels = np.zeros(len(rf), dtype=np.int64)
@@ -424,7 +444,9 @@ class AttentionGrouping(Grouping):
 
     def _predict(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cents = self.arrays["centroids"]
-        d2 = ((r[:, None, :] - cents[None, :, :]) ** 2).sum(-1)
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: no [n, k, d] temporary
+        d2 = ((r * r).sum(1)[:, None] - 2.0 * (r @ cents.T) + (cents * cents).sum(1)[None, :])
+        np.maximum(d2, 0.0, out=d2)
         if "gmm_weights" in self.arrays:
             lab = np.argmax(_gmm_log_prob(r, self.arrays["gmm_weights"], self.arrays["gmm_means"],
                                           self.arrays["gmm_prec_chol"]), axis=1)
