@@ -54,9 +54,9 @@ class SAETrainingConfig(BaseModel):
     d_sae: int = Field(default=2304, ge=1)
     k: int = Field(default=64, ge=1, description="active latents per token (topk/batchtopk)")
     l1_coefficient: float = Field(default=5.0, ge=0, description="standard SAEs only")
-    epochs: float = Field(default=5.0, gt=0, description="passes over the cached activations")
+    epochs: float = Field(default=3.0, gt=0, description="passes over the cached activations")
     batch_size: int = Field(default=1024, ge=1, description="tokens per training step")
-    lr: float = Field(default=5e-4, gt=0)
+    lr: float = Field(default=7e-4, gt=0)
     lr_warm_up_steps: int = Field(default=50, ge=0)
     lr_end_fraction: float = Field(default=0.1, ge=0, le=1,
                                    description="cosine decay to lr * this")
