@@ -331,7 +331,7 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
                 unchanged = 0 if rec["changed"] else unchanged + 1
                 stop = unchanged >= patience and step + 1 >= cfg.early_stop_min_steps
             history.append(rec)
-            bar.set_postfix(obj=f"{rec['objective']:.3f}", size=f"{rec['size']:.1f}")
+            bar.set_postfix(obj=f"{rec['objective']:.3f}", size=f"{rec['size']:.1f}", refresh=False)
             if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0
                                      or step + 1 == cfg.steps or stop):
                 _save_checkpoint(ckpt, step + 1, theta, opt, history, key)
