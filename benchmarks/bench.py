@@ -161,14 +161,17 @@ def _to_device(mm, batches, device: str) -> None:
                 setattr(b, name, v.to(device))
 
 
-def saved_for_backward_mb(fn) -> float:
-    """MB of distinct non-parameter tensors autograd keeps for backward while fn() runs
-    (the activation memory of a step; the weights are excluded)."""
+def saved_for_backward_mb(fn, modules=()) -> float:
+    """MB of distinct tensors autograd keeps for backward while fn() runs: the activation
+    memory of a step. Storages of the parameters and buffers of `modules` (the weights, also
+    when saved as views such as W.T) are left out."""
+    weights = {t.untyped_storage().data_ptr() for m in modules
+               for t in [*m.parameters(), *m.buffers()]}
     seen: dict[int, int] = {}
 
     def pack(t):
-        if not isinstance(t, torch.nn.Parameter):
-            st = t.untyped_storage()
+        st = t.untyped_storage()
+        if st.data_ptr() not in weights:
             seen[st.data_ptr()] = st.nbytes()
         return t
 
@@ -333,7 +336,8 @@ def bench_mask_step(model, saes: dict, tokens, answers, counterfactuals, n_slots
                 w, c = timed(runs[k], device)
                 wall[k].append(w)
                 cpu[k].append(c)
-        mem = {k: round(saved_for_backward_mb(runs[k]), 1) for k in runs}
+        mem = {k: round(saved_for_backward_mb(runs[k], [model, *saes.values()]), 1)
+               for k in runs}
         cuda_peak = {}
         if device.startswith("cuda"):
             for k in runs:
@@ -423,7 +427,7 @@ def bench_scaling(model, saes: dict, tokens, answers, counterfactuals, *,
             step = _StepRunner(mm, batch[0], device)
             step()
             ts = [timed(step, device)[0] for _ in range(repeats)]
-            mem = saved_for_backward_mb(step)
+            mem = saved_for_backward_mb(step, [model, *sub.values()])
         rows.append({"vary": what, "value": value, "n_prompts": len(toks),
                      "tokens": sum(map(len, toks)), "padded_tokens": int(batch[0].tokens.numel()),
                      "n_saes": len(sub), "n_slots": nk, "step_s": round(med(ts), 4),
@@ -648,6 +652,7 @@ def run_all(args) -> dict:
         res["pipeline_skipped"] = "--skip-pipeline"
     else:
         res["pipeline"] = bench_pipeline(ROOT / "configs" / "default.yaml", device, threads)
+    res["load_average_end"] = list(os.getloadavg())
     res["bench_wall_s"] = round(time.perf_counter() - t_all, 1)
     res["bench_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return res
