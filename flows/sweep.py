@@ -78,12 +78,7 @@ def run_sweep(config_path: str, *, dask_address: str | None = None, n_workers: i
 
         runner = ThreadPoolTaskRunner(max_workers=1)
     else:
-        from prefect_dask import DaskTaskRunner
+        from flows.pipeline import dask_runner
 
-        if dask_address:
-            runner = DaskTaskRunner(address=dask_address)
-        else:
-            runner = DaskTaskRunner(cluster_kwargs={
-                "n_workers": n_workers, "threads_per_worker": 1, "processes": True,
-                "env": {"MASKSHARE_THREADS": "1"}})
+        runner = dask_runner(n_workers, dask_address)
     return sweep_flow.with_options(task_runner=runner)(config_path=str(Path(config_path)), **kwargs)

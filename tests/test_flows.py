@@ -91,3 +91,19 @@ def test_sweep_on_a_local_dask_cluster_equals_the_sequential_sweep(harness, tiny
     ma = json.loads((roots["sequential"] / "metrics.json").read_text())
     mb = json.loads((roots["dask"] / "metrics.json").read_text())
     assert ma["faithfulness"] == mb["faithfulness"]
+
+
+def test_pipeline_with_dask_workers_gives_the_sequential_masks(harness, tiny_setup, tmp_path):
+    import yaml
+
+    from flows.pipeline import pipeline_flow
+    from maskshare.config import RunConfig
+
+    data = yaml.safe_load(Path(tiny_setup).read_text())
+    seq = Path(pipeline_flow(config=RunConfig.model_validate(data)))
+    data["runs_dir"] = str(tmp_path / "parallel")
+    par = Path(pipeline_flow(config=RunConfig.model_validate(data), workers=2))
+    assert par.parent == tmp_path / "parallel" and par.name == seq.name
+    a, b = _theta(seq), _theta(par)
+    assert a and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -14,6 +14,11 @@ def add_arguments(p) -> None:
     p.add_argument("--config", required=True, help="run config YAML (see configs/default.yaml)")
     p.add_argument("--no-prefect", action="store_true",
                    help="run the stages in this process without Prefect")
+    p.add_argument("--workers", type=int, default=1,
+                   help="train masks in parallel on a local Dask cluster of this many "
+                        "processes (one torch thread each); default 1: in this process")
+    p.add_argument("--dask-address", default=None,
+                   help="train masks on an existing Dask scheduler (tcp://host:8786)")
 
 
 def print_headline(run: Path) -> None:
@@ -41,7 +46,8 @@ def run(args) -> int:
         configure_prefect_env()
         from flows.pipeline import pipeline_flow
 
-        state = pipeline_flow(config=cfg, return_state=True)
+        state = pipeline_flow(config=cfg, workers=args.workers,
+                              dask_address=args.dask_address, return_state=True)
         if state.is_failed():
             state.result()  # re-raises the stage's exception (UserError -> exit 2)
         run_dir = Path(state.result())
