@@ -1,0 +1,62 @@
+"""Markdown tables of finished runs, as they appear in the README.
+
+    .venv/bin/python benchmarks/report_tables.py data/runs/<run> [data/runs/<run> ...]
+
+For each run: the headline (main method at the lambda chosen on training prompts, on the
+held-out split), every method's F at the main method's latents per token (read off its
+F-versus-size curve on the headline split) with its curve area, and the main method on
+each held-out split. Everything is read from the run's metrics.json and evaluate/ tables.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+
+
+def _f(v, nd=3) -> str:
+    return "n/a" if v is None else f"{v:.{nd}f}"
+
+
+def tables(run: Path) -> str:
+    m = json.loads((run / "metrics.json").read_text())
+    curves = pl.read_parquet(run / "evaluate" / "curves.parquet")
+    comp = pl.read_parquet(run / "evaluate" / "comparisons.parquet")
+    head, lam = m["headline_split"], m["lambda"]
+    out = [f"**{m['dataset']} ({m['variant']})**, run `{run.name}`: headline on `{head}`, "
+           f"lambda {lam:g} (chosen on training prompts), error term `{m['error_term']}`.", "",
+           "| method | F at matched size | curve area (log size) | best F on the sweep |",
+           "|---|---:|---:|---:|"]
+    fcol = [c for c in comp.columns if c.startswith("F at") or c == "F matched"][0]
+    for r in comp.iter_rows(named=True):
+        out.append(f"| `{r['method']}` | {_f(r[fcol])} | {_f(r['curve area (log size)'])} | "
+                   f"{_f(r['best F'])} |")
+    out += ["", f"Matched size: {_f(m['latents_per_token'], 1)} latents per token "
+                f"(`{fcol}`).", "",
+            "| split | prompts | F vs M | F vs clean | completeness | latents/token | triples | distinct latents |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    main = curves.filter((pl.col("lambda") == lam)
+                         & (pl.col("variant") == comp["method"][0]))
+    for r in main.iter_rows(named=True):
+        out.append(f"| {r['split']} | {r['n_prompts']} | {_f(r['faithfulness'])} | "
+                   f"{_f(r['faithfulness_vs_clean'])} | {_f(r['completeness'])} | "
+                   f"{_f(r['latents_per_token'], 1)} | {r['circuit_size']} | "
+                   f"{r['distinct_latents']} |")
+    if m.get("stability_jaccard") is not None:
+        out += ["", f"Stability across seeds 0/1 (Jaccard of kept triples / of distinct "
+                    f"latents): {_f(m['stability_jaccard'])} / "
+                    f"{_f(m.get('stability_jaccard_latents'))}."]
+    return "\n".join(out)
+
+
+def main() -> None:
+    for arg in sys.argv[1:]:
+        print(tables(Path(arg)))
+        print()
+
+
+if __name__ == "__main__":
+    main()
