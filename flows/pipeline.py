@@ -93,13 +93,17 @@ def group_positions_flow(run: str) -> list[str]:
 
 
 @flow(name="train-masks")
-def train_masks_flow(run: str) -> list[str]:
-    """Slot stats per grouping, then every (variant, lambda, seed) mask, submitted to the
-    flow's task runner (one at a time by default; in parallel on Dask with `workers`)."""
+def train_masks_flow(run: str, parallel: bool = False) -> list[str]:
+    """Slot stats per grouping, then every (variant, lambda, seed) mask: one after another
+    in this process, or (`parallel`, with a Dask task runner) submitted to the runner's
+    worker processes. Never to threads of one process: the jobs share the model's hooks."""
     cfg = core.load_run_config(Path(run))
     for k in core.grouping_kinds(cfg):
         stats_task(run, k.value)
-    futures = [masks_task.submit(run, v, lam, seed) for v, lam, seed in core.mask_jobs(cfg)]
+    jobs = core.mask_jobs(cfg)
+    if not parallel:
+        return [masks_task(run, v, lam, seed) for v, lam, seed in jobs]
+    futures = [masks_task.submit(run, v, lam, seed) for v, lam, seed in jobs]
     return [f.result() for f in futures]
 
 
@@ -156,7 +160,8 @@ def pipeline_flow(config: RunConfig | None = None, config_path: str | None = Non
         dataset_task(run)
         group_positions_flow(run)
         if workers > 1 or dask_address:
-            train_masks_flow.with_options(task_runner=dask_runner(workers, dask_address))(run)
+            train_masks_flow.with_options(task_runner=dask_runner(workers, dask_address))(
+                run, parallel=True)
         else:
             train_masks_flow(run)
         evaluate_flow(run)
