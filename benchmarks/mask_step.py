@@ -25,13 +25,9 @@ import time
 import numpy as np
 import torch
 
-ELEMENTS = ["gold", "silver", "iron", "copper", "oxygen", "carbon", "helium", "sodium"]
-PHRASINGS = [
-    "The chemical symbol for {} is",
-    "Which symbol stands for {} on the periodic table? It is",
-    "Q: What is the chemical symbol of the element {}?\nA:",
-    "In chemistry, the element {} is written with the symbol",
-]
+# the same 32 prompts as bench.py's fallback set (run as a script: benchmarks/ is on sys.path)
+from bench import FALLBACK_ELEMENTS as ELEMENTS
+from bench import FALLBACK_PHRASINGS as PHRASINGS
 
 
 def main() -> None:
