@@ -127,9 +127,8 @@ def evaluate_flow(run: str) -> dict:
 
 
 def publish_artifacts(run: str, metrics: dict) -> None:
-    keys = ["faithfulness", "faithfulness_vs_clean", "completeness", "latents_per_token",
-            "circuit_size", "ari_template", "ari_roles", "purity_roles"]
-    rows = [{"metric": k, "value": metrics.get(k)} for k in keys if k in metrics]
+    rows = [{"metric": k, "value": metrics.get(k)} for k in core.HEADLINE_METRICS
+            if k in metrics]
     rows += [{"metric": k, "value": v} for k, v in metrics.items()
              if k.startswith("baseline_") and isinstance(v, int | float)]
     create_table_artifact(key="maskshare-metrics", table=rows,

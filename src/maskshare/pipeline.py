@@ -39,6 +39,11 @@ from maskshare.runtime import PROJECT_ROOT, configure_threads
 logger = logging.getLogger(__name__)
 
 
+# the metrics a run reports first (CLI output, Prefect table artifact)
+HEADLINE_METRICS = ["faithfulness", "faithfulness_vs_clean", "completeness", "latents_per_token",
+                    "circuit_size", "ari_template", "ari_roles", "purity_roles"]
+
+
 # ----------------------------------------------------------------------------- variants
 @dataclass(frozen=True)
 class Variant:

@@ -6,9 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-HEADLINE = ["faithfulness", "faithfulness_vs_clean", "completeness", "latents_per_token",
-            "circuit_size", "ari_template", "ari_roles", "purity_roles"]
-
 
 def add_arguments(p) -> None:
     p.add_argument("--config", required=True, help="run config YAML (see configs/default.yaml)")
@@ -26,7 +23,9 @@ def print_headline(run: Path) -> None:
     if not mpath.is_file():
         return
     metrics = json.loads(mpath.read_text())
-    for k in HEADLINE:
+    from maskshare.pipeline import HEADLINE_METRICS
+
+    for k in HEADLINE_METRICS:
         if k in metrics and metrics[k] is not None:
             v = metrics[k]
             print(f"{k:>24}: {v:.4g}" if isinstance(v, float) else f"{k:>24}: {v}")
