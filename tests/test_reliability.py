@@ -449,6 +449,27 @@ def _truncate(p: Path) -> None:
     p.write_bytes(data[: len(data) // 2])
 
 
+def test_tensor_files_with_metadata_are_byte_reproducible(tmp_path):
+    # safetensors writes metadata from a hash map (random key order per save); rebuilt
+    # artifacts are compared by sha256, so equal inputs must give equal bytes
+    from safetensors import safe_open
+
+    from maskshare.artifacts import save_tensors
+
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.int64)}
+    meta = {f"key{i}": f"value {i}" for i in range(8)}
+    hashes = set()
+    for i in range(12):
+        p = tmp_path / f"t{i}.safetensors"
+        save_tensors(tensors, p, metadata=meta)
+        hashes.add(file_sha256(p))
+    assert len(hashes) == 1
+    with safe_open(str(tmp_path / "t0.safetensors"), framework="pt") as f:
+        assert f.metadata() == meta
+        assert torch.equal(f.get_tensor("b"), tensors["b"])
+        assert torch.equal(f.get_tensor("a"), tensors["a"])
+
+
 def test_truncated_artifacts_are_detected_by_hash_and_rebuilt(finished_tiny_run, env,
                                                               monkeypatch, caplog):
     from maskshare.pipeline import run_pipeline

@@ -80,6 +80,26 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors file written atomically with a byte-reproducible header.
+
+    safetensors stores `metadata` from a hash map, so its key order (and the file's bytes and
+    sha256) changes from save to save; the header's metadata is rewritten with sorted keys
+    (same length: only the order changes), so equal inputs give equal files."""
+    from safetensors.torch import save
+
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    if metadata:
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n])
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text.rstrip()) == len(data[8:8 + n].rstrip()):
+            data = data[:8] + text.ljust(n) + data[8 + n:]
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from maskshare.artifacts import atomic_path, hash_config, write_json_atomic
+from maskshare.artifacts import hash_config, save_tensors, write_json_atomic
 from maskshare.config import MaskConfig, Objective, Relaxation
 from maskshare.masking import MaskedModel, Masks, PreparedBatch, binarize, full_masks
 
@@ -82,14 +82,11 @@ class TrainResult:
 
     def save(self, directory: str | Path, extra: dict | None = None) -> None:
         """masks.safetensors (theta per hook) and summary.json."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory / "masks.safetensors") as tmp:
-            save_file({h: t.contiguous() for h, t in self.theta.items()}, str(tmp),
-                      metadata={"hooks": ",".join(self.theta), "lambda": repr(self.lam),
-                                "seed": str(self.seed)})
+        save_tensors(self.theta, directory / "masks.safetensors",
+                     metadata={"hooks": ",".join(self.theta), "lambda": repr(self.lam),
+                               "seed": str(self.seed)})
         last = self.history[-1] if self.history else {}
         write_json_atomic(directory / "summary.json", {
             "lambda": self.lam, "seed": self.seed, "steps": len(self.history),
@@ -197,8 +194,6 @@ def _run_key(cfg: MaskConfig, lam: float, seed: int, mm: MaskedModel, n_prompts:
 
 def _save_checkpoint(path: Path, step: int, theta: dict[str, Tensor], opt: torch.optim.Adam,
                      history: list[dict], key: str) -> None:
-    from safetensors.torch import save_file
-
     tensors, steps = {}, {}
     params = list(theta.values())
     for h, p in zip(theta, params, strict=True):
@@ -210,8 +205,7 @@ def _save_checkpoint(path: Path, step: int, theta: dict[str, Tensor], opt: torch
             steps[h] = float(st["step"])
     meta = {"step": str(step), "key": key, "history": json.dumps(history),
             "adam_steps": json.dumps(steps), "hooks": json.dumps(list(theta))}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_tensors(tensors, path, metadata=meta)
 
 
 def _load_checkpoint(path: Path, theta: dict[str, Tensor], opt: torch.optim.Adam,

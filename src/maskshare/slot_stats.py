@@ -52,17 +52,14 @@ class SlotStats:
 
     def save(self, path: str | Path) -> None:
         """Write one safetensors file atomically (keys `<hook>::<field>`, plus `counts`)."""
-        from safetensors.torch import save_file
-
-        from maskshare.artifacts import atomic_path
+        from maskshare.artifacts import save_tensors
 
         tensors = {"counts": self.counts.contiguous()}
         for h, st in self.hooks.items():
             for field in ("latent_mean", "error_mean", "global_latent_mean", "global_error_mean"):
                 tensors[f"{h}{_SEP}{field}"] = getattr(st, field).float().contiguous()
         order = ",".join(self.hooks)
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"hooks": order, "format": "maskshare-slot-stats-1"})
+        save_tensors(tensors, path, metadata={"hooks": order, "format": "maskshare-slot-stats-1"})
 
     @classmethod
     def load(cls, path: str | Path) -> SlotStats:
