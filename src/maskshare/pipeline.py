@@ -104,8 +104,11 @@ def _model(name: str, device: str):
 
 
 def get_model(cfg: RunConfig):
+    model = _model(cfg.model, cfg.device)
+    # after the load: load_model sets the threads from the environment, and the run's
+    # `threads` setting must win (a thread count change also changes float sums' bits)
     configure_threads(cfg.threads)
-    return _model(cfg.model, cfg.device)
+    return model
 
 
 @functools.lru_cache(maxsize=2)
