@@ -162,6 +162,44 @@ def test_empty_mask_reproduces_the_all_ablated_model(data, ablation, error):
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("ablation", list(Ablation))
+def test_fast_splice_matches_the_first_version_in_values_and_gradients(data, ablation):
+    """One-hot expansion + one decode for error `clean` (the default) against a gather and
+    two decodes (dec(a') + x - dec(a)): same logit differences, same mask gradients."""
+    saes = data["saes"]
+    g = torch.Generator().manual_seed(1)
+    relaxed = {h: torch.rand(N_SLOTS, s.cfg.d_sae, generator=g) for h, s in saes.items()}
+    out = {}
+    for name, expand, fuse in (("fast", "onehot", True), ("first", "gather", False)):
+        mm = _mm(data, ablation=ablation, error=ErrorTerm.CLEAN)
+        mm.expand, mm.fuse_clean = expand, fuse
+        assert all(mm.linear_decoder.values())
+        theta = {h: m.clone().requires_grad_(True) for h, m in relaxed.items()}
+        lds = [mm.logit_diff(b, theta) for b in _prep(mm, data, batch_size=3)]
+        torch.cat(lds).square().sum().backward()
+        out[name] = (torch.cat(lds).detach(), {h: t.grad for h, t in theta.items()})
+    torch.testing.assert_close(out["fast"][0], out["first"][0], atol=1e-4, rtol=1e-4)
+    for h in saes:
+        assert out["fast"][1][h].abs().sum() > 0
+        torch.testing.assert_close(out["fast"][1][h], out["first"][1][h], atol=1e-4, rtol=1e-3)
+
+
+def test_empty_mask_with_clean_error_keeps_only_the_error_and_the_ablation(data):
+    saes, st = data["saes"], data["stats"]
+    mm = _mm(data, ablation=Ablation.SLOT_MEAN, error=ErrorTerm.CLEAN)
+
+    def ablate(h, x, s):
+        y = saes[h].decode(st[h].latent_mean[s]) + x - saes[h].decode(saes[h].encode(x))
+        y[:, 0] = x[:, 0]
+        return y
+
+    ref = _final_logits_reference(data["model"], list(zip(data["tokens"], data["slots"],
+                                                          strict=True)),
+                                  {h: ablate for h in saes})
+    got = _ordered_final_logits(mm, _prep(mm, data), empty_masks(saes, N_SLOTS))
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize("hooks", [["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"],
                                    ["blocks.1.hook_resid_pre", "blocks.2.hook_resid_post"],
                                    ["blocks.1.hook_mlp_out", "blocks.2.hook_resid_post"]])

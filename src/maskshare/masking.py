@@ -148,6 +148,10 @@ class MaskedModel:
         self.n_layers = model.cfg.n_layers
         # run a batch in length groups when that saves padded tokens (see final_residual)
         self.split_by_length, self.max_parts, self.min_saving = True, 3, 0.1
+        # how a per-slot mask becomes per-token ("onehot" matmul or "gather"), and whether
+        # error `clean` uses one decode of the latents' change (benchmarks compare both)
+        self.expand, self.fuse_clean = "onehot", True
+        self.linear_decoder = {h: _affine_decoder(s) for h, s in self.saes.items()}
 
     # ---- preparation (once per prompt set) ----
 
@@ -184,16 +188,36 @@ class MaskedModel:
         sae = self.saes[hook]
         if a is None:
             a = sae.encode(x)
-        si = batch.slots.clamp(min=0)
-        m = mask[si]
+        onehot = self._onehot(batch) if self.expand == "onehot" else None
+        m = self._per_token(mask, batch, onehot)
         abl = self.abl[hook]
-        a2 = m * a if abl is None else abl[si] + m * (a - abl[si])
+        abl_t = None if abl is None else self._per_token(abl, batch, onehot)
+        if self.error == ErrorTerm.CLEAN and self.fuse_clean and self.linear_decoder[hook]:
+            # dec(a') + x - dec(a) = x + (dec(a' - a) - b_dec) for an affine decoder, with
+            # a' - a = (1 - m) * (abl - a): one decode instead of two, and x exactly where
+            # the mask is 1
+            d = (1 - m) * (-a if abl_t is None else abl_t - a)
+            out = x + (sae.decode(d) - sae.b_dec)
+            return torch.where(batch.untouched[..., None], x, out)
+        a2 = m * a if abl_t is None else abl_t + m * (a - abl_t)
         out = sae.decode(a2)
         if self.error == ErrorTerm.CLEAN:
             out = out + (err if err is not None else x - sae.decode(a))
         elif self.error == ErrorTerm.MEAN:
-            out = out + self.err_mean[hook][si]
+            out = out + self._per_token(self.err_mean[hook], batch, onehot)
         return torch.where(batch.untouched[..., None], x, out)
+
+    def _onehot(self, batch: PreparedBatch) -> Tensor:
+        """[B, P, n_slots] one-hot of each position's slot (padding -> slot 0; untouched)."""
+        return torch.nn.functional.one_hot(batch.slots.clamp(min=0), self.n_slots).float()
+
+    def _per_token(self, per_slot: Tensor, batch: PreparedBatch,
+                   onehot: Tensor | None) -> Tensor:
+        """[n_slots, d] -> [B, P, d]: each position's slot row. The one-hot matmul's backward
+        is a dense matmul; the gather's is a scatter-add, slow on CPU."""
+        if onehot is not None:
+            return onehot.to(per_slot.dtype) @ per_slot
+        return per_slot[batch.slots.clamp(min=0)]
 
     def final_residual(self, batch: PreparedBatch, masks: Masks) -> Float[Tensor, "B d_model"]:
         """Residual stream after the last block at each prompt's own final token.
@@ -268,9 +292,14 @@ class MaskedModel:
             return fn
 
         fwd = [(h, make(h)) for h in self.hooks]
-        with self.model.hooks(fwd_hooks=fwd):
-            self.model(batch.tokens, attention_mask=batch.attention_mask,
-                       stop_at_layer=self.n_layers)
+        # gather, not one-hot: a NaN in one slot's row stays in that slot's positions
+        expand, self.expand = self.expand, "gather"
+        try:
+            with self.model.hooks(fwd_hooks=fwd):
+                self.model(batch.tokens, attention_mask=batch.attention_mask,
+                           stop_at_layer=self.n_layers)
+        finally:
+            self.expand = expand
         return found[0] if found else None
 
     def _check_masks(self, masks: Masks) -> None:
@@ -280,6 +309,13 @@ class MaskedModel:
             want = (self.n_slots, self.saes[h].cfg.d_sae)
             if tuple(masks[h].shape) != want:
                 raise UserError(f"mask for {h} has shape {tuple(masks[h].shape)}, expected {want}")
+
+
+def _affine_decoder(sae) -> bool:
+    """True when sae.decode(a) = f(a) + b_dec with f linear (no output normalisation)."""
+    cfg = sae.cfg
+    return (getattr(cfg, "normalize_activations", "none") in ("none", None)
+            and hasattr(sae, "b_dec") and not sae.hook_sae_recons.fwd_hooks)
 
 
 def length_parts(lengths: list[int], max_parts: int = 3,
