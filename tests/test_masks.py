@@ -388,6 +388,27 @@ def test_evaluation_of_full_and_empty_masks(data):
     json.dumps(full)
 
 
+@pytest.mark.parametrize("error", [ErrorTerm.CLEAN, ErrorTerm.DROP])
+def test_shared_reference_equals_one_computed_from_scratch(data, error):
+    """reference_lds takes the clean lds shared across variants and, with error `clean`,
+    uses them as ld(M) instead of a full-mask pass: same values as computing everything."""
+    from maskshare.evaluation import reference_lds
+
+    mm = _mm(data, error=error)
+    batches = _prep(mm, data)
+    shared = _mm(data, ablation=Ablation.ZERO, error=error)  # another variant, same prompts
+    clean = shared.clean_logit_diffs(_prep(shared, data))
+    ref = reference_lds(mm, batches, clean=clean)
+    np.testing.assert_allclose(ref["ld_model"],
+                               mm.logit_diffs(batches, full_masks(data["saes"], N_SLOTS)),
+                               atol=1e-4)
+    np.testing.assert_allclose(ref["ld_model_clean"], mm.clean_logit_diffs(batches), atol=1e-5)
+    np.testing.assert_allclose(ref["ld_ablated"],
+                               mm.logit_diffs(batches, empty_masks(data["saes"], N_SLOTS)))
+    if error == ErrorTerm.DROP:  # the SAEs change the model: M is not the clean model
+        assert np.abs(ref["ld_model"] - ref["ld_model_clean"]).max() > 1e-3
+
+
 def test_evaluation_with_zero_prompts_says_so(data):
     mm = _mm(data)
     out = evaluate_masks(mm, [], full_masks(data["saes"], N_SLOTS), slots=[])

@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from maskshare.config import ErrorTerm
 from maskshare.masking import (
     MaskedModel,
     Masks,
@@ -71,12 +72,22 @@ def size_metrics(masks: Masks, slots: list[np.ndarray]) -> dict:
     }
 
 
-def reference_lds(mm: MaskedModel, batches: list[PreparedBatch]) -> dict[str, np.ndarray]:
+def reference_lds(mm: MaskedModel, batches: list[PreparedBatch],
+                  clean: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-prompt ld under M, M_clean and empty: the same for every mask of a variant, so a
-    sweep computes them once and passes them to `evaluate_masks(..., reference=...)`."""
+    sweep computes them once and passes them to `evaluate_masks(..., reference=...)`.
+
+    M_clean depends only on the prompts, so `clean` (from `mm.clean_logit_diffs` on the same
+    prompts, in the same order) can be shared across variants. With error `clean`, M is the
+    model itself (every splice returns its input where the mask is 1), so ld(M) = ld(M_clean)
+    and its pass is skipped."""
+    if clean is None:
+        clean = mm.clean_logit_diffs(batches)
+    model = clean if mm.error == ErrorTerm.CLEAN else \
+        mm.logit_diffs(batches, full_masks(mm.saes, mm.n_slots))
     return {
-        "ld_model": mm.logit_diffs(batches, full_masks(mm.saes, mm.n_slots)),
-        "ld_model_clean": mm.clean_logit_diffs(batches),
+        "ld_model": model,
+        "ld_model_clean": clean,
         "ld_ablated": mm.logit_diffs(batches, empty_masks(mm.saes, mm.n_slots)),
     }
 

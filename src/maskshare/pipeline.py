@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from maskshare.artifacts import (
@@ -405,18 +406,22 @@ def headline_split(cfg: RunConfig, splits: list[str]) -> str | None:
 
 
 def _eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int,
-                  splits: list[str]) -> list[dict]:
-    """Rows (one per lambda x split) for a variant's masks at `seed`."""
+                  splits: list[str], clean: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """Rows (one per lambda x split) for a variant's masks at `seed`. `clean`: per split,
+    the clean model's per-prompt ld (the same for every variant), filled in when missing."""
     from maskshare.evaluation import evaluate_masks, reference_lds
     from maskshare.mask_training import TrainResult
 
     rows = []
+    clean = {} if clean is None else clean
     results = {lam: TrainResult.load(_masks_dir(run, variant, lam, seed))
                for lam in cfg.masks.lambdas}
     for split in [SELECT_SPLIT, *splits]:
         limit = SELECT_LIMIT if split == SELECT_SPLIT else None
         mm, batches, items, slot_arrays = _prepared(str(run), variant.name, split, limit)
-        ref = reference_lds(mm, batches)
+        if split not in clean:
+            clean[split] = mm.clean_logit_diffs(batches)
+        ref = reference_lds(mm, batches, clean=clean[split])
         for lam, res in results.items():
             m = evaluate_masks(mm, batches, res.masks(), slot_arrays, reference=ref)
             m.pop("per_prompt", None)
@@ -458,8 +463,9 @@ def stage_evaluate(run: Path) -> dict:
     seeds = cfg.evaluate.seeds or [cfg.seed]
     main = main_variant(cfg)
     rows: list[dict] = []
+    clean: dict[str, np.ndarray] = {}  # shared by every variant
     for v in variants(cfg):
-        rows += _eval_variant(run, cfg, v, seeds[0], splits)
+        rows += _eval_variant(run, cfg, v, seeds[0], splits, clean)
     lam = choose_lambda(rows, main.name)
 
     def pick(variant: str, split: str, lam_: float) -> dict:
