@@ -457,12 +457,13 @@ def bench_scaling(model, saes: dict, tokens, answers, counterfactuals, *,
 
 
 SCALING_NOTE = (
-    "step time ~ a*B*P*(layers after the first hook)*(d_model^2 + d_model*d_mlp) "
+    "step time ~ t0 + a*B*P*(layers after the first hook)*(d_model^2 + d_model*d_mlp) "
     "+ b*B*P^2*layers (attention) + c*B*P*n_saes*d_sae*d_model (SAE encode/decode) "
-    "+ d*n_slots*n_saes*d_sae (mask parameters, gather, Adam); memory kept for backward "
-    "~ B*P*(layers*(d_mlp + d_model) + n_saes*d_sae): linear in prompts and in padded "
-    "length (plus the small P^2 attention term), linear in SAEs, and nearly flat in slots "
-    "(the per-token mask gather [B,P,d_sae] per SAE does not depend on the slot count)")
+    "+ d*B*P*n_saes*n_slots*d_sae (per-token masks: one-hot [B,P,n_slots] @ [n_slots,d_sae]) "
+    "+ e*n_slots*n_saes*d_sae (mask parameters, Adam), with t0 a fixed per-step cost of "
+    "0.3-0.8 s here (intercepts of the prompt and length series; likely Python and hook overhead per layer); memory kept "
+    "for backward ~ B*P*(layers*(d_mlp + d_model) + n_saes*d_sae): linear in prompts and "
+    "padded length with an intercept, weakly linear in SAEs, flat in slots up to ~50")
 
 
 # ----------------------------------------------------------------------------- grouping
