@@ -571,7 +571,20 @@ def _pipeline_child(config: str, out: str) -> None:
     run = run_pipeline(load_config(config))
     Path(out).write_text(json.dumps({
         "run_dir": str(run), "inner_s": round(time.perf_counter() - t0, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "stage_s": stage_timings(run)}))
+
+
+def stage_timings(run: Path) -> dict[str, float]:
+    """Seconds per stage kind (dataset, groups, stats, masks, evaluate), summed over the
+    stage directories' manifests (a cached rerun keeps the cold run's manifests)."""
+    out: dict[str, float] = {}
+    for m in sorted(Path(run).glob("**/manifest.json")):
+        t = (json.loads(m.read_text()).get("timings") or {})
+        kind = m.relative_to(run).parts[0]
+        out[kind] = round(out.get(kind, 0.0) + sum(v for v in t.values()
+                                                   if isinstance(v, (int, float))), 1)
+    return out
 
 
 # ----------------------------------------------------------------------------- report
@@ -635,6 +648,9 @@ def print_table(res: dict) -> None:
                 e = p[k]
                 lines.append(f"pipeline {k}: {e['wall_s']:.1f} s, peak RSS "
                              f"{e.get('peak_rss_mb', float('nan')):.0f} MB (rc {e['returncode']})")
+                if k == "cold" and e.get("stage_s"):
+                    lines.append("  stage seconds (manifests): " + ", ".join(
+                        f"{s} {v:.0f}" for s, v in e["stage_s"].items()))
     elif res.get("pipeline_skipped"):
         lines.append(f"pipeline: skipped ({res['pipeline_skipped']})")
     print("\n".join(lines))
