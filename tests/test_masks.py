@@ -62,16 +62,18 @@ def data(tiny):
                 stats=stats)
 
 
-def _final_logits_reference(model, tokens, hook_fns):
-    """Full pass (no start_at_layer, no batching) with `hook_fns(hook, x, slots)`: [N, vocab]."""
+def _final_logits_reference(d, fn=None):
+    """Full pass of each prompt alone (no start_at_layer, no batching) with `fn(hook, x,
+    slots)` replacing the activation at every SAE hook (None: the clean model): [N, vocab]."""
+    hook_fns = {} if fn is None else {h: fn for h in d["saes"]}
     out = []
-    for t, s in tokens:
+    for t, s in zip(d["tokens"], d["slots"], strict=True):
         toks = torch.tensor([t])
         sl = torch.as_tensor(s)[None]
-        fwd = [(h, lambda act, hook, h_=h, fn_=fn, sl_=sl: fn_(h_, act, sl_))
-               for h, fn in hook_fns.items()]
+        fwd = [(h, lambda act, hook, h_=h, fn_=f, sl_=sl: fn_(h_, act, sl_))
+               for h, f in hook_fns.items()]
         with torch.no_grad():
-            logits = model.run_with_hooks(toks, fwd_hooks=fwd)
+            logits = d["model"].run_with_hooks(toks, fwd_hooks=fwd)
         out.append(logits[0, -1])
     return torch.stack(out)
 
@@ -106,8 +108,7 @@ def test_full_mask_with_clean_error_reproduces_the_clean_model(data):
     mm = _mm(data, error=ErrorTerm.CLEAN)
     batches = _prep(mm, data)
     got = _ordered_final_logits(mm, batches, full_masks(data["saes"], N_SLOTS))
-    ref = _final_logits_reference(data["model"], list(zip(data["tokens"], data["slots"],
-                                                          strict=True)), {})
+    ref = _final_logits_reference(data)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
     ld = mm.logit_diffs(batches, full_masks(data["saes"], N_SLOTS))
     clean = clean_logit_diffs(data["model"], data["tokens"], data["ans"], data["cf"])
@@ -128,9 +129,7 @@ def test_full_mask_reproduces_the_sae_spliced_model(data):
         y[:, 0] = x[:, 0]
         return y
 
-    ref = _final_logits_reference(data["model"], list(zip(data["tokens"], data["slots"],
-                                                          strict=True)),
-                                  {h: splice for h in saes})
+    ref = _final_logits_reference(data, splice)
     got = _ordered_final_logits(mm, _prep(mm, data), full_masks(saes, N_SLOTS))
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
 
@@ -155,9 +154,7 @@ def test_empty_mask_reproduces_the_all_ablated_model(data, ablation, error):
         y[:, 0] = x[:, 0]
         return y
 
-    ref = _final_logits_reference(data["model"], list(zip(data["tokens"], data["slots"],
-                                                          strict=True)),
-                                  {h: ablate for h in saes})
+    ref = _final_logits_reference(data, ablate)
     got = _ordered_final_logits(mm, _prep(mm, data), empty_masks(saes, N_SLOTS))
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
 
@@ -193,9 +190,7 @@ def test_empty_mask_with_clean_error_keeps_only_the_error_and_the_ablation(data)
         y[:, 0] = x[:, 0]
         return y
 
-    ref = _final_logits_reference(data["model"], list(zip(data["tokens"], data["slots"],
-                                                          strict=True)),
-                                  {h: ablate for h in saes})
+    ref = _final_logits_reference(data, ablate)
     got = _ordered_final_logits(mm, _prep(mm, data), empty_masks(saes, N_SLOTS))
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
 
