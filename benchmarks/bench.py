@@ -425,6 +425,7 @@ def bench_scaling(model, saes: dict, tokens, answers, counterfactuals, *,
     points += [("saes", n, (bp, bl, n, bk)) for n in sae_counts]
     points += [("slots", n, (bp, bl, bs, n)) for n in slot_counts]
     rows = []
+    error = default_error()
     for what, value, (np_, ln, ns, nk) in points:
         toks = tokens[:np_]
         if ln is not None:
@@ -440,7 +441,7 @@ def bench_scaling(model, saes: dict, tokens, answers, counterfactuals, *,
             model.to(device)
             for s in saes.values():
                 s.to(device)
-        mm = MaskedModel(model, sub, stats, nk, error=default_error())
+        mm = MaskedModel(model, sub, stats, nk, error=error)
         batch = mm.prepare(toks, slots, answers[:np_], counterfactuals[:np_],
                            batch_size=len(toks))
         _to_device(mm, batch, device)
