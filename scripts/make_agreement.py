@@ -1,0 +1,109 @@
+"""Write a subject-verb agreement prompt set in the clean/patch format of Sparse Feature
+Circuits (one JSON object per line):
+
+    {"clean_prefix": "The teachers near the desk", "clean_answer": " are",
+     "patch_prefix": "The teacher near the desk", "patch_answer": " is", "case": "nounpp"}
+
+Three sentence structures (`case`): `simple` ("The teachers"), `nounpp` (subject + a
+prepositional phrase whose noun has the other number: "The teachers near the desk") and `rc`
+(subject + a relative clause whose subject has the other number: "The teachers that the
+student likes"). Four verb pairs (is/are, was/were, has/have, does/do). The patch prefix is the
+clean one with the subject's number flipped, so clean and patch have the same token length in
+most rows. Deterministic: the same arguments write the same bytes.
+
+    python scripts/make_agreement.py [--rows N] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+NOUNS = [("teacher", "teachers"), ("doctor", "doctors"), ("farmer", "farmers"),
+         ("student", "students"), ("author", "authors"), ("pilot", "pilots"),
+         ("singer", "singers"), ("lawyer", "lawyers"), ("dancer", "dancers"),
+         ("officer", "officers"), ("manager", "managers"), ("painter", "painters"),
+         ("senator", "senators"), ("driver", "drivers"), ("baker", "bakers"),
+         ("guard", "guards"), ("nurse", "nurses"), ("player", "players"),
+         ("customer", "customers"), ("engineer", "engineers")]
+ATTRACTORS = [("desk", "desks"), ("window", "windows"), ("tree", "trees"), ("car", "cars"),
+              ("house", "houses"), ("bridge", "bridges"), ("garden", "gardens"),
+              ("table", "tables"), ("station", "stations"), ("tower", "towers")]
+PREPS = ["near", "behind", "beside", "across from", "next to"]
+RC_VERBS = [("likes", "like"), ("knows", "know"), ("admires", "admire"), ("meets", "meet"),
+            ("hates", "hate")]
+RC_PEOPLE = [("boy", "boys"), ("girl", "girls"), ("child", "children"), ("woman", "women"),
+             ("man", "men")]
+VERBS = [(" is", " are"), (" was", " were"), (" has", " have"), (" does", " do")]
+
+
+def _row(clean: str, patch: str, plural: bool, verb: tuple[str, str], case: str) -> dict:
+    sing, plur = verb
+    return {"clean_prefix": clean, "clean_answer": plur if plural else sing,
+            "patch_prefix": patch, "patch_answer": sing if plural else plur, "case": case}
+
+
+def simple_rows() -> list[dict]:
+    out = []
+    for s, p in NOUNS:
+        for plural in (False, True):
+            subj, other = (p, s) if plural else (s, p)
+            for verb in VERBS:
+                out.append(_row(f"The {subj}", f"The {other}", plural, verb, "simple"))
+    return out
+
+
+def nounpp_rows(rng: random.Random) -> list[dict]:
+    out = []
+    for s, p in NOUNS:
+        for plural in (False, True):
+            subj, other = (p, s) if plural else (s, p)
+            for verb in VERBS:
+                a_s, a_p = rng.choice(ATTRACTORS)
+                attr = a_s if plural else a_p  # the attractor has the other number
+                prep = rng.choice(PREPS)
+                out.append(_row(f"The {subj} {prep} the {attr}", f"The {other} {prep} the {attr}",
+                                plural, verb, "nounpp"))
+    return out
+
+
+def rc_rows(rng: random.Random) -> list[dict]:
+    out = []
+    for s, p in NOUNS:
+        for plural in (False, True):
+            subj, other = (p, s) if plural else (s, p)
+            for verb in VERBS:
+                (ps, pp), (vs, vp) = rng.choice(RC_PEOPLE), rng.choice(RC_VERBS)
+                inner = f"the {ps} {vs}" if plural else f"the {pp} {vp}"
+                out.append(_row(f"The {subj} that {inner}", f"The {other} that {inner}",
+                                plural, verb, "rc"))
+    return out
+
+
+def make(rows: int | None, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    allrows = simple_rows() + nounpp_rows(rng) + rc_rows(rng)
+    if rows is not None:  # a larger file for timing: more draws of the random structures
+        while len(allrows) < rows:
+            allrows += nounpp_rows(rng) + rc_rows(rng)
+        allrows = allrows[:rows]
+    return allrows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=None, help="pad to this many rows (timing)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="data/examples/agreement.jsonl")
+    a = ap.parse_args()
+    rows = make(a.rows, a.seed)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"wrote {len(rows)} rows to {out}")
+
+
+if __name__ == "__main__":
+    main()
