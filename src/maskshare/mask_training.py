@@ -13,7 +13,10 @@ Relaxations
 Penalty: lambda * (relaxed latents per token) = lambda * sum_s w_s * sum_{hook, latent} m[s],
 where w_s is the share of the training set's non-BOS tokens that sit in slot s (BOS is never
 ablated, so it costs nothing). This is the relaxed form of `latents_per_token`, the size the
-evaluation reports, so lambda reads as "logit units per latent kept per token". For
+evaluation reports. With `scale: none` lambda reads as "logit units per latent kept per
+token"; with `scale: task` (the default) the objective is first divided by the empty
+circuit's objective (`task_scale`), so lambda reads as "share of the task's effect per latent
+kept per token" and one sweep (`lambdas: auto`) serves every task. For
 hard-concrete, m is the gate's probability of being non-zero.
 
 Objectives (mean over the prompts of the step's batch)
@@ -46,7 +49,14 @@ from torch import Tensor
 
 from maskshare.artifacts import hash_config, save_tensors, write_json_atomic
 from maskshare.config import MaskConfig, Objective, Relaxation
-from maskshare.masking import MaskedModel, Masks, PreparedBatch, binarize, full_masks
+from maskshare.masking import (
+    MaskedModel,
+    Masks,
+    PreparedBatch,
+    binarize,
+    empty_masks,
+    full_masks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +74,7 @@ class Targets:
 
     ld: list[Tensor]                       # [B] ld(M) per batch
     logprobs: list[Tensor] | None = None   # [B, d_vocab] log p_M at the final position (kl)
+    scale: float = 1.0                     # the objective is divided by this (MaskConfig.scale)
 
 
 @dataclass
@@ -109,17 +120,47 @@ class TrainResult:
 
 @torch.no_grad()
 def compute_targets(mm: MaskedModel, batches: list[PreparedBatch],
-                    objective: Objective | str = Objective.LOGIT_DIFF) -> Targets:
-    """ld(M) (and log p_M for `kl`) per batch: the full-mask pass, once for all lambdas."""
+                    objective: Objective | str = Objective.LOGIT_DIFF,
+                    scale: str = "none") -> Targets:
+    """ld(M) (and log p_M for `kl`) per batch: the full-mask pass, once for all lambdas.
+
+    `scale="task"`: also the empty circuit's objective (every latent ablated), averaged over
+    the prompts, minus M's own: the loss of removing everything. Dividing the objective by it
+    makes lambda a share of the task's effect per latent kept per token, the same on a task
+    whose logit differences are ~3 as on one where they are ~9."""
+    objective = Objective(objective)
     full = full_masks(mm.saes, mm.n_slots)
     lds, lps = [], []
     for b in batches:
         logits = mm.final_logits(b, full)
         r = torch.arange(len(b))
         lds.append(logits[r, b.answer] - logits[r, b.counterfactual])
-        if Objective(objective) == Objective.KL:
+        if objective == Objective.KL:
             lps.append(F.log_softmax(logits, -1))
-    return Targets(ld=lds, logprobs=lps if lps else None)
+    targets = Targets(ld=lds, logprobs=lps if lps else None)
+    if scale == "task":
+        targets.scale = task_scale(mm, batches, targets, objective)
+    return targets
+
+
+@torch.no_grad()
+def task_scale(mm: MaskedModel, batches: list[PreparedBatch], targets: Targets,
+               objective: Objective) -> float:
+    """Prompt-weighted mean objective of the empty circuit minus that of M (> 0)."""
+    empty, full = empty_masks(mm.saes, mm.n_slots), full_masks(mm.saes, mm.n_slots)
+    n, gap = 0, 0.0
+    for bi, b in enumerate(batches):
+        e = objective_loss(mm, b, empty, targets, bi, objective).item()
+        m = 0.0 if objective != Objective.CE else objective_loss(mm, b, full, targets, bi,
+                                                                 objective).item()
+        gap += (e - m) * len(b)
+        n += len(b)
+    gap /= max(n, 1)
+    if not math.isfinite(gap) or gap <= 1e-6:
+        raise MaskTrainingError(
+            f"the empty circuit scores the same as the full model (objective gap {gap:.3g}): "
+            "the prompts carry no task signal to normalise by; use masks.scale: none")
+    return gap
 
 
 def slot_weights(batches: list[PreparedBatch], n_slots: int) -> Tensor:
@@ -263,7 +304,7 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
         raise ValueError("no training prompts")
     objective = Objective(cfg.objective)
     if targets is None:
-        targets = compute_targets(mm, batches, objective)
+        targets = compute_targets(mm, batches, objective, cfg.scale)
     w = slot_weights(batches, mm.n_slots)
     theta = {h: (init_theta[h].detach().clone() if init_theta is not None else
                  torch.full((mm.n_slots, s.cfg.d_sae), float(cfg.init_logit)))
@@ -295,7 +336,7 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
             bi = _batch_for_step(len(batches), step, seed)
             batch = batches[bi]
             masks, probs = relaxed_masks(theta, cfg, step, seed)
-            obj = objective_loss(mm, batch, masks, targets, bi, objective)
+            obj = objective_loss(mm, batch, masks, targets, bi, objective) / targets.scale
             size = sum((w[:, None] * p).sum() for p in probs.values())
             loss = obj + lam * size
             if not torch.isfinite(loss):
@@ -348,8 +389,8 @@ def train_sweep(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
     each lambda starts from the previous (smaller) lambda's theta. With `out_dir`, each lambda
     checkpoints and saves into `out_dir/<lambda>/`; a finished lambda is loaded, not retrained.
     """
-    lambdas = sorted(cfg.lambdas if lambdas is None else lambdas)
-    targets = compute_targets(mm, batches, cfg.objective)
+    lambdas = sorted(cfg.lambda_grid if lambdas is None else lambdas)
+    targets = compute_targets(mm, batches, cfg.objective, cfg.scale)
     out: dict[float, TrainResult] = {}
     prev = None
     n_prompts = sum(len(b) for b in batches)

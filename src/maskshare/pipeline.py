@@ -330,9 +330,9 @@ def mask_jobs(cfg: RunConfig) -> list[tuple[str, float, int]]:
     """Every (variant, lambda, seed) to train: all variants at the first seed; the main
     variant also at the second seed (stability)."""
     seeds = cfg.evaluate.seeds or [cfg.seed]
-    jobs = [(v.name, lam, seeds[0]) for v in variants(cfg) for lam in cfg.masks.lambdas]
+    jobs = [(v.name, lam, seeds[0]) for v in variants(cfg) for lam in cfg.masks.lambda_grid]
     if len(seeds) > 1:
-        jobs += [(main_variant(cfg).name, lam, seeds[1]) for lam in cfg.masks.lambdas]
+        jobs += [(main_variant(cfg).name, lam, seeds[1]) for lam in cfg.masks.lambda_grid]
     return jobs
 
 
@@ -415,7 +415,7 @@ def _eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int,
     rows = []
     clean = {} if clean is None else clean
     results = {lam: TrainResult.load(_masks_dir(run, variant, lam, seed))
-               for lam in cfg.masks.lambdas}
+               for lam in cfg.masks.lambda_grid}
     for split in [SELECT_SPLIT, *splits]:
         limit = SELECT_LIMIT if split == SELECT_SPLIT else None
         mm, batches, items, slot_arrays = _prepared(str(run), variant.name, split, limit)
