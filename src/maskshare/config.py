@@ -25,6 +25,9 @@ class Ablation(StrEnum):
     SLOT_MEAN = "slot-mean"
     GLOBAL_MEAN = "global-mean"
     ZERO = "zero"
+    # each token's latents replaced by those of the counterfactual prompt at the same
+    # position (activation patching; needs prompt pairs of equal token length)
+    COUNTERFACTUAL = "counterfactual"
 
 
 class ErrorTerm(StrEnum):

@@ -4,6 +4,8 @@ At each SAE hook the activation x of a token in slot s becomes
 
     a  = enc(x)
     a' = m[s] * a + (1 - m[s]) * abl[s]        # abl: slot mean | global mean | zero
+                                                #  | counterfactual: per token, enc(x) of the
+                                                #    counterfactual prompt's clean pass there
     x' = dec(a') + err                          # err: x - dec(a) | slot mean of it | 0
 
 with a mask `m` per (slot, SAE, latent): float in [0, 1] while training (relaxed), 0/1 when
@@ -57,6 +59,8 @@ class PreparedBatch:
     resid: Float[Tensor, "B P d_model"]         # clean input to block `start_layer`
     first_latents: Tensor | None = None         # clean enc(x) at the first hook (resid hooks)
     first_error: Tensor | None = None           # clean x - dec(enc(x)) there
+    cf_latents: dict[str, Tensor] | None = None  # ablation `counterfactual`: enc(x) of the
+                                                 # counterfactual prompts' clean pass per hook
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -109,7 +113,8 @@ class MaskedModel:
         self.model, self.saes, self.n_slots = model, dict(saes), int(n_slots)
         self.ablation, self.error = Ablation(ablation), ErrorTerm(error)
         self.hooks = list(self.saes)
-        needs_stats = self.ablation != Ablation.ZERO or self.error == ErrorTerm.MEAN
+        needs_stats = (self.ablation not in (Ablation.ZERO, Ablation.COUNTERFACTUAL)
+                       or self.error == ErrorTerm.MEAN)
         if needs_stats:
             if stats is None:
                 raise UserError(f"ablation {self.ablation} / error {self.error} need slot "
@@ -157,11 +162,16 @@ class MaskedModel:
 
     @torch.no_grad()
     def prepare(self, tokens: list[list[int]], slots: list[np.ndarray], answer_ids: list[int],
-                counterfactual_ids: list[int], batch_size: int = 32) -> list[PreparedBatch]:
-        """Group prompts by length into batches and cache what the masks cannot change."""
+                counterfactual_ids: list[int], batch_size: int = 32,
+                counterfactual_tokens: list[list[int]] | None = None) -> list[PreparedBatch]:
+        """Group prompts by length into batches and cache what the masks cannot change.
+        `counterfactual_tokens` (ablation `counterfactual` only): each prompt's counterfactual
+        prompt, of the same token length."""
         check_inputs(tokens, slots, self.n_slots)
         if not (len(answer_ids) == len(counterfactual_ids) == len(tokens)):
             raise UserError("need one answer and one counterfactual id per prompt")
+        if self.ablation == Ablation.COUNTERFACTUAL:
+            check_counterfactual_tokens(tokens, counterfactual_tokens)
         out = []
         for idx in length_batches([len(t) for t in tokens], batch_size):
             toks, att, lens = pad_batch(tokens, idx)
@@ -177,8 +187,19 @@ class MaskedModel:
                 a = sae.encode(resid)
                 b.first_latents = a
                 b.first_error = resid - sae.decode(a)
+            if self.ablation == Ablation.COUNTERFACTUAL:
+                b.cf_latents = self._counterfactual_latents(counterfactual_tokens, idx, att)
             out.append(b)
         return out
+
+    def _counterfactual_latents(self, cf_tokens: list[list[int]], idx: list[int],
+                                att: Tensor) -> dict[str, Tensor]:
+        """enc(x) at every SAE hook of the counterfactual prompts' clean pass [B, P, d_sae]."""
+        toks, _, _ = pad_batch(cf_tokens, idx)
+        last = max(hook_layer(h) for h in self.hooks)
+        _, cache = self.model.run_with_cache(toks, attention_mask=att, names_filter=self.hooks,
+                                             stop_at_layer=last + 1)
+        return {h: self.saes[h].encode(cache[h]) for h in self.hooks}
 
     # ---- the masked pass ----
 
@@ -191,7 +212,10 @@ class MaskedModel:
         onehot = self._onehot(batch) if self.expand == "onehot" else None
         m = self._per_token(mask, batch, onehot)
         abl = self.abl[hook]
-        abl_t = None if abl is None else self._per_token(abl, batch, onehot)
+        if self.ablation == Ablation.COUNTERFACTUAL:
+            abl_t = batch.cf_latents[hook]  # per token, not per slot: patching
+        else:
+            abl_t = None if abl is None else self._per_token(abl, batch, onehot)
         if self.error == ErrorTerm.CLEAN and self.fuse_clean and self.linear_decoder[hook]:
             # dec(a') + x - dec(a) = x + (dec(a' - a) - b_dec) for an affine decoder, with
             # a' - a = (1 - m) * (abl - a): one decode instead of two, and x exactly where
@@ -361,7 +385,24 @@ def sub_batch(batch: PreparedBatch, a: int, b: int) -> PreparedBatch:
         lengths=batch.lengths[a:b], answer=batch.answer[a:b],
         counterfactual=batch.counterfactual[a:b], resid=batch.resid[a:b, :P],
         first_latents=None if batch.first_latents is None else batch.first_latents[a:b, :P],
-        first_error=None if batch.first_error is None else batch.first_error[a:b, :P])
+        first_error=None if batch.first_error is None else batch.first_error[a:b, :P],
+        cf_latents=None if batch.cf_latents is None else
+        {h: t[a:b, :P] for h, t in batch.cf_latents.items()})
+
+
+def check_counterfactual_tokens(tokens: list[list[int]],
+                                cf_tokens: list[list[int]] | None) -> None:
+    """Counterfactual patching needs one counterfactual prompt per prompt, of equal length."""
+    if cf_tokens is None or len(cf_tokens) != len(tokens):
+        raise UserError("ablation 'counterfactual' needs a counterfactual prompt for every "
+                        "prompt (a prompt dataset with counterfactual_prompt, e.g. a clean/patch "
+                        "file); use slot-mean, global-mean or zero for this dataset")
+    bad = [i for i, (t, c) in enumerate(zip(tokens, cf_tokens, strict=True))
+           if c is None or len(c) != len(t)]
+    if bad:
+        raise UserError(f"ablation 'counterfactual' needs counterfactual prompts of the same "
+                        f"token length as their prompts; {len(bad)} of {len(tokens)} differ or "
+                        f"are missing (first: prompt {bad[0]})")
 
 
 def final_logits_from_resid(model, resid_final: Tensor) -> Tensor:
