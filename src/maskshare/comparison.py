@@ -21,6 +21,9 @@ from maskshare.config import EvalConfig
 from maskshare.evaluation import curve_area, f_at_size
 from maskshare.variants import Variant
 
+# the metrics a run reports first (CLI output, Prefect table artifact)
+HEADLINE_METRICS = ["faithfulness", "faithfulness_vs_clean", "completeness", "latents_per_token",
+                    "circuit_size", "ari_template", "ari_roles", "purity_roles"]
 HEADLINE_KEYS = ("faithfulness", "faithfulness_vs_clean", "completeness", "latents_per_token",
                  "circuit_size", "distinct_latents", "ld_model", "ld_model_clean",
                  "ld_ablated", "ld_circuit", "n_prompts")

@@ -14,6 +14,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from maskshare.comparison import HEADLINE_METRICS  # noqa: F401 - re-exported
 from maskshare.config import GroupingKind, RunConfig
 from maskshare.errors import UserError
 from maskshare.layout import RunLayout
@@ -30,9 +31,6 @@ from maskshare.variants import Variant, grouping_kinds, main_variant, mask_jobs,
 
 logger = logging.getLogger(__name__)
 
-# the metrics a run reports first (CLI output, Prefect table artifact)
-HEADLINE_METRICS = ["faithfulness", "faithfulness_vs_clean", "completeness", "latents_per_token",
-                    "circuit_size", "ari_template", "ari_roles", "purity_roles"]
 
 
 def run_pipeline(cfg: RunConfig) -> Path:

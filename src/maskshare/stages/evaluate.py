@@ -28,8 +28,14 @@ from maskshare.comparison import (
 from maskshare.config import RunConfig
 from maskshare.errors import UserError
 from maskshare.layout import RunLayout
-from maskshare.resources import get_model, get_saes, load_run_config, load_run_items, split_items
-from maskshare.resources import token_lists
+from maskshare.resources import (
+    get_model,
+    get_saes,
+    load_run_config,
+    load_run_items,
+    split_items,
+    token_lists,
+)
 from maskshare.stages.masks import load_masks, prepare_variant
 from maskshare.variants import Variant, main_variant, run_seeds, variants
 
