@@ -172,17 +172,7 @@ def bench_mask_step(model, saes: dict, tokens, answers, counterfactuals, n_slots
                 "plain_fwd_bwd": lambda: _plain_fwd_bwd(model, mm, b),
                 "masked_step_no_reuse": _StepRunner(mm0, b0, device),
                 "masked_step_gather_2dec": _StepRunner(mm_v1, b, device)}
-        wall: dict[str, list[float]] = {k: [] for k in runs}
-        cpu: dict[str, list[float]] = {k: [] for k in runs}
-        for k in runs:  # warm-up, not recorded
-            runs[k]()
-        for r in range(repeats):
-            k0 = r % len(runs)
-            order = list(runs)[k0:] + list(runs)[:k0]  # rotate to spread load drift
-            for k in order:
-                w, c = timed(runs[k], device)
-                wall[k].append(w)
-                cpu[k].append(c)
+        wall, cpu = _time_interleaved(runs, repeats, device)
         mem = {k: round(saved_for_backward_mb(runs[k], [model, *saes.values()]), 1)
                for k in runs}
         cuda_peak = {}
@@ -192,13 +182,6 @@ def bench_mask_step(model, saes: dict, tokens, answers, counterfactuals, n_slots
                 runs[k]()
                 sync(device)
                 cuda_peak[k] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    ratio = [wall["masked_step"][i] / wall["plain_fwd_bwd"][i] for i in range(repeats)]
-    ratio_cpu = [cpu["masked_step"][i] / cpu["plain_fwd_bwd"][i] for i in range(repeats)]
-    gain = [wall["masked_step_no_reuse"][i] / wall["masked_step"][i] for i in range(repeats)]
-    gain_cpu = [cpu["masked_step_no_reuse"][i] / cpu["masked_step"][i] for i in range(repeats)]
-    v1 = [wall["masked_step_gather_2dec"][i] / wall["masked_step"][i] for i in range(repeats)]
-    v1_plain = [wall["masked_step_gather_2dec"][i] / wall["plain_fwd_bwd"][i]
-                for i in range(repeats)]
     out = {"n_prompts": B, "n_tokens": sum(map(len, tokens)),
            "padded_tokens": int(b.tokens.numel()), "n_slots": n_slots, "n_saes": len(saes),
            "error": error,
@@ -208,18 +191,45 @@ def bench_mask_step(model, saes: dict, tokens, answers, counterfactuals, n_slots
         out[f"{k}_s"] = round(med(wall[k]), 4)
         out[f"{k}_cpu_s"] = round(med(cpu[k]), 4)
         out[f"{k}_all_s"] = [round(x, 4) for x in wall[k]]
+    out.update(_step_ratios(wall, cpu))
     out.update({
-        "ratio_masked_to_plain": round(med(ratio), 3),
-        "ratio_masked_to_plain_cpu": round(med(ratio_cpu), 3),
-        "reuse_gain_full_over_reuse": round(med(gain), 3),
-        "reuse_gain_full_over_reuse_cpu": round(med(gain_cpu), 3),
-        "ratio_gather_2dec_to_masked": round(med(v1), 3),
-        "ratio_gather_2dec_to_plain": round(med(v1_plain), 3),
         "reuse_ideal_gain": round(model.cfg.n_layers / (model.cfg.n_layers - mm.start_layer), 3),
         "saved_for_backward_mb": mem})
     if cuda_peak:
         out["cuda_max_memory_allocated_mb"] = cuda_peak
     return out
+
+
+def _time_interleaved(runs: dict, repeats: int, device: str):
+    """(wall, cpu) seconds per run name: one warm-up each, then `repeats` rounds in a rotated
+    order (to spread load drift over every run)."""
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    for k in runs:  # warm-up, not recorded
+        runs[k]()
+    for r in range(repeats):
+        k0 = r % len(runs)
+        for k in list(runs)[k0:] + list(runs)[:k0]:
+            w, c = timed(runs[k], device)
+            wall[k].append(w)
+            cpu[k].append(c)
+    return wall, cpu
+
+
+def _step_ratios(wall: dict[str, list[float]], cpu: dict[str, list[float]]) -> dict:
+    """Medians of the per-repeat ratios between the step variants (interleaved repeats)."""
+
+    def ratio(times, a, b):
+        return round(med([x / y for x, y in zip(times[a], times[b], strict=True)]), 3)
+
+    return {
+        "ratio_masked_to_plain": ratio(wall, "masked_step", "plain_fwd_bwd"),
+        "ratio_masked_to_plain_cpu": ratio(cpu, "masked_step", "plain_fwd_bwd"),
+        "reuse_gain_full_over_reuse": ratio(wall, "masked_step_no_reuse", "masked_step"),
+        "reuse_gain_full_over_reuse_cpu": ratio(cpu, "masked_step_no_reuse", "masked_step"),
+        "ratio_gather_2dec_to_masked": ratio(wall, "masked_step_gather_2dec", "masked_step"),
+        "ratio_gather_2dec_to_plain": ratio(wall, "masked_step_gather_2dec", "plain_fwd_bwd"),
+    }
 
 
 # ----------------------------------------------------------------------------- scaling
