@@ -93,3 +93,19 @@ def test_evaluate_is_not_done_without_metrics(finished_tiny_run, tmp_path):
     assert call.is_done(run)
     RunLayout(run).metrics.unlink()
     assert not call.is_done(run)
+
+
+def test_the_lambda_rule_stays_out_of_config_yaml_and_the_run_hash_at_its_default():
+    import yaml
+
+    from maskshare.config import config_data, dump_config, parse_config
+
+    plain = config_data(_cfg())
+    assert not {"select_split", "select_limit", "target_f"} & set(plain["evaluate"])
+    changed = _cfg(evaluate={"target_f": 0.8, "select_limit": None})
+    data = config_data(changed)
+    assert data["evaluate"]["target_f"] == 0.8 and data["evaluate"]["select_limit"] is None
+    assert "select_split" not in data["evaluate"]
+    assert parse_config(yaml.safe_load(dump_config(changed))) == changed
+    # the evaluate call's key follows the rule (it reads `evaluate`)
+    assert plan(_cfg())[-1].key != plan(changed)[-1].key
