@@ -10,6 +10,7 @@ for code that imported them from here.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -30,7 +31,6 @@ from maskshare.stages.plan import execute, make_call, plan
 from maskshare.variants import Variant, grouping_kinds, main_variant, mask_jobs, variants  # noqa: F401
 
 logger = logging.getLogger(__name__)
-
 
 
 def run_pipeline(cfg: RunConfig) -> Path:
@@ -74,7 +74,5 @@ def stage_masks(run: Path, variant: Variant | str, lam: float, seed: int) -> Pat
 
 
 def stage_evaluate(run: Path) -> dict:
-    import json
-
     _stage(run, "evaluate")
     return json.loads(RunLayout(run).metrics.read_text())
