@@ -10,9 +10,10 @@ its stage, fanning the mask calls out to workers.
 
 A stage declares which config fields its work depends on (`inputs`); a call's `key`
 hashes its stage, its arguments, those fields and the keys of the calls before it that it
-reads, so a changed input changes the key of every call downstream of it. (The run
-directory's own hash covers the whole config and the input files; the key names a call
-within it, for logs and task names.) Before building, the runner checks the call's
+reads, so a changed input changes the key of every call downstream of it: the plan's
+declared data flow, checked by tests. Outputs are not located by key: the run directory's
+own hash covers the whole config and the input files, and the paths inside it stay those
+of `RunLayout`, so existing runs keep their bytes. Before building, the runner checks the call's
 output: complete (manifest present, file hashes matching) means skipped, logged once as
 "cached: <what>".
 """
