@@ -214,7 +214,9 @@ def resolve_circuit(run: Path, variant: str | None = None, lam: float | None = N
     """(config, Variant, lambda, seed, masks dir) of the circuit to apply; UserError if the
     run does not hold it."""
     from maskshare.artifacts import is_complete
-    from maskshare.pipeline import Variant, _masks_dir, load_run_config, main_variant, variants
+    from maskshare.layout import RunLayout
+    from maskshare.resources import load_run_config
+    from maskshare.variants import Variant, main_variant, variants
 
     cfg = load_run_config(run)
     if variant is None:
@@ -226,7 +228,7 @@ def resolve_circuit(run: Path, variant: str | None = None, lam: float | None = N
             known = ", ".join(x.name for x in variants(cfg))
             raise UserError(f"unknown variant {variant!r}; this run has: {known}") from None
     if lam is None:
-        mpath = run / "metrics.json"
+        mpath = RunLayout(run).metrics
         try:
             metrics = json.loads(mpath.read_text())
             lam = float(metrics["lambda"])
@@ -235,10 +237,11 @@ def resolve_circuit(run: Path, variant: str | None = None, lam: float | None = N
                             "finish the run with `maskshare run`, or pass --lambda") from None
     if seed is None:
         seed = (cfg.evaluate.seeds or [cfg.seed])[0]
-    d = _masks_dir(run, v, lam, seed)
+    d = RunLayout(run).masks(v, lam, seed)
     if not is_complete(d):
-        have = sorted(p.name for p in (run / "masks" / v.name).glob("lam*_seed*")
-                      if is_complete(p)) if (run / "masks" / v.name).is_dir() else []
+        vdir = RunLayout(run).variant_masks(v)
+        have = sorted(p.name for p in vdir.glob("lam*_seed*")
+                      if is_complete(p)) if vdir.is_dir() else []
         raise UserError(f"{run} has no complete circuit for variant {v.name}, lambda {lam:g}, "
                         f"seed {seed}; it has: {', '.join(have) or 'none'}")
     return cfg, v, float(lam), int(seed), d
@@ -272,9 +275,10 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
     """
     from maskshare.evaluation import evaluate_masks
     from maskshare.grouping import load_grouping
+    from maskshare.layout import RunLayout
     from maskshare.mask_training import TrainResult
     from maskshare.masking import MaskedModel
-    from maskshare.pipeline import get_model, get_saes
+    from maskshare.resources import get_model, get_saes
     from maskshare.slot_stats import SlotStats
 
     run = Path(run)
@@ -283,7 +287,7 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
     n_unparsed = len(skipped)  # lines that never became prompts (malformed)
     raw = list(prompts)
     model = get_model(cfg)
-    grouping = load_grouping(run / "groups" / v.grouping.value)
+    grouping = load_grouping(RunLayout(run).groups(v.grouping))
     tlen = len(grouping.slot_names) if v.grouping.value == "template" else None
     checked: list[_Checked] = []
     for i, x in enumerate(raw):
@@ -310,7 +314,7 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
     items = _items_frame(checked, v.grouping.value)
     assignment = grouping.assign(model, items)
     slots = [np.asarray(s, dtype=np.int64) for s in assignment.slots]
-    stats = SlotStats.load(run / "stats" / v.grouping.value / "slot_stats.safetensors")
+    stats = SlotStats.load(RunLayout(run).slot_stats(v.grouping))
     mm = MaskedModel(model, get_saes(cfg), stats, grouping.n_slots, ablation=v.ablation,
                      error=cfg.masks.error)
     batches = mm.prepare(tokens, slots, answers, cfs,

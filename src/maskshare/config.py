@@ -124,6 +124,16 @@ class EvalConfig(Strict):
     ablations: list[Ablation] = Field(
         default_factory=lambda: [Ablation.GLOBAL_MEAN, Ablation.ZERO])
     matched_latents_per_token: float | None = None  # None: chosen from the curves
+    # the run's lambda: the sparsest whose F on (a seeded sample of at most `select_limit`
+    # prompts of) `select_split` reaches `target_f`; if none does, the one with the best F
+    select_split: str = "train"
+    select_limit: int | None = Field(default=64, ge=1)
+    target_f: float = 0.9
+
+
+# fields added after run directories existed: left out of config.yaml and of the run's hash
+# while they hold their default, so existing runs keep their directory and bytes
+_OMIT_AT_DEFAULT = {"evaluate": ("select_split", "select_limit", "target_f")}
 
 
 class RunConfig(Strict):
@@ -175,5 +185,16 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(data, str(path))
 
 
+def config_data(cfg: RunConfig) -> dict:
+    """`cfg` as plain JSON data, without the fields of `_OMIT_AT_DEFAULT` at their default."""
+    data = cfg.model_dump(mode="json")
+    for section, names in _OMIT_AT_DEFAULT.items():
+        default = type(getattr(cfg, section))()
+        for n in names:
+            if getattr(getattr(cfg, section), n) == getattr(default, n):
+                data[section].pop(n)
+    return data
+
+
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(config_data(cfg), sort_keys=False)
