@@ -66,7 +66,8 @@ class AttentionGrouping(Grouping):
 
     @property
     def centroids(self) -> np.ndarray:
-        """[clusters, dims] cluster centres in the reduced space, in cluster order."""
+        """[clusters, dims] cluster centres in the reduced space, in cluster order (the
+        centres the 1-NN predictor was fitted on; the components' means for `gmm`)."""
         return self._centroids
 
     # features ---------------------------------------------------------------
