@@ -540,7 +540,7 @@ def stage_evaluate(run: Path) -> dict:
         write_manifest(tmp, timings={"evaluate_s": time.time() - t0})
     metrics["timings"] = {"evaluate_s": time.time() - t0}
     write_json_atomic(run / "metrics.json", metrics)
-    _write_report(run, cfg, metrics, comp_rows, curves, circuit, rows, splits)
+    _write_report(run)
     return metrics
 
 
@@ -557,28 +557,11 @@ def _circuit(run: Path, cfg: RunConfig, variant: Variant, lam: float, seed: int,
     return circuit_summary(masks, get_saes(cfg), stats, top_tokens=top)
 
 
-def _write_report(run: Path, cfg: RunConfig, metrics: dict, comp_rows: list[dict],
-                  curves: list[dict], circuit: dict, rows: list[dict], splits: list[str]) -> None:
+def _write_report(run: Path) -> None:
+    """report.html from the run directory's files (`maskshare report RUN` rebuilds it)."""
     from maskshare.report import write_report
 
-    main = main_variant(cfg)
-    per_split = []
-    for split in splits:
-        per_split.append({"title": f"Every method on {split} (all lambdas)", "rows": [
-            {k: r[k] for k in ("variant", "lambda", "faithfulness", "faithfulness_vs_clean",
-                               "completeness", "latents_per_token", "circuit_size",
-                               "distinct_latents", "n_prompts")}
-            for r in rows if r["split"] == split]})
-    comparisons = [{"title": f"{cfg.dataset.name} ({cfg.dataset.variant}): methods at matched "
-                             f"latents per token, on {metrics['headline_split']}",
-                    "rows": comp_rows,
-                    "note": f"main method {main.name}, lambda {metrics['lambda']:g} chosen on "
-                            f"training prompts; error term {cfg.masks.error.value}"},
-                   *per_split]
-    groups_page = f"groups/{main.grouping.value}/groups.html"
-    write_report(run / "report.html", title=f"maskshare run {run.name}", comparisons=comparisons,
-                 curves=curves, circuit=circuit, metrics=metrics,
-                 groups_page=groups_page if (run / groups_page).is_file() else None)
+    write_report(run)
 
 
 # ----------------------------------------------------------------------------- all of it
