@@ -221,7 +221,9 @@ def _scatter(table: pl.DataFrame, by: str, colours: dict, title: str) -> str:
 
 
 def _value(v) -> str:
-    if isinstance(v, bool) or v is None:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
         return html.escape(str(v))
     if isinstance(v, float):
         return f"{v:.3g}" if v == v else "–"
@@ -235,7 +237,7 @@ def quality_html(quality: dict) -> str:
     and any other nested dict as rows of their own."""
     esc = html.escape
     flat = {k: v for k, v in quality.items() if not isinstance(v, dict)}
-    out = ['<div class="scroll"><table><tr><th>measure</th><th>value</th></tr>'
+    out = ['<div class="scroll"><h3>measures</h3><table><tr><th>measure</th><th>value</th></tr>'
            + "".join(f"<tr><td>{esc(k)}</td><td class=n>{_value(v)}</td></tr>"
                      for k, v in sorted(flat.items())) + "</table></div>"]
     for k, sub in sorted((k, v) for k, v in quality.items() if isinstance(v, dict)):
@@ -245,13 +247,13 @@ def quality_html(quality: dict) -> str:
             body = "".join(f"<tr><td>{esc(r)}</td>" + "".join(
                 f"<td class=n>{_value(x.get(c))}</td>" for c in cols) + "</tr>"
                 for r, x in sub.items())
-            out.append(f'<h3>{esc(k)}</h3><div class="scroll"><table><tr><th></th>{head}</tr>'
+            out.append(f'<div class="scroll"><h3>{esc(k)}</h3><table><tr><th></th>{head}</tr>'
                        f"{body}</table></div>")
         else:
-            out.append(f'<h3>{esc(k)}</h3><div class="scroll"><table>' + "".join(
+            out.append(f'<div class="scroll"><h3>{esc(k)}</h3><table>' + "".join(
                 f"<tr><td>{esc(str(a))}</td><td class=n>{_value(b)}</td></tr>"
                 for a, b in sub.items()) + "</table></div>")
-    return "".join(out)
+    return f'<div class="quality">{"".join(out)}</div>'
 
 
 CSS = """
@@ -259,7 +261,8 @@ CSS = """
 body{font-family:system-ui,sans-serif;margin:0 auto;padding:1em 1.5em 3em;max-width:1400px;
 color:#222;line-height:1.4}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;margin-top:1.6em}
-.scroll{overflow-x:auto;max-width:100%}
+.scroll{overflow-x:auto;max-width:100%}h3{font-size:1em;margin:.4em 0 0}
+.quality{display:flex;flex-wrap:wrap;gap:0 2.5em;align-items:flex-start}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 6px;
 vertical-align:top;font-size:13px;text-align:left}th{background:#f3f3f3}td.n{text-align:right}
 td.ex{min-width:24em;overflow-wrap:anywhere}

@@ -38,6 +38,24 @@ def _nice_range(lo: float, hi: float) -> tuple[float, float, float]:
     return step, math.floor(lo / step) * step, math.ceil(hi / step) * step
 
 
+def _series(s: dict, col: str, X, Y, lx: float, ly: float) -> list[str]:
+    """One method's polyline, points (with tooltips) and legend entry."""
+    sw = 3.5 if s.get("main") else 2
+    bold = ' font-weight="600"' if s.get("main") else ""
+    out = []
+    pts = sorted(p for p in s["points"] if p[0] > 0 and math.isfinite(p[1]))
+    if pts:
+        d = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in pts)
+        out.append(f'<polyline points="{d}" fill="none" stroke="{col}" stroke-width="{sw}"/>')
+        out += [f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="{sw + 1}" fill="{col}">'
+                f'<title>{_esc(s["name"])}: {x:.3g} latents per token, F {y:.3f}</title></circle>'
+                for x, y in pts]
+    out.append(f'<line x1="{lx}" y1="{ly - 5}" x2="{lx + 22}" y2="{ly - 5}" stroke="{col}" '
+               f'stroke-width="{sw}"/><text x="{lx + 28}" y="{ly}" font-size="13"{bold}>'
+               f'{_esc(s["name"])}</text>')
+    return out
+
+
 def svg_curves(series: list[dict], title: str, matched: float | None = None,
                width: int = 720, height: int = 400) -> str:
     """F against latents per token (log x). `series`: [{name, main, points: [(x, y)]}]; the
@@ -85,22 +103,7 @@ def svg_curves(series: list[dict], title: str, matched: float | None = None,
                f'<text x="16" y="{mt + ph / 2}" font-size="13" text-anchor="middle" '
                f'transform="rotate(-90 16 {mt + ph / 2})">faithfulness F</text>')
     for i, s in enumerate(series):
-        col = PALETTE[i % len(PALETTE)]
-        sw = 3.5 if s.get("main") else 2
-        bold = ' font-weight="600"' if s.get("main") else ""
-        pts = sorted(p for p in s["points"] if p[0] > 0 and math.isfinite(p[1]))
-        if pts:
-            d = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in pts)
-            out.append(f'<polyline points="{d}" fill="none" stroke="{col}" stroke-width="{sw}"/>')
-            for x, y in pts:
-                out.append(f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="{sw + 1}" fill="{col}">'
-                           f'<title>{_esc(s["name"])}: {x:.3g} latents per token, F {y:.3f}'
-                           '</title></circle>')
-        ly = mt + 16 + 22 * i
-        out.append(f'<line x1="{ml + pw + 12}" y1="{ly - 5}" x2="{ml + pw + 34}" y2="{ly - 5}" '
-                   f'stroke="{col}" stroke-width="{sw}"/><text x="{ml + pw + 40}" y="{ly}" '
-                   f'font-size="13"{bold}>'
-                   f'{_esc(s["name"])}</text>')
+        out += _series(s, PALETTE[i % len(PALETTE)], X, Y, ml + pw + 12, mt + 16 + 22 * i)
     out.append("</svg>")
     return "".join(out)
 
