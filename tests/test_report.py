@@ -103,7 +103,7 @@ def test_headline_sentences_are_the_curves_read_at_the_matched_size(run):
 
     grouping, ablation = h["sentences"]
     assert grouping.startswith(f"At {size:.3g} latents per token on held-out phrasings, "
-                               f"attention slots reach F {f('attention__slot-mean')}")
+                               f"attention slots reach F {m['faithfulness']:.2f}")
     assert f"single slot {f('single__slot-mean')}" in grouping
     assert f"from-end positions {f('from-end__slot-mean')}" in grouping
     assert f"zero ablation {f('attention__zero')}" in ablation

@@ -64,6 +64,7 @@ svg.fig{display:block;height:auto;margin:.3em 0}svg text{font-family:inherit}
 @media print{body{max-width:none;padding:0;font-size:11pt}.plots{display:block}
 details,details.slot{border:0}summary{list-style:none}.scroll{overflow:visible}
 h2{break-after:avoid}svg.fig{break-inside:avoid}a{color:inherit}}
+@media print{details::details-content{content-visibility:visible;display:block}}
 """
 
 # folded sections open for printing (a closed <details> prints as its summary only)

@@ -112,7 +112,9 @@ def _latent_row(i: int, r: dict, key: str, train) -> str:
         '<span class="muted">–</span>'
 
     def num(v):
-        return '<span class="muted">–</span>' if v is None else f"{v:.3g}"
+        if v is None:
+            return '<span class="muted">–</span>'
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
     return (f"<tr><td>{i}</td><td>{r['latent']}</td><td>{num(r.get(key))}</td>"
             f"<td>{num(r.get('mean_activation'))}</td>"

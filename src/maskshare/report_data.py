@@ -212,8 +212,7 @@ def headline(view: RunView) -> dict:
     if not size or not head:
         return out
     rows = comparison_rows(view)
-    main = next((r for r in rows if r["main"]), None)
-    main_f = main[head] if main else m.get("faithfulness")
+    main_f = m.get("faithfulness")  # measured at the chosen lambda: the same as the card above
     hname = view.split_name(head)
     grp = [(grouping_name(r["grouping"]), r[head]) for r in rows
            if not r["main"] and r["ablation"] == view.main_ablation]

@@ -115,7 +115,7 @@ def svg_heatmap(rows: list[str], cols: list[str], values: list[list[int]], label
     cw, rh, ml, mt = 96, 28, 300, 24
     w, h = ml + cw * len(cols) + 10, mt + rh * len(rows) + 8
     vmax = max([v for r in values for v in r] + [1])
-    out = [_open(w, h, label, cls="fig heat", max_scale=1.0)]
+    out = [_open(w, h, label, cls="fig heat", max_scale=1.25)]
     for j, c in enumerate(cols):
         out.append(f'<text x="{ml + cw * j + cw / 2}" y="{mt - 8}" font-size="13" '
                    f'text-anchor="middle">{_esc(c)}</text>')
