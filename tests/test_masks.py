@@ -1,10 +1,10 @@
-"""Masked forward pass, slot statistics, mask training, evaluation, circuit and report.
+"""Masked forward pass, slot statistics, mask training, evaluation and circuit (the report:
+test_report.py).
 
 Everything runs on the tiny random model with hand-made slots (no grouping, no dataset)."""
 
 from __future__ import annotations
 
-import html.parser
 import json
 
 import numpy as np
@@ -22,7 +22,6 @@ from maskshare.masking import (
     empty_masks,
     full_masks,
 )
-from maskshare.report import write_report
 from maskshare.slot_stats import SlotStats, compute_slot_stats
 from maskshare.testing import tiny_model, tiny_saes
 
@@ -472,59 +471,6 @@ def test_circuit_listing_with_top_tokens_and_neuronpedia(data):
         assert row["top_tokens"][0]["activation"] == pytest.approx(best, rel=1e-5)
     assert c["depth"]["per_slot"][hooks[0]] == [0, 0, 1, 0]
     json.dumps(c)
-
-
-class _Checker(html.parser.HTMLParser):
-    VOID = {"meta", "br", "img", "hr", "input", "link", "circle", "line", "rect", "polyline"}
-
-    def __init__(self):
-        super().__init__()
-        self.stack, self.errors, self.tags = [], [], []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        if tag not in self.VOID:
-            self.stack.append(tag)
-
-    def handle_startendtag(self, tag, attrs):
-        self.tags.append(tag)
-
-    def handle_endtag(self, tag):
-        if tag in self.VOID:
-            return
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"unexpected </{tag}> (open: {self.stack[-3:]})")
-        else:
-            self.stack.pop()
-
-
-def test_report_is_valid_self_contained_html_with_the_tables(data, tmp_path):
-    hooks = list(data["saes"])
-    m = empty_masks(data["saes"], N_SLOTS)
-    m[hooks[0]][2, 4] = 1.0
-    circuit = circuit_summary(m, data["saes"], data["stats"])
-    comparisons = [{"title": "elements-symbol (freeform)", "rows": [
-        {"method": "attention / slot-mean", "faithfulness": 0.93, "latents_per_token": 48.0},
-        {"method": "from-end / slot-mean", "faithfulness": 0.41, "latents_per_token": 47.5},
-        {"method": "single <&>", "faithfulness": None, "latents_per_token": 50.0}]}]
-    curves = [{"method": "attention", "points": [{"latents_per_token": 10, "faithfulness": 0.5},
-                                                 {"latents_per_token": 100, "faithfulness": 0.9}]},
-              {"method": "single", "sizes": [20, 200], "faithfulness": [0.3, 0.7]}]
-    p = write_report(tmp_path / "report.html", title="run <x>", comparisons=comparisons,
-                     curves=curves, circuit=circuit, metrics={"faithfulness": 0.93, "n": 3},
-                     groups_page="groups/attention/groups.html")
-    text = p.read_text()
-    chk = _Checker()
-    chk.feed(text)
-    chk.close()
-    assert chk.errors == [] and chk.stack == []
-    assert text.startswith("<!DOCTYPE html>")
-    assert "attention / slot-mean" in text and "from-end / slot-mean" in text
-    assert "single &lt;&amp;&gt;" in text and "run &lt;x&gt;" in text
-    assert chk.tags.count("table") >= 3 and chk.tags.count("polyline") == 2
-    assert 'href="groups/attention/groups.html"' in text
-    assert "<script" not in text and "src=" not in text and "@import" not in text
-    assert hooks[0] in text and "0.93" in text
 
 
 def test_binarize_is_theta_positive():

@@ -36,7 +36,9 @@ def top_activating_tokens(model, saes: dict, tokens: list[list[int]],
                           k: int = 5, context: int = 3, batch_size: int = 32) -> dict:
     """For each (hook, latent) in `latents`: the k dataset tokens (non-BOS) where the clean
     model's latent activation is highest: {hook: {latent: [{prompt, pos, token, context,
-    activation}]}}. One pass of the model, only as deep as the deepest hook."""
+    before, after, activation}]}}: `context` the `context` tokens up to the firing one,
+    `before`/`after` the whole prompt (BOS left out) around it, to show it highlighted.
+    One pass of the model, only as deep as the deepest hook."""
     want = {h: torch.as_tensor(v, dtype=torch.long) for h, v in latents.items() if v}
     if not want:
         return {}
@@ -74,6 +76,7 @@ def top_activating_tokens(model, saes: dict, tokens: list[list[int]],
                 strs = token_strs[i]
                 rows.append({"prompt": int(i), "pos": int(pos), "token": strs[pos],
                              "context": "".join(strs[max(1, pos - context):pos + 1]),
+                             "before": "".join(strs[1:pos]), "after": "".join(strs[pos + 1:]),
                              "activation": float(v)})
             out[h][lat] = rows
     return out

@@ -86,7 +86,7 @@ def build(run: Path) -> Path:
                      **headline_metrics(rows, main, head, splits, lam),
                      **quality_metrics(json.loads(layout.quality(main.grouping).read_text()))}
     target = pick(rows, main.name, head, lam).latents_per_token
-    curves, table, compared = compare_at_matched_size(rows, variants(cfg), main, head, target)
+    _, table, compared = compare_at_matched_size(rows, variants(cfg), main, head, target)
     metrics.update(compared)
     metrics.update(stability_metrics(run, main, lam, seeds))
     circuit = circuit_listing(run, cfg, main, lam, seeds[0], items)
@@ -97,8 +97,7 @@ def build(run: Path) -> Path:
         write_manifest(tmp, timings={"evaluate_s": time.time() - t0})
     metrics["timings"] = {"evaluate_s": time.time() - t0}
     write_json_atomic(layout.metrics, metrics)
-    write_run_report(run, cfg, metrics, [r.as_dict() for r in table],
-                     [c.as_dict() for c in curves], circuit, rows, splits)
+    write_run_report(run)
     return layout.evaluate
 
 
@@ -127,25 +126,8 @@ def circuit_listing(run: Path, cfg: RunConfig, variant: Variant, lam: float, see
     return circuit_summary(masks, get_saes(cfg), stats, top_tokens=top)
 
 
-def write_run_report(run: Path, cfg: RunConfig, metrics: dict, comp_rows: list[dict],
-                     curves: list[dict], circuit: dict, rows: list[EvalRow],
-                     splits: list[str]) -> None:
+def write_run_report(run: Path) -> None:
+    """report.html, built from the run directory's files alone (see maskshare.report)."""
     from maskshare.report import write_report
 
-    layout = RunLayout(run)
-    main = main_variant(cfg)
-    keys = ("variant", "lambda", "faithfulness", "faithfulness_vs_clean", "completeness",
-            "latents_per_token", "circuit_size", "distinct_latents", "n_prompts")
-    per_split = [{"title": f"Every method on {split} (all lambdas)",
-                  "rows": [{k: r.as_dict()[k] for k in keys} for r in rows if r.split == split]}
-                 for split in splits]
-    comparisons = [{"title": f"{cfg.dataset.name} ({cfg.dataset.variant}): methods at matched "
-                             f"latents per token, on {metrics['headline_split']}",
-                    "rows": comp_rows,
-                    "note": f"main method {main.name}, lambda {metrics['lambda']:g} chosen on "
-                            f"training prompts; error term {cfg.masks.error.value}"},
-                   *per_split]
-    page = layout.groups_page(main.grouping)
-    write_report(layout.report, title=f"maskshare run {run.name}", comparisons=comparisons,
-                 curves=curves, circuit=circuit, metrics=metrics,
-                 groups_page=layout.relative(page) if page.is_file() else None)
+    write_report(run)
