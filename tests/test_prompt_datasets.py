@@ -388,3 +388,60 @@ def test_eval_warns_once_about_extra_fields(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "'id', 'phrasing'" in warnings[0] and "on 5 line(s)" in warnings[0]
+
+
+# ------------------------------------------------------------------------------- a run
+@pytest.mark.slow
+def test_a_tiny_run_on_an_imported_prompt_dataset(dirs, tmp_path, capsys, monkeypatch):
+    """The pipeline takes a prompt dataset unchanged: import, then a run naming the spec by
+    path, headline on the held-out group."""
+    from maskshare.config import load_config
+    from maskshare.pipeline import run_pipeline
+    from maskshare.testing import write_tiny_run_setup
+
+    data, _ = dirs
+    rows = []
+    for case, form in FORMS.items():
+        for name, sym in METALS * 4:
+            rows.append({"prompt": form.format(name) + " " * (len(rows) % 4), "answer": f" {sym}",
+                         "counterfactual": " Ag" if sym == "Au" else " Au", "group": case,
+                         "entity": name})
+    f = write_rows(tmp_path / "metals.jsonl", rows)
+    assert run_cli(["datasets", "import", str(f), "--name", "metals", "--held-out-group",
+                    "list", "--min-items", "1", "--no-progress", "--model", "tiny"],
+                   capsys)[0] == 0
+    monkeypatch.setenv("MASKSHARE_THREADS", "1")
+    cfg_path = write_tiny_run_setup(tmp_path / "run", dataset=str(data / "datasets" /
+                                                                  "metals.yaml"))
+    run = run_pipeline(load_config(cfg_path))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["headline_split"] == "test_phrasing"
+    items = load_items(run / "dataset")
+    assert set(items.filter(pl.col("phrasing") == "list")["split"]) <= {"test_phrasing",
+                                                                         "test_both"}
+
+
+# ------------------------------------------------------------------------------- shipped data
+def test_shipped_prompt_datasets_match_their_generator_and_vary():
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    try:
+        import make_prompt_datasets as gen
+    finally:
+        sys.path.remove(str(root / "scripts"))
+    for name, rows in (("element-questions", gen.element_rows()),
+                       ("bibliography", gen.bibliography_rows())):
+        spec, path = find_spec(name)
+        table = root / "data" / "sources" / f"{name}.jsonl"
+        assert [json.loads(x) for x in table.read_text().splitlines()] == rows, name
+        groups = {r["group"] for r in rows}
+        assert set(spec.split.held_out_groups) < groups
+        for r in rows:  # counterfactuals start with another token than the answer
+            assert r["answer"][:2] != r["counterfactual"][:2]
+    el = gen.element_rows()
+    assert len(el) >= 150 and len({r["group"] for r in el}) >= 4
+    # written, not templated: with the element's name masked, almost every prompt differs
+    shapes = {r["prompt"].lower().replace(r["entity"], "X") for r in el}
+    assert len(shapes) >= 0.9 * len(el)

@@ -175,6 +175,9 @@ def _import(args) -> int:
     print(f"imported {plan.table.height} rows ({plan.format} format) as {plan.name!r}: "
           f"{spec_path}, {spec_path.parent.parent / 'sources' / plan.table_name}")
     _print_built(built, args.model)
+    from maskshare.datasets import roles_note
+
+    print(f"- note: {roles_note(plan.spec, ['roles'])}")  # the default baselines include roles
     print(f"\n{built.path}")
     return 0
 
