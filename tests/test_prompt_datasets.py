@@ -445,3 +445,30 @@ def test_shipped_prompt_datasets_match_their_generator_and_vary():
     # written, not templated: with the element's name masked, almost every prompt differs
     shapes = {r["prompt"].lower().replace(r["entity"], "X") for r in el}
     assert len(shapes) >= 0.9 * len(el)
+
+
+@pytest.mark.real_model
+def test_real_model_agreement_pairs_pass_the_logit_diff_filter(dirs, tmp_path, capsys,
+                                                               real_model, monkeypatch):
+    """SmolLM2 prefers " are" after "The teachers near the desk" (and " is" after the
+    singular): the clean/patch pairs pass the default filter; top1 is reported alongside."""
+    monkeypatch.setattr("maskshare.models.load_model", lambda name: real_model)
+    rows = []
+    for noun in ("teacher", "doctor", "farmer", "pilot", "nurse", "baker"):
+        for plural in (True, False):
+            a, b = (f"{noun}s", noun) if plural else (noun, f"{noun}s")
+            rows.append({"clean_prefix": f"The {a} near the desk",
+                         "clean_answer": " are" if plural else " is",
+                         "patch_prefix": f"The {b} near the desk",
+                         "patch_answer": " is" if plural else " are",
+                         "case": "plural" if plural else "singular"})
+    f = write_rows(tmp_path / "agreement.json", rows)
+    rc, out, err = run_cli(["datasets", "import", str(f), "--name", "agreement",
+                            "--held-out-group", "singular", "--min-items", "1",
+                            "--no-progress"], capsys)
+    assert rc == 0, err
+    items = build_dataset(DatasetRef(name="agreement", min_items=1, behaviour_filter="none"),
+                          real_model, progress=False).items
+    teachers = items.filter(pl.col("prompt") == "The teachers near the desk")
+    assert teachers["answer"].item() == " are" and teachers["logit_diff"].item() > 0
+    assert (items["logit_diff"] > 0).mean() >= 0.75
