@@ -14,16 +14,19 @@ tokens get their slots from the run's fitted grouping, assigned without refittin
 of tokens the grouping finds out of distribution is reported (`ood_fraction`). New prompts
 carry no span labels, so a `roles` grouping sees BOS, the final token and `other`.
 
-A bad prompt (malformed line, empty prompt, answer or counterfactual not a single token,
-counterfactual equal to the answer, longer than the model's context, a length the
-`template` grouping was not fitted on) is skipped with its line number and reason; it never
-stops the batch. No usable prompt at all is a `UserError`. Nothing is written anywhere.
+Answers and counterfactuals of several tokens are scored by their first token (as datasets
+are). A bad prompt (malformed line, empty prompt, answer or counterfactual that tokenises to
+nothing, counterfactual equal to the answer or sharing its first token, longer than the
+model's context, a length the `template` grouping was not fitted on) is skipped with its line
+number and reason; it never stops the batch. Fields other than the prompt fields (an id, a
+phrasing label) are ignored with one warning for the whole file. No usable prompt at all is a `UserError`. Nothing is written anywhere.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +122,7 @@ def read_prompts(path: str | Path) -> tuple[list[Prompt], list[Skipped]]:
     except OSError as e:
         raise UserError(f"cannot read prompts {p}: {e.strerror or e}") from None
     prompts, skipped = [], []
+    extra_fields: Counter = Counter()
     for i, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
@@ -127,10 +131,12 @@ def read_prompts(path: str | Path) -> tuple[list[Prompt], list[Skipped]]:
         except ValueError as e:
             skipped.append(Skipped(i, str(e)))
             continue
-        extra = unknown_fields(raw)
-        if extra:
-            logger.warning("line %d: ignoring unknown field(s) %s (known: %s)", i, extra,
-                           list(FIELDS))
+        extra_fields.update(unknown_fields(raw))
+    if extra_fields:  # one warning for the file, not one per line (ids, labels are common)
+        n_lines = sum(1 for raw in text.splitlines() if raw.strip() and unknown_fields(raw))
+        logger.warning("%s: ignoring field(s) %s on %d line(s) (known: %s)", p,
+                       ", ".join(f"{k!r}" for k in sorted(extra_fields)), n_lines,
+                       list(FIELDS))
     return prompts, skipped
 
 
@@ -143,12 +149,11 @@ class _Checked:
     counterfactual_id: int | None
 
 
-def _single_token(tokenizer, text: str, what: str) -> int:
+def _first_token(tokenizer, text: str, what: str) -> int:
+    """The token an answer is scored by: its first (answers of several tokens included)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        pieces = [tokenizer.decode([t]) for t in ids[:6]]
-        hint = "" if text.startswith(" ") else " (answers usually need a leading space)"
-        raise ValueError(f"{what} {text!r} is {len(ids)} tokens {pieces}, not one{hint}")
+    if not ids:
+        raise ValueError(f"{what} {text!r} has no tokens")
     return int(ids[0])
 
 
@@ -166,13 +171,14 @@ def check_prompt(model, p: Prompt, *, template_length: int | None = None) -> _Ch
     if template_length is not None and len(tokens) != template_length:
         raise ValueError(f"prompt is {len(tokens)} tokens; the run's template grouping only "
                          f"takes {template_length}-token prompts")
-    a = _single_token(tok, p.answer, "answer")
+    a = _first_token(tok, p.answer, "answer")
     c = None
     if p.counterfactual is not None:
-        c = _single_token(tok, p.counterfactual, "counterfactual")
+        c = _first_token(tok, p.counterfactual, "counterfactual")
         if c == a:
-            raise ValueError(f"counterfactual {p.counterfactual!r} is the same token as the "
-                             f"answer {p.answer!r}")
+            raise ValueError(f"answer {p.answer!r} and counterfactual {p.counterfactual!r} share "
+                             f"their first token {tok.decode([a])!r} (answers are scored by "
+                             "their first token)")
     return _Checked(p, tokens, a, c)
 
 

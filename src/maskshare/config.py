@@ -53,15 +53,21 @@ class GroupingKind(StrEnum):
 
 
 class DatasetRef(Strict):
-    """A built-in or user-added dataset (data/datasets/<name>.yaml) and its variant."""
+    """A built-in or user-added dataset (data/datasets/<name>.yaml), or a spec file named by
+    its path (`name: path/to/spec.yaml`: ends in .yaml/.yml or holds a slash), and its
+    variant (prompt datasets have one: `freeform`)."""
 
     name: str = "elements-symbol"
     variant: Literal["templated", "freeform"] = "freeform"
     max_items: int | None = Field(default=None, ge=1, description="cap on items after filtering")
     min_items: int = Field(default=20, ge=1, description="fail if fewer items pass the filter")
-    behaviour_filter: bool = Field(
-        default=True, description="keep only items the model answers top-1 (switch off only "
-                                  "for dry runs on models that answer nothing, e.g. `tiny`)")
+    # true stays the default (not a kind's name) so configs that leave it out keep their hash
+    behaviour_filter: bool | Literal["top1", "logit-diff", "none"] = Field(
+        default=True, description="which items to keep: top1 (the model's top token is the "
+        "answer's first token), logit-diff (logit(answer) - logit(counterfactual) above the "
+        "spec's filter.margin, default 0) or none; true = the dataset's default (top1 for "
+        "template specs, the spec's filter for prompt specs: logit-diff), false = none (dry "
+        "runs on models that answer nothing, e.g. `tiny`)")
 
 
 class AttentionFeatures(Strict):

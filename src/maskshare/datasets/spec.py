@@ -202,16 +202,28 @@ def _first_error(e: ValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
-def parse_spec(data: Any, *, source: str) -> DatasetSpec:
+def parse_spec(data: Any, *, source: str):
+    """A `DatasetSpec` (template kind, the default) or a `PromptDatasetSpec` (`kind: prompts`).
+
+    `kind: template` may be written; it is dropped before validation so a template spec's
+    dump (and with it every build key and run hash) is the same with or without it."""
+    from maskshare.datasets.prompts import PromptDatasetSpec
+
     if not isinstance(data, dict):
         raise UserError(f"{source}: a dataset spec must be a YAML mapping")
+    kind = data.get("kind", "template")
+    if kind not in ("template", "prompts"):
+        raise UserError(f"{source}: kind: {kind!r} is not a dataset kind; use template (the "
+                        "default: an entity table times phrasings) or prompts (complete prompts)")
     try:
-        return DatasetSpec.model_validate(data)
+        if kind == "prompts":
+            return PromptDatasetSpec.model_validate(data)
+        return DatasetSpec.model_validate({k: v for k, v in data.items() if k != "kind"})
     except ValidationError as e:
         raise UserError(f"{source}: {_first_error(e)}") from None
 
 
-def read_spec_file(path: str | Path) -> DatasetSpec:
+def read_spec_file(path: str | Path):
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text())
