@@ -159,6 +159,61 @@ def test_empty_mask_reproduces_the_all_ablated_model(data, ablation, error):
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
 
 
+def _sae_lens_final_logits(d, saes: dict, use_error_term: bool, restore_bos: bool = False):
+    """sae_lens's own splice (HookedSAETransformer.saes), each prompt alone: [N, vocab].
+    `restore_bos`: put each hook's input back at BOS through sae_lens's own hook points
+    (hook_sae_input -> hook_sae_output), as maskshare never splices BOS."""
+    model, out = d["model"], []
+    kept: dict[str, torch.Tensor] = {}  # each hook's input at BOS, for the running prompt
+
+    def keep(act, hook):
+        kept[hook.name.removesuffix(".hook_sae_input")] = act[:, 0].clone()
+
+    def put_back(act, hook):
+        act = act.clone()
+        act[:, 0] = kept[hook.name.removesuffix(".hook_sae_output")]
+        return act
+
+    for t in d["tokens"]:
+        fwd = [(f"{h}.hook_sae_input", keep) for h in saes] + \
+            [(f"{h}.hook_sae_output", put_back) for h in saes] if restore_bos else []
+        with torch.no_grad(), model.saes(saes=list(saes.values()),
+                                         use_error_term=use_error_term):
+            out.append(model.run_with_hooks(torch.tensor([t]), fwd_hooks=fwd)[0, -1])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("ablation", list(Ablation))
+def test_full_mask_with_clean_error_equals_sae_lens_splice_with_error_term(data, ablation):
+    """M with error `clean` is sae_lens's `use_error_term=True` splice at every hook."""
+    mm = _mm(data, ablation=ablation, error=ErrorTerm.CLEAN)
+    got = _ordered_final_logits(mm, _prep(mm, data), full_masks(data["saes"], N_SLOTS))
+    ref = _sae_lens_final_logits(data, data["saes"], use_error_term=True)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_full_mask_with_dropped_error_equals_sae_lens_splice_without_error_term(data):
+    """M with error `drop` is sae_lens's `use_error_term=False` splice except at BOS, which
+    maskshare never splices: equal once BOS is passed through via sae_lens's hook points;
+    without that, equal only where nothing downstream reads BOS (one SAE at the last layer,
+    no attention after it), and different otherwise (every later token attends to BOS)."""
+    saes = data["saes"]
+    mm = _mm(data, error=ErrorTerm.DROP)
+    got = _ordered_final_logits(mm, _prep(mm, data), full_masks(saes, N_SLOTS))
+    ref = _sae_lens_final_logits(data, saes, use_error_term=False, restore_bos=True)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    spliced_bos = _sae_lens_final_logits(data, saes, use_error_term=False)
+    assert (got - spliced_bos).abs().max() > 1e-3
+
+    deepest = f"blocks.{data['model'].cfg.n_layers - 1}.hook_resid_post"
+    last = {h: s for h, s in saes.items() if h == deepest}
+    assert len(last) == 1
+    one = MaskedModel(data["model"], last, data["stats"], N_SLOTS, error=ErrorTerm.DROP)
+    got1 = _ordered_final_logits(one, _prep(one, data), full_masks(last, N_SLOTS))
+    torch.testing.assert_close(got1, _sae_lens_final_logits(data, last, use_error_term=False),
+                               atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("ablation", list(Ablation))
 def test_fast_splice_matches_the_first_version_in_values_and_gradients(data, ablation):
     """One-hot expansion + one decode for error `clean` (the default) against a gather and
@@ -168,8 +223,9 @@ def test_fast_splice_matches_the_first_version_in_values_and_gradients(data, abl
     relaxed = {h: torch.rand(N_SLOTS, s.cfg.d_sae, generator=g) for h, s in saes.items()}
     out = {}
     for name, expand, fuse in (("fast", "onehot", True), ("first", "gather", False)):
-        mm = _mm(data, ablation=ablation, error=ErrorTerm.CLEAN)
-        mm.expand, mm.fuse_clean = expand, fuse
+        mm = _mm(data, ablation=ablation, error=ErrorTerm.CLEAN).with_options(
+            expand=expand, fuse_clean=fuse)
+        assert (mm.expand, mm.fuse_clean) == (expand, fuse)
         assert all(mm.linear_decoder.values())
         theta = {h: m.clone().requires_grad_(True) for h, m in relaxed.items()}
         lds = [mm.logit_diff(b, theta) for b in _prep(mm, data, batch_size=3)]
@@ -226,8 +282,8 @@ def test_start_at_layer_reuse_matches_a_full_pass(hooks):
 
 @pytest.mark.parametrize("split", [False, True])
 def test_padding_does_not_change_any_prompt(data, split):
-    mm = _mm(data, error=ErrorTerm.MEAN)
-    mm.split_by_length = split  # run padded batches whole, or in length groups
+    # run padded batches whole, or in length groups
+    mm = _mm(data, error=ErrorTerm.MEAN).with_options(split_by_length=split)
     g = torch.Generator().manual_seed(1)
     masks = {h: torch.rand(N_SLOTS, s.cfg.d_sae, generator=g) for h, s in data["saes"].items()}
     together = _prep(mm, data, batch_size=len(PROMPTS))
