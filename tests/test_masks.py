@@ -422,6 +422,20 @@ def test_other_objectives_train(data, objective):
     assert len(res.history) == 4 and all(np.isfinite(r["loss"]) for r in res.history)
 
 
+
+def test_mask_training_does_not_depend_on_the_callers_grad_mode(data):
+    """load_model no longer switches grad mode on globally: training enables it itself."""
+    mm = _mm(data)
+    batches = _prep(mm, data)
+    on = train_masks(mm, batches, _cfg(steps=3), 0.01, progress=False)
+    with torch.no_grad():
+        off = train_masks(mm, batches, _cfg(steps=3), 0.01, progress=False)
+        assert not torch.is_grad_enabled()
+    for h in on.theta:
+        torch.testing.assert_close(on.theta[h], off.theta[h], atol=0, rtol=0)
+    assert on.history[-1]["loss"] == off.history[-1]["loss"]
+
+
 # ---- evaluation ----
 
 def test_evaluation_of_full_and_empty_masks(data):
