@@ -280,6 +280,32 @@ def test_start_at_layer_reuse_matches_a_full_pass(hooks):
     assert not np.allclose(mm.logit_diffs(batches, masks), clean, atol=1e-3)
 
 
+def test_options_are_fixed_and_with_options_shares_model_saes_and_stats(data):
+    import dataclasses
+
+    from maskshare.masking import MaskOptions
+
+    mm = _mm(data, ablation="zero", error="clean")
+    assert mm.options == MaskOptions(ablation=Ablation.ZERO, error=ErrorTerm.CLEAN)
+    with pytest.raises(AttributeError, match="with_options"):
+        mm.error = ErrorTerm.DROP
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mm.options.expand = "gather"
+    with pytest.raises(TypeError):
+        _mm(data, no_such_option=1)
+    other = mm.with_options(error=ErrorTerm.MEAN, reuse_prefix=False)
+    assert (other.model, other.stats) == (mm.model, mm.stats) and other.saes == mm.saes
+    assert other.error == ErrorTerm.MEAN and other.ablation == Ablation.ZERO
+    assert mm.error == ErrorTerm.CLEAN  # the original is untouched
+    assert other.start_layer == 0 and mm.start_layer > 0
+    # every pass from the embeddings gives what the cached prefix gives
+    masks = _random_binary(data["saes"], seed=2)
+    full = other.with_options(error=ErrorTerm.CLEAN)
+    torch.testing.assert_close(_ordered_final_logits(full, _prep(full, data), masks),
+                               _ordered_final_logits(mm, _prep(mm, data), masks),
+                               atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_padding_does_not_change_any_prompt(data, split):
     # run padded batches whole, or in length groups

@@ -39,6 +39,8 @@ def test_message_counts_further_errors_and_drops_the_value_error_prefix():
     msg = _message({"inner": {"n": "x"}, "nme": 1})
     assert msg.startswith("f.yaml: inner.n: ") and msg.endswith(" (and 1 more)")
     assert _message({"name": "bad"}) == "f.yaml: name must not be 'bad'"
+    # an unknown key with a line break stays on one line, quoted
+    assert _message({"a\nb": 1}) == "f.yaml: 'a\\nb': Extra inputs are not permitted"
 
 
 def test_yaml_loader_errors_are_one_line(tmp_path):

@@ -137,7 +137,11 @@ class MaskOptions:
 
 
 def _option(name: str):
-    return property(lambda self: getattr(self.options, name),
+    def refuse(self, value):
+        raise AttributeError(f"MaskedModel.{name} is fixed at construction: pass {name}= to "
+                             f"MaskedModel(...) or use mm.with_options({name}=...)")
+
+    return property(lambda self: getattr(self.options, name), refuse,
                     doc=f"`MaskOptions.{name}` (read-only: use `with_options`)")
 
 

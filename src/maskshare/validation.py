@@ -22,13 +22,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False)
 
 
+def _loc_part(x) -> str:
+    """A field name as written, or quoted when it is blank or not printable (one line)."""
+    x = str(x)
+    return x if x.isprintable() and x.strip() == x and x else repr(x)
+
+
 def validation_message(e: ValidationError, source: str) -> str:
     """`source: field.path: what is wrong` for the first error, `(and N more)` if there are
     more; a model-level error has no field path."""
     errors = e.errors()
     err = errors[0]
-    loc = ".".join(str(x) for x in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
+    loc = ".".join(_loc_part(x) for x in err["loc"])
+    msg = " ".join(err["msg"].removeprefix("Value error, ").splitlines())
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{source}: {loc}: {msg}{more}" if loc else f"{source}: {msg}{more}"
 
