@@ -30,7 +30,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from maskshare.activations import collect_activations, hook_name
+from maskshare.activations import collect_activations
 from maskshare.artifacts import _fsync_dir, atomic_path, hash_config, write_manifest
 from maskshare.corpus import Corpus, CorpusConfig, build_corpus
 from maskshare.errors import UserError
@@ -41,7 +41,9 @@ from maskshare.validation import Strict
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOOKS = [hook_name("resid_post", layer) for layer in (6, 12, 18, 24)]
+# written out, not via activations.hook_name: importing transformer_lens for a constant
+# would cost every importer of this module seconds
+DEFAULT_HOOKS = [f"blocks.{layer}.hook_resid_post" for layer in (6, 12, 18, 24)]
 
 
 class SAETrainingConfig(Strict):
