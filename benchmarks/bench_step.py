@@ -154,10 +154,8 @@ def bench_mask_step(model, saes: dict, tokens, answers, counterfactuals, n_slots
     B = len(tokens)
     error = default_error() if error is None else error
     mm = MaskedModel(model, saes, stats, n_slots, error=error)
-    mm0 = MaskedModel(model, saes, stats, n_slots, error=error)
-    mm_v1 = MaskedModel(model, saes, stats, n_slots, error=error)
-    mm_v1.expand, mm_v1.fuse_clean = "gather", False
-    mm0.start_layer, mm0.first_outside = 0, False  # every step from the embeddings
+    mm0 = mm.with_options(reuse_prefix=False)  # every step from the embeddings
+    mm_v1 = mm.with_options(expand="gather", fuse_clean=False)  # the first version
     prep_s = {}
     batches = {}
     for name, m in (("reuse", mm), ("full", mm0)):

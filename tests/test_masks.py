@@ -158,6 +158,61 @@ def test_empty_mask_reproduces_the_all_ablated_model(data, ablation, error):
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
 
 
+def _sae_lens_final_logits(d, saes: dict, use_error_term: bool, restore_bos: bool = False):
+    """sae_lens's own splice (HookedSAETransformer.saes), each prompt alone: [N, vocab].
+    `restore_bos`: put each hook's input back at BOS through sae_lens's own hook points
+    (hook_sae_input -> hook_sae_output), as maskshare never splices BOS."""
+    model, out = d["model"], []
+    kept: dict[str, torch.Tensor] = {}  # each hook's input at BOS, for the running prompt
+
+    def keep(act, hook):
+        kept[hook.name.removesuffix(".hook_sae_input")] = act[:, 0].clone()
+
+    def put_back(act, hook):
+        act = act.clone()
+        act[:, 0] = kept[hook.name.removesuffix(".hook_sae_output")]
+        return act
+
+    for t in d["tokens"]:
+        fwd = [(f"{h}.hook_sae_input", keep) for h in saes] + \
+            [(f"{h}.hook_sae_output", put_back) for h in saes] if restore_bos else []
+        with torch.no_grad(), model.saes(saes=list(saes.values()),
+                                         use_error_term=use_error_term):
+            out.append(model.run_with_hooks(torch.tensor([t]), fwd_hooks=fwd)[0, -1])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("ablation", list(Ablation))
+def test_full_mask_with_clean_error_equals_sae_lens_splice_with_error_term(data, ablation):
+    """M with error `clean` is sae_lens's `use_error_term=True` splice at every hook."""
+    mm = _mm(data, ablation=ablation, error=ErrorTerm.CLEAN)
+    got = _ordered_final_logits(mm, _prep(mm, data), full_masks(data["saes"], N_SLOTS))
+    ref = _sae_lens_final_logits(data, data["saes"], use_error_term=True)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_full_mask_with_dropped_error_equals_sae_lens_splice_without_error_term(data):
+    """M with error `drop` is sae_lens's `use_error_term=False` splice except at BOS, which
+    maskshare never splices: equal once BOS is passed through via sae_lens's hook points;
+    without that, equal only where nothing downstream reads BOS (one SAE at the last layer,
+    no attention after it), and different otherwise (every later token attends to BOS)."""
+    saes = data["saes"]
+    mm = _mm(data, error=ErrorTerm.DROP)
+    got = _ordered_final_logits(mm, _prep(mm, data), full_masks(saes, N_SLOTS))
+    ref = _sae_lens_final_logits(data, saes, use_error_term=False, restore_bos=True)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    spliced_bos = _sae_lens_final_logits(data, saes, use_error_term=False)
+    assert (got - spliced_bos).abs().max() > 1e-3
+
+    deepest = f"blocks.{data['model'].cfg.n_layers - 1}.hook_resid_post"
+    last = {h: s for h, s in saes.items() if h == deepest}
+    assert len(last) == 1
+    one = MaskedModel(data["model"], last, data["stats"], N_SLOTS, error=ErrorTerm.DROP)
+    got1 = _ordered_final_logits(one, _prep(one, data), full_masks(last, N_SLOTS))
+    torch.testing.assert_close(got1, _sae_lens_final_logits(data, last, use_error_term=False),
+                               atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("ablation", list(Ablation))
 def test_fast_splice_matches_the_first_version_in_values_and_gradients(data, ablation):
     """One-hot expansion + one decode for error `clean` (the default) against a gather and
@@ -167,8 +222,9 @@ def test_fast_splice_matches_the_first_version_in_values_and_gradients(data, abl
     relaxed = {h: torch.rand(N_SLOTS, s.cfg.d_sae, generator=g) for h, s in saes.items()}
     out = {}
     for name, expand, fuse in (("fast", "onehot", True), ("first", "gather", False)):
-        mm = _mm(data, ablation=ablation, error=ErrorTerm.CLEAN)
-        mm.expand, mm.fuse_clean = expand, fuse
+        mm = _mm(data, ablation=ablation, error=ErrorTerm.CLEAN).with_options(
+            expand=expand, fuse_clean=fuse)
+        assert (mm.expand, mm.fuse_clean) == (expand, fuse)
         assert all(mm.linear_decoder.values())
         theta = {h: m.clone().requires_grad_(True) for h, m in relaxed.items()}
         lds = [mm.logit_diff(b, theta) for b in _prep(mm, data, batch_size=3)]
@@ -223,10 +279,36 @@ def test_start_at_layer_reuse_matches_a_full_pass(hooks):
     assert not np.allclose(mm.logit_diffs(batches, masks), clean, atol=1e-3)
 
 
+def test_options_are_fixed_and_with_options_shares_model_saes_and_stats(data):
+    import dataclasses
+
+    from maskshare.masking import MaskOptions
+
+    mm = _mm(data, ablation="zero", error="clean")
+    assert mm.options == MaskOptions(ablation=Ablation.ZERO, error=ErrorTerm.CLEAN)
+    with pytest.raises(AttributeError, match="with_options"):
+        mm.error = ErrorTerm.DROP
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mm.options.expand = "gather"
+    with pytest.raises(TypeError):
+        _mm(data, no_such_option=1)
+    other = mm.with_options(error=ErrorTerm.MEAN, reuse_prefix=False)
+    assert (other.model, other.stats) == (mm.model, mm.stats) and other.saes == mm.saes
+    assert other.error == ErrorTerm.MEAN and other.ablation == Ablation.ZERO
+    assert mm.error == ErrorTerm.CLEAN  # the original is untouched
+    assert other.start_layer == 0 and mm.start_layer > 0
+    # every pass from the embeddings gives what the cached prefix gives
+    masks = _random_binary(data["saes"], seed=2)
+    full = other.with_options(error=ErrorTerm.CLEAN)
+    torch.testing.assert_close(_ordered_final_logits(full, _prep(full, data), masks),
+                               _ordered_final_logits(mm, _prep(mm, data), masks),
+                               atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_padding_does_not_change_any_prompt(data, split):
-    mm = _mm(data, error=ErrorTerm.MEAN)
-    mm.split_by_length = split  # run padded batches whole, or in length groups
+    # run padded batches whole, or in length groups
+    mm = _mm(data, error=ErrorTerm.MEAN).with_options(split_by_length=split)
     g = torch.Generator().manual_seed(1)
     masks = {h: torch.rand(N_SLOTS, s.cfg.d_sae, generator=g) for h, s in data["saes"].items()}
     together = _prep(mm, data, batch_size=len(PROMPTS))
@@ -363,6 +445,20 @@ def test_other_objectives_train(data, objective):
     batches = _prep(mm, data)
     res = train_masks(mm, batches, _cfg(objective=objective, steps=4), 0.01, progress=False)
     assert len(res.history) == 4 and all(np.isfinite(r["loss"]) for r in res.history)
+
+
+
+def test_mask_training_does_not_depend_on_the_callers_grad_mode(data):
+    """load_model no longer switches grad mode on globally: training enables it itself."""
+    mm = _mm(data)
+    batches = _prep(mm, data)
+    on = train_masks(mm, batches, _cfg(steps=3), 0.01, progress=False)
+    with torch.no_grad():
+        off = train_masks(mm, batches, _cfg(steps=3), 0.01, progress=False)
+        assert not torch.is_grad_enabled()
+    for h in on.theta:
+        torch.testing.assert_close(on.theta[h], off.theta[h], atol=0, rtol=0)
+    assert on.history[-1]["loss"] == off.history[-1]["loss"]
 
 
 # ---- evaluation ----

@@ -194,21 +194,18 @@ def model_counterfactuals(model, tokens: list[list[int]], answer_ids: list[int],
     the tokenizer's special tokens."""
     import torch
 
-    from maskshare.masking import final_logits_from_resid
-    from maskshare.slot_stats import length_batches, pad_batch
+    from maskshare.activations import clean_final_logits, padded_batches
 
     banned = sorted({int(t) for t in (model.tokenizer.all_special_ids or [])
                      if 0 <= int(t) < model.cfg.d_vocab})
     out = [0] * len(tokens)
     with torch.no_grad():
-        for idx in length_batches([len(t) for t in tokens], batch_size):
-            toks, att, lens = pad_batch(tokens, idx)
-            resid = model(toks, attention_mask=att, stop_at_layer=model.cfg.n_layers)
-            logits = final_logits_from_resid(model, resid[torch.arange(len(idx)), lens - 1])
-            logits = logits.clone()
+        for batch in padded_batches(tokens, batch_size, order="shortest"):
+            logits = clean_final_logits(model, batch.tokens, batch.lengths,
+                                        batch.attention_mask).clone()
             if banned:
                 logits[:, banned] = float("-inf")
-            for b, i in enumerate(idx):
+            for b, i in enumerate(batch.idx):
                 logits[b, answer_ids[i]] = float("-inf")
                 out[i] = int(logits[b].argmax())
     return out

@@ -11,14 +11,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from maskshare.errors import UserError
 from maskshare.saes import SAESetConfig
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+from maskshare.validation import Strict, read_yaml_file, validation_message
 
 
 class Ablation(StrEnum):
@@ -156,13 +153,6 @@ class RunConfig(Strict):
     runs_dir: str = "data/runs"
 
 
-def _format_validation(e: ValidationError, source: str) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return f"{source}: {loc}: {err['msg']}{more}"
-
-
 def parse_config(data: object, source: str = "config") -> RunConfig:
     if data is None:
         data = {}
@@ -171,24 +161,12 @@ def parse_config(data: object, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise UserError(_format_validation(e, source)) from None
+        raise UserError(validation_message(e, source)) from None
 
 
 def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise UserError(f"cannot read config {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: malformed YAML{where}") from None
-    return parse_config(data, str(path))
+    return parse_config(read_yaml_file(path, "config"), str(path))
 
 
 def config_data(cfg: RunConfig) -> dict:

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from maskshare.activations import logit_diff
 from maskshare.artifacts import hash_config, save_tensors, write_json_atomic
 from maskshare.config import MaskConfig, Objective, Relaxation
 from maskshare.masking import MaskedModel, Masks, PreparedBatch, binarize, full_masks
@@ -115,8 +116,7 @@ def compute_targets(mm: MaskedModel, batches: list[PreparedBatch],
     lds, lps = [], []
     for b in batches:
         logits = mm.final_logits(b, full)
-        r = torch.arange(len(b))
-        lds.append(logits[r, b.answer] - logits[r, b.counterfactual])
+        lds.append(logit_diff(logits, b.answer, b.counterfactual))
         if Objective(objective) == Objective.KL:
             lps.append(F.log_softmax(logits, -1))
     return Targets(ld=lds, logprobs=lps if lps else None)
@@ -167,7 +167,7 @@ def objective_loss(mm: MaskedModel, batch: PreparedBatch, masks: Masks, targets:
     logits = mm.final_logits(batch, masks)
     r = torch.arange(len(batch))
     if objective == Objective.LOGIT_DIFF:
-        ld = logits[r, batch.answer] - logits[r, batch.counterfactual]
+        ld = logit_diff(logits, batch.answer, batch.counterfactual)
         return (ld - targets.ld[bi]).abs().mean()
     lp = F.log_softmax(logits, -1)
     if objective == Objective.KL:
@@ -290,7 +290,8 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
     done = bool(patience) and unchanged >= patience and start >= cfg.early_stop_min_steps
     bar = tqdm(range(start, start if done else cfg.steps), desc=f"masks lambda={lam:g}",
                disable=not progress, initial=start, total=cfg.steps, leave=False)
-    with _Frozen(mm.model, *mm.saes.values()):
+    # gradients reach theta only; enabled here whatever the caller's grad mode
+    with _Frozen(mm.model, *mm.saes.values()), torch.enable_grad():
         for step in bar:
             bi = _batch_for_step(len(batches), step, seed)
             batch = batches[bi]

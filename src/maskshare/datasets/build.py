@@ -20,6 +20,7 @@ import polars as pl
 import torch
 import yaml
 
+from maskshare.activations import clean_final_logits, logit_diff, pad_id, padded_batches
 from maskshare.artifacts import building, hash_config, is_complete, read_manifest, write_manifest
 from maskshare.datasets.registry import find_spec
 from maskshare.datasets.schema import ITEMS_SCHEMA, PASS_TABLE_SCHEMA, load_items, validate_items
@@ -218,27 +219,23 @@ def score_prompts(model, tokens: list[list[int]], answer_ids: list[int], cf_ids:
     from tqdm.auto import tqdm
 
     n = len(tokens)
-    order = sorted(range(n), key=lambda i: len(tokens[i]))
-    pad = model.tokenizer.pad_token_id
-    pad = 0 if pad is None else int(pad)
     top, prob, ld = [0] * n, [0.0] * n, [0.0] * n
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    with torch.no_grad():
-        for b in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-            lens = torch.tensor([len(tokens[i]) for i in b])
-            width = int(lens.max())
-            x = torch.tensor([tokens[i] + [pad] * (width - len(tokens[i])) for i in b],
+    batches = padded_batches(tokens, batch_size, order="shortest", pad_id=pad_id(model),
                              device=model.cfg.device)
-            resid = model(x, stop_at_layer=model.cfg.n_layers)
-            last = resid[torch.arange(len(b)), lens.to(resid.device) - 1]
-            logits = model.unembed(model.ln_final(last[:, None, :]))[:, 0].float()
+    total = -(-n // batch_size)
+    with torch.no_grad():
+        for b in tqdm(batches, desc=desc, unit="batch", total=total, disable=not progress,
+                      leave=False):
+            # no attention mask: causal attention keeps the right padding out
+            logits = clean_final_logits(model, b.tokens, b.lengths).float()
             logp = logits.log_softmax(-1)
-            a = torch.tensor([answer_ids[i] for i in b], device=logits.device)
-            c = torch.tensor([cf_ids[i] for i in b], device=logits.device)
-            for j, i in enumerate(b):
+            diff = logit_diff(logits, [answer_ids[i] for i in b.idx],
+                              [cf_ids[i] for i in b.idx])
+            a = [answer_ids[i] for i in b.idx]
+            for j, i in enumerate(b.idx):
                 top[i] = int(logits[j].argmax())
                 prob[i] = float(logp[j, a[j]].exp())
-                ld[i] = float(logits[j, a[j]] - logits[j, c[j]])
+                ld[i] = float(diff[j])
     return top, prob, ld
 
 

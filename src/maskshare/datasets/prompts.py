@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from maskshare.errors import UserError
+from maskshare.validation import Strict
 
 NAME_RE = r"^[a-z0-9][a-z0-9_-]*$"
 REQUIRED = ("prompt", "answer", "counterfactual")
@@ -37,10 +38,6 @@ DEFAULT_GROUP = "all"
 CLEAN_PATCH = {"prompt": "clean_prefix", "answer": "clean_answer",
                "counterfactual": "patch_answer", "counterfactual_prompt": "patch_prefix",
                "group": "case"}
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class PromptSource(Strict):
