@@ -2,16 +2,57 @@
 
     .venv/bin/python benchmarks/entity_scaling.py --run data/runs/<run> --counts 5 10 20 40
 
+For each n in `--counts`: train the main variant's mask (the run's chosen lambda unless
+`--lambda` is given) on the training prompts of the first n training entities (a seeded
+order), evaluate it on `test_entity`. Slot means stay those of the whole training split.
 Prints a markdown table and writes RUN/evaluate/entity_scaling.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import random
 from pathlib import Path
 
-from maskshare.pipeline import entity_scaling
+from maskshare.artifacts import write_json_atomic
+from maskshare.errors import UserError
+from maskshare.layout import RunLayout
+from maskshare.resources import load_run_config, load_run_items, split_items
+from maskshare.stages.masks import prepare_variant, train_and_evaluate
+from maskshare.variants import main_variant
+
+logger = logging.getLogger(__name__)
+
+
+def entity_scaling(run: Path, counts: list[int], seed: int | None = None,
+                   lam: float | None = None) -> list[dict]:
+    """One row per count: training entities and prompts, lambda, F and size on test_entity."""
+    run, layout = Path(run), RunLayout(run)
+    cfg = load_run_config(run)
+    seed = cfg.seed if seed is None else seed
+    lam = float(json.loads(layout.metrics.read_text())["lambda"]) if lam is None else lam
+    main = main_variant(cfg)
+    if not prepare_variant(run, main, "test_entity").batches:
+        raise UserError(f"{run.name} has no test_entity prompts")
+    train = split_items(load_run_items(run), "train")
+    entities = sorted(set(train["entity"].to_list()))
+    random.Random(seed).shuffle(entities)
+    rows = []
+    for n in counts:
+        keep = set(entities[:n])
+        sub = train.filter(train["entity"].is_in(list(keep)))
+        m = train_and_evaluate(run, main, lam, seed, ["test_entity"],
+                               train_items=sub).metrics["test_entity"]
+        rows.append({"n_train_entities": len(keep), "n_train_prompts": sub.height,
+                     "lambda": lam, "faithfulness": m["faithfulness"],
+                     "faithfulness_vs_clean": m["faithfulness_vs_clean"],
+                     "latents_per_token": m["latents_per_token"],
+                     "n_test_prompts": m["n_prompts"]})
+        logger.info("entity scaling: %s", rows[-1])
+    write_json_atomic(layout.entity_scaling, rows)
+    return rows
 
 
 def main() -> None:

@@ -16,20 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
 import yaml
 
 from maskshare.artifacts import hash_config, write_json_atomic
+from maskshare.comparison import heldout_splits
 from maskshare.config import MaskConfig
-from maskshare.pipeline import (
-    _prepared,
-    heldout_splits,
-    load_run_config,
-    load_run_items,
-    main_variant,
-)
+from maskshare.layout import RunLayout
+from maskshare.resources import load_run_config, load_run_items
+from maskshare.stages.masks import train_and_evaluate
+from maskshare.variants import main_variant
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -44,36 +41,25 @@ def parse_sets(pairs: list[str]) -> dict:
 
 def run(run_dir: Path, lambdas: list[float], overrides: dict, seed: int | None = None,
         splits: list[str] | None = None) -> list[dict]:
-    from maskshare.evaluation import evaluate_masks, reference_lds
-    from maskshare.mask_training import train_masks
-
     cfg = load_run_config(run_dir)
     mcfg = MaskConfig.model_validate({**cfg.masks.model_dump(mode="json"), **overrides})
     seed = cfg.seed if seed is None else seed
     main = main_variant(cfg)
-    splits = splits or heldout_splits(cfg, load_run_items(run_dir))
-    mm, train_batches, _, _ = _prepared(str(run_dir), main.name, "train",
-                                        mcfg.max_train_prompts)
-    evals = {}
-    for split in splits:
-        emm, batches, _, slot_arrays = _prepared(str(run_dir), main.name, split, None)
-        evals[split] = (emm, batches, slot_arrays, reference_lds(emm, batches))
+    splits = splits or heldout_splits(load_run_items(run_dir))
     rows = []
     for lam in lambdas:
-        t0 = time.perf_counter()
-        res = train_masks(mm, train_batches, mcfg, lam, seed=seed)
-        train_s = time.perf_counter() - t0
-        for split, (emm, batches, slot_arrays, ref) in evals.items():
-            m = evaluate_masks(emm, batches, res.masks(), slot_arrays, reference=ref)
+        t = train_and_evaluate(run_dir, main, lam, seed, splits,
+                               train_limit=mcfg.max_train_prompts, masks=mcfg)
+        for split, m in t.metrics.items():
             rows.append({"variant": main.name, "lambda": lam, "seed": seed, "split": split,
-                         "steps_run": len(res.history), "train_s": round(train_s, 1),
+                         "steps_run": len(t.result.history), "train_s": round(t.train_s, 1),
                          "latents_per_token": m["latents_per_token"],
                          "faithfulness": m["faithfulness"],
                          "faithfulness_vs_clean": m["faithfulness_vs_clean"],
                          "circuit_size": m["circuit_size"], "n_prompts": m["n_prompts"],
                          "overrides": overrides})
             logging.getLogger(__name__).info("%s", rows[-1])
-    out = run_dir / "evaluate" / "mask_settings" / f"{hash_config(overrides, lambdas, seed)}.json"
+    out = RunLayout(run_dir).mask_settings(hash_config(overrides, lambdas, seed))
     write_json_atomic(out, {"overrides": overrides, "masks": mcfg.model_dump(mode="json"),
                             "rows": rows})
     print(f"wrote {out}")

@@ -104,11 +104,9 @@ def main() -> None:
     mm = MaskedModel(model, saes, stats, ns)
     res.append(step_times(mm, "cached residual below first hook + first-hook latents, "
                               "split by length"))
-    mm1 = MaskedModel(model, saes, stats, ns)
-    mm1.split_by_length = False  # the whole batch padded to its longest prompt
+    mm1 = mm.with_options(split_by_length=False)  # the whole batch padded to its longest
     res.append(step_times(mm1, "as above, batch not split by length"))
-    mm0 = MaskedModel(model, saes, stats, ns)
-    mm0.start_layer, mm0.first_outside = 0, False  # every step from the embeddings
+    mm0 = mm.with_options(reuse_prefix=False)  # every step from the embeddings
     res.append(step_times(mm0, "no reuse (start at layer 0), split by length"))
 
     # what a full unembed (every position) would add: ln_final + unembed fwd + bwd

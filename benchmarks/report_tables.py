@@ -16,15 +16,18 @@ from pathlib import Path
 
 import polars as pl
 
+from maskshare.layout import RunLayout
+
 
 def _f(v, nd=3) -> str:
     return "n/a" if v is None else f"{v:.{nd}f}"
 
 
 def tables(run: Path) -> str:
-    m = json.loads((run / "metrics.json").read_text())
-    curves = pl.read_parquet(run / "evaluate" / "curves.parquet")
-    comp = pl.read_parquet(run / "evaluate" / "comparisons.parquet")
+    layout = RunLayout(run)
+    m = json.loads(layout.metrics.read_text())
+    curves = pl.read_parquet(layout.curves)
+    comp = pl.read_parquet(layout.comparisons)
     head, lam = m["headline_split"], m["lambda"]
     out = [f"**{m['dataset']} ({m['variant']})**, run `{run.name}`: headline on `{head}`, "
            f"lambda {lam:g} (chosen on training prompts), error term `{m['error_term']}`.", "",

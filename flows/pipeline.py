@@ -1,16 +1,19 @@
-"""Prefect flows: one per stage, `pipeline` composing them, `sweep` fanning out on Dask.
+"""Prefect flows over the run's plan: `pipeline`, its parts, and the Dask fan-out.
 
-Flows are thin: they resolve the config, call `maskshare.pipeline` stage functions as
-tasks (which pass run-directory paths and small values, never tensors), and publish
-artifacts. Caching is by content: every stage writes a content-addressed, manifest-checked
-directory and a rerun of an unchanged config finds it and skips the work (the task logs
-"cached: ..."); Prefect's own result cache is not used on top, so a deleted or corrupted
-artifact is always rebuilt rather than trusted from a stale Prefect record.
+Flows are thin: they resolve the config, run the stage calls of
+`maskshare.stages.plan.plan(cfg)` (the one place that orders the stages) as tasks named
+after their stage, passing run-directory paths and small values (never tensors), and
+publish artifacts. The mask calls are independent of each other: with a Dask task runner
+they are submitted to worker processes. Caching is by content: every stage writes a
+manifest-checked directory and a rerun of an unchanged config finds it and skips the work
+(the task logs "cached: ..."); Prefect's own result cache is not used on top, so a
+deleted or corrupted artifact is always rebuilt rather than trusted from a stale record.
 Retries apply to I/O-bound steps only, never to bad input (UserError) or numerical faults.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,9 +21,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from maskshare import pipeline as core
+from maskshare.comparison import HEADLINE_METRICS
 from maskshare.config import RunConfig, load_config
 from maskshare.errors import UserError
+from maskshare.layout import RunLayout
+from maskshare.resources import load_run_config, prepare_run, run_dir_for
+from maskshare.stages.plan import STAGES, StageCall, phases, plan
 
 
 def _retry_unless_user_error(task_, task_run, state) -> bool:
@@ -43,32 +49,28 @@ COMPUTE_TASK = dict(cache_policy=NO_CACHE)
 
 @task(name="prepare-run", **IO_TASK)
 def prepare_run_task(config: RunConfig) -> str:
-    return str(core.prepare_run(config))
+    return str(prepare_run(config))
 
 
-@task(name="build-dataset", **IO_TASK)
-def dataset_task(run: str) -> str:
-    return str(core.stage_dataset(Path(run)))
+def _run_stage(run: str, stage: str, params: dict) -> str:
+    """One stage call of the run (skipped when its output is complete)."""
+    return str(StageCall(stage, params).run(Path(run)))
 
 
-@task(name="group-positions", **COMPUTE_TASK)
-def groups_task(run: str, kind: str) -> str:
-    return str(core.stage_groups(Path(run), kind))
+# one task per stage, named after it; building the dataset is the I/O-bound one
+STAGE_TASKS = {name: task(_run_stage, name=name,
+                          **(IO_TASK if name == "dataset" else COMPUTE_TASK))
+               for name in STAGES}
 
 
-@task(name="slot-stats", **COMPUTE_TASK)
-def stats_task(run: str, kind: str) -> str:
-    return str(core.stage_stats(Path(run), kind))
-
-
-@task(name="train-masks", **COMPUTE_TASK)
-def masks_task(run: str, variant: str, lam: float, seed: int) -> str:
-    return str(core.stage_masks(Path(run), core.Variant.parse(variant), lam, seed))
-
-
-@task(name="evaluate", **COMPUTE_TASK)
-def evaluate_task(run: str) -> dict:
-    return core.stage_evaluate(Path(run))
+def run_calls(run: str, calls: list[StageCall], parallel: bool = False) -> list[str]:
+    """Each call as its stage's task: in order in this process, or (`parallel`, for
+    independent calls under a Dask task runner) submitted to the runner's workers. Never
+    to threads of one process: the jobs would share the model's hooks."""
+    if not parallel:
+        return [STAGE_TASKS[c.stage](run, c.stage, c.params) for c in calls]
+    futures = [STAGE_TASKS[c.stage].submit(run, c.stage, c.params) for c in calls]
+    return [f.result() for f in futures]
 
 
 def resolve_config(config: RunConfig | None, config_path: str | None) -> RunConfig:
@@ -83,28 +85,23 @@ def resolve_config(config: RunConfig | None, config_path: str | None) -> RunConf
 def build_datasets_flow(config: RunConfig | None = None, config_path: str | None = None) -> str:
     cfg = resolve_config(config, config_path)
     run = prepare_run_task(cfg)
-    return dataset_task(run)
+    return run_calls(run, [c for c in plan(cfg) if c.stage == "dataset"])[0]
 
 
 @flow(name="group-positions")
 def group_positions_flow(run: str) -> list[str]:
-    cfg = core.load_run_config(Path(run))
-    return [groups_task(run, k.value) for k in core.grouping_kinds(cfg)]
+    """The plan's calls before the mask fan-out, the dataset excepted: groupings and their
+    slot statistics."""
+    head, _, _ = phases(plan(load_run_config(run)))
+    return run_calls(run, [c for c in head if c.stage != "dataset"])
 
 
 @flow(name="train-masks")
 def train_masks_flow(run: str, parallel: bool = False) -> list[str]:
-    """Slot stats per grouping, then every (variant, lambda, seed) mask: one after another
-    in this process, or (`parallel`, with a Dask task runner) submitted to the runner's
-    worker processes. Never to threads of one process: the jobs share the model's hooks."""
-    cfg = core.load_run_config(Path(run))
-    for k in core.grouping_kinds(cfg):
-        stats_task(run, k.value)
-    jobs = core.mask_jobs(cfg)
-    if not parallel:
-        return [masks_task(run, v, lam, seed) for v, lam, seed in jobs]
-    futures = [masks_task.submit(run, v, lam, seed) for v, lam, seed in jobs]
-    return [f.result() for f in futures]
+    """Every (variant, lambda, seed) mask of the plan: one after another in this process,
+    or (`parallel`, with a Dask task runner) submitted to the runner's worker processes."""
+    _, fan, _ = phases(plan(load_run_config(run)))
+    return run_calls(run, fan, parallel)
 
 
 def dask_runner(workers: int, address: str | None = None):
@@ -121,13 +118,15 @@ def dask_runner(workers: int, address: str | None = None):
 
 @flow(name="evaluate")
 def evaluate_flow(run: str) -> dict:
-    metrics = evaluate_task(run)
+    _, _, tail = phases(plan(load_run_config(run)))
+    run_calls(run, tail)
+    metrics = json.loads(RunLayout(run).metrics.read_text())
     publish_artifacts(run, metrics)
     return metrics
 
 
 def publish_artifacts(run: str, metrics: dict) -> None:
-    rows = [{"metric": k, "value": metrics.get(k)} for k in core.HEADLINE_METRICS
+    rows = [{"metric": k, "value": metrics.get(k)} for k in HEADLINE_METRICS
             if k in metrics]
     rows += [{"metric": k, "value": v} for k, v in metrics.items()
              if k.startswith("baseline_") and isinstance(v, int | float)]
@@ -137,34 +136,36 @@ def publish_artifacts(run: str, metrics: dict) -> None:
                     "| metric | value |", "|---|---|",
                     *[f"| {r['metric']} | {r['value']:.4g} |" if isinstance(r["value"], float)
                       else f"| {r['metric']} | {r['value']} |" for r in rows],
-                    "", f"Report: `{Path(run) / 'report.html'}`"])
+                    "", f"Report: `{RunLayout(run).report}`"])
     create_markdown_artifact(key="maskshare-summary", markdown=md)
-    create_link_artifact(key="maskshare-report", link=(Path(run) / "report.html").resolve().as_uri(),
-                         link_text="report.html")
+    report = RunLayout(run).report
+    create_link_artifact(key="maskshare-report", link=report.resolve().as_uri(),
+                         link_text=report.name)
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(config: RunConfig | None = None, config_path: str | None = None,
                   workers: int = 1, dask_address: str | None = None) -> str:
-    """The whole run for one config: datasets -> groups -> masks -> evaluate.
+    """The whole run for one config: the plan's calls up to the mask fan-out, the mask
+    calls (`train-masks`), then the rest (`evaluate`, which publishes the artifacts).
 
     With `workers` > 1 (or a `dask_address`) mask training fans out over a Dask cluster;
     results are identical to a sequential run (every job is seeded and self-contained)."""
     log = get_run_logger()
     cfg = resolve_config(config, config_path)
-    fresh = not core.run_dir_for(cfg).exists()
+    fresh = not run_dir_for(cfg).exists()
     run = prepare_run_task(cfg)
     log.info("run directory: %s", run)
     try:
-        dataset_task(run)
-        group_positions_flow(run)
+        head, _, _ = phases(plan(cfg))
+        run_calls(run, head)
         if workers > 1 or dask_address:
             train_masks_flow.with_options(task_runner=dask_runner(workers, dask_address))(
                 run, parallel=True)
         else:
             train_masks_flow(run)
         evaluate_flow(run)
-    except UserError:  # bad input leaves nothing behind (as core.run_pipeline)
+    except UserError:  # bad input leaves nothing behind (as maskshare.pipeline.run_pipeline)
         if fresh:
             shutil.rmtree(run, ignore_errors=True)
         raise

@@ -2,9 +2,9 @@
 ablations x sparsity settings, on a Dask cluster through prefect-dask.
 
 A local cluster by default (`n_workers` processes, one torch thread each), or an existing
-scheduler by address. Cheap stages (dataset, groups, slot stats) run first per dataset;
-then every (run, variant, lambda, seed) mask job is submitted to the task runner; then
-each run is evaluated. Results are the same as a sequential sweep: every job is seeded and
+scheduler by address. Each run's plan (`maskshare.stages.plan`) is cut at its fan-out:
+the calls before it (dataset, groups, slot stats) run first, run by run; then the mask
+calls of every run are submitted to the task runner together; then the rest (evaluate). Results are the same as a sequential sweep: every job is seeded and
 writes its own content-addressed directory.
 """
 
@@ -14,16 +14,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.pipeline import (
-    dataset_task,
-    evaluate_task,
-    groups_task,
-    masks_task,
-    prepare_run_task,
-    stats_task,
-)
-from maskshare import pipeline as core
+from flows.pipeline import STAGE_TASKS, prepare_run_task, run_calls
 from maskshare.config import GroupingKind, RunConfig, load_config
+from maskshare.stages.plan import phases, plan
 
 
 def sweep_configs(base: RunConfig, datasets: list[str] | None = None,
@@ -52,21 +45,16 @@ def sweep_flow(config_path: str, datasets: list[str] | None = None,
                lambdas: list[float] | None = None) -> list[str]:
     log = get_run_logger()
     cfgs = sweep_configs(load_config(config_path), datasets, groupings, ablations, lambdas)
-    runs = []
-    for cfg in cfgs:
-        run = prepare_run_task(cfg)
-        dataset_task(run)
-        for k in core.grouping_kinds(cfg):
-            groups_task(run, k.value)
-            stats_task(run, k.value)
-        runs.append((run, cfg))
-    futures = [masks_task.submit(run, v, lam, seed)
-               for run, cfg in runs for v, lam, seed in core.mask_jobs(cfg)]
+    runs = [(prepare_run_task(cfg), phases(plan(cfg))) for cfg in cfgs]
+    for run, (head, _, _) in runs:
+        run_calls(run, head)
+    futures = [STAGE_TASKS[c.stage].submit(run, c.stage, c.params)
+               for run, (_, fan, _) in runs for c in fan]
     log.info("submitted %d mask-training jobs", len(futures))
     for f in futures:
         f.result()
-    for run, _ in runs:
-        evaluate_task(run)
+    for run, (_, _, tail) in runs:
+        run_calls(run, tail)
     return [run for run, _ in runs]
 
 

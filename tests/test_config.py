@@ -78,13 +78,18 @@ def test_generated_configs_are_accepted_or_rejected_with_a_message(data):
 
 
 def test_every_shipped_config_is_valid_and_has_a_nightly_deployment():
+    from flows.deployments import deployment_specs, prefect_yaml
     from maskshare.runtime import PROJECT_ROOT
 
     configs = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
     assert configs
     for p in configs:
         load_config(p)
-    decl = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
-    declared = {d["parameters"]["config_path"] for d in decl}
-    assert declared == {f"configs/{p.name}" for p in configs}
+    specs = deployment_specs()
+    assert [s.config for s in specs] == configs
+    # prefect.yaml is generated from the same registry that `maskshare serve` serves
+    text = (PROJECT_ROOT / "prefect.yaml").read_text()
+    assert text == prefect_yaml(specs), "prefect.yaml is stale: run `python -m flows.deployments`"
+    decl = yaml.safe_load(text)["deployments"]
+    assert {d["parameters"]["config_path"] for d in decl} == {f"configs/{p.name}" for p in configs}
     assert all(d["entrypoint"] == "flows/pipeline.py:pipeline_flow" for d in decl)

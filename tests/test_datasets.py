@@ -103,8 +103,11 @@ def test_builtin_specs_are_valid_and_their_sources_check():
         spec, path = find_spec(name)
         df, h = load_source(spec, path.parent)
         check_source(spec, df)
-        assert df[spec.entity].n_unique() == df.height
         assert len(h) == 16
+        if getattr(spec, "kind", "template") == "prompts":  # rows checked as they are read
+            assert df.height and spec.split.held_out_groups
+            continue
+        assert df[spec.entity].n_unique() == df.height
         if spec.freeform:
             assert any(p.held_out for p in spec.freeform)
     assert len(load_spec("elements-symbol").freeform) >= 10

@@ -126,7 +126,8 @@ def test_bad_lines_are_reported_with_their_line_and_skipped(run_dir, heldout, tm
     rows = [good,
             "{not json",
             {"prompt": "", "answer": " Au"},
-            {"prompt": "The chemical symbol for gold is", "answer": " Goldilocks and"},
+            {"prompt": "The chemical symbol for gold is", "answer": " Au Ag",
+             "counterfactual": " Au"},
             {"prompt": "The chemical symbol for gold is", "answer": " Au", "counterfactual": " Au"},
             "",
             {"prompt": "The chemical symbol for gold is"},
@@ -146,7 +147,7 @@ def test_bad_lines_are_reported_with_their_line_and_skipped(run_dir, heldout, tm
         assert sum(f"line {n}:" in ln for ln in err) == 1, n
     reasons = {s["line"]: s["reason"] for s in res["skipped"]}
     assert "malformed JSON" in reasons[2] and "empty prompt" in reasons[3]
-    assert "not one" in reasons[4] and "equals the answer" in reasons[5]
+    assert "share their first token ' Au'" in reasons[4] and "equals the answer" in reasons[5]
     assert "missing" in reasons[7] and "longer than the model's context" in reasons[10]
     assert any(f"{len(bad_lines)} of {res['n_prompts']} prompts skipped" in ln for ln in err)
     assert math.isfinite(res["faithfulness"] if res["faithfulness"] is not None else 0.0)
@@ -207,6 +208,7 @@ def test_library_accepts_plain_dicts(run_dir, heldout):
     items, _ = heldout
     res = evaluate_prompts(run_dir, [{"prompt": items["prompt"][0], "answer": items["answer"][0],
                                       "counterfactual": items["cf_token"][0]},
-                                     {"prompt": "x", "answer": "not one token at all"}])
+                                     {"prompt": "x", "answer": " Au and more",
+                                      "counterfactual": " Au"}])
     assert res["n_scored"] == 1 and res["skipped"][0]["line"] == 2
     json.dumps(res)

@@ -1,10 +1,10 @@
-"""Masked forward pass, slot statistics, mask training, evaluation, circuit and report.
+"""Masked forward pass, slot statistics, mask training, evaluation and circuit (the report:
+test_report.py).
 
 Everything runs on the tiny random model with hand-made slots (no grouping, no dataset)."""
 
 from __future__ import annotations
 
-import html.parser
 import json
 
 import numpy as np
@@ -22,7 +22,6 @@ from maskshare.masking import (
     empty_masks,
     full_masks,
 )
-from maskshare.report import write_report
 from maskshare.slot_stats import SlotStats, compute_slot_stats
 from maskshare.testing import tiny_model, tiny_saes
 
@@ -36,6 +35,8 @@ PROMPTS = [
     "The chemical symbol for oxygen is",
 ]
 N_SLOTS = 5
+# ablations to a per-slot value (counterfactual patching: tests/test_counterfactual.py)
+MEAN_ABLATIONS = [a for a in Ablation if a != Ablation.COUNTERFACTUAL]
 
 
 def _slots_for(n: int) -> np.ndarray:
@@ -159,7 +160,62 @@ def test_empty_mask_reproduces_the_all_ablated_model(data, ablation, error):
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("ablation", list(Ablation))
+def _sae_lens_final_logits(d, saes: dict, use_error_term: bool, restore_bos: bool = False):
+    """sae_lens's own splice (HookedSAETransformer.saes), each prompt alone: [N, vocab].
+    `restore_bos`: put each hook's input back at BOS through sae_lens's own hook points
+    (hook_sae_input -> hook_sae_output), as maskshare never splices BOS."""
+    model, out = d["model"], []
+    kept: dict[str, torch.Tensor] = {}  # each hook's input at BOS, for the running prompt
+
+    def keep(act, hook):
+        kept[hook.name.removesuffix(".hook_sae_input")] = act[:, 0].clone()
+
+    def put_back(act, hook):
+        act = act.clone()
+        act[:, 0] = kept[hook.name.removesuffix(".hook_sae_output")]
+        return act
+
+    for t in d["tokens"]:
+        fwd = [(f"{h}.hook_sae_input", keep) for h in saes] + \
+            [(f"{h}.hook_sae_output", put_back) for h in saes] if restore_bos else []
+        with torch.no_grad(), model.saes(saes=list(saes.values()),
+                                         use_error_term=use_error_term):
+            out.append(model.run_with_hooks(torch.tensor([t]), fwd_hooks=fwd)[0, -1])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("ablation", MEAN_ABLATIONS)
+def test_full_mask_with_clean_error_equals_sae_lens_splice_with_error_term(data, ablation):
+    """M with error `clean` is sae_lens's `use_error_term=True` splice at every hook."""
+    mm = _mm(data, ablation=ablation, error=ErrorTerm.CLEAN)
+    got = _ordered_final_logits(mm, _prep(mm, data), full_masks(data["saes"], N_SLOTS))
+    ref = _sae_lens_final_logits(data, data["saes"], use_error_term=True)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_full_mask_with_dropped_error_equals_sae_lens_splice_without_error_term(data):
+    """M with error `drop` is sae_lens's `use_error_term=False` splice except at BOS, which
+    maskshare never splices: equal once BOS is passed through via sae_lens's hook points;
+    without that, equal only where nothing downstream reads BOS (one SAE at the last layer,
+    no attention after it), and different otherwise (every later token attends to BOS)."""
+    saes = data["saes"]
+    mm = _mm(data, error=ErrorTerm.DROP)
+    got = _ordered_final_logits(mm, _prep(mm, data), full_masks(saes, N_SLOTS))
+    ref = _sae_lens_final_logits(data, saes, use_error_term=False, restore_bos=True)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    spliced_bos = _sae_lens_final_logits(data, saes, use_error_term=False)
+    assert (got - spliced_bos).abs().max() > 1e-3
+
+    deepest = f"blocks.{data['model'].cfg.n_layers - 1}.hook_resid_post"
+    last = {h: s for h, s in saes.items() if h == deepest}
+    assert len(last) == 1
+    one = MaskedModel(data["model"], last, data["stats"], N_SLOTS, error=ErrorTerm.DROP)
+    got1 = _ordered_final_logits(one, _prep(one, data), full_masks(last, N_SLOTS))
+    torch.testing.assert_close(got1, _sae_lens_final_logits(data, last, use_error_term=False),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ablation", MEAN_ABLATIONS)
 def test_fast_splice_matches_the_first_version_in_values_and_gradients(data, ablation):
     """One-hot expansion + one decode for error `clean` (the default) against a gather and
     two decodes (dec(a') + x - dec(a)): same logit differences, same mask gradients."""
@@ -168,8 +224,9 @@ def test_fast_splice_matches_the_first_version_in_values_and_gradients(data, abl
     relaxed = {h: torch.rand(N_SLOTS, s.cfg.d_sae, generator=g) for h, s in saes.items()}
     out = {}
     for name, expand, fuse in (("fast", "onehot", True), ("first", "gather", False)):
-        mm = _mm(data, ablation=ablation, error=ErrorTerm.CLEAN)
-        mm.expand, mm.fuse_clean = expand, fuse
+        mm = _mm(data, ablation=ablation, error=ErrorTerm.CLEAN).with_options(
+            expand=expand, fuse_clean=fuse)
+        assert (mm.expand, mm.fuse_clean) == (expand, fuse)
         assert all(mm.linear_decoder.values())
         theta = {h: m.clone().requires_grad_(True) for h, m in relaxed.items()}
         lds = [mm.logit_diff(b, theta) for b in _prep(mm, data, batch_size=3)]
@@ -224,10 +281,36 @@ def test_start_at_layer_reuse_matches_a_full_pass(hooks):
     assert not np.allclose(mm.logit_diffs(batches, masks), clean, atol=1e-3)
 
 
+def test_options_are_fixed_and_with_options_shares_model_saes_and_stats(data):
+    import dataclasses
+
+    from maskshare.masking import MaskOptions
+
+    mm = _mm(data, ablation="zero", error="clean")
+    assert mm.options == MaskOptions(ablation=Ablation.ZERO, error=ErrorTerm.CLEAN)
+    with pytest.raises(AttributeError, match="with_options"):
+        mm.error = ErrorTerm.DROP
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mm.options.expand = "gather"
+    with pytest.raises(TypeError):
+        _mm(data, no_such_option=1)
+    other = mm.with_options(error=ErrorTerm.MEAN, reuse_prefix=False)
+    assert (other.model, other.stats) == (mm.model, mm.stats) and other.saes == mm.saes
+    assert other.error == ErrorTerm.MEAN and other.ablation == Ablation.ZERO
+    assert mm.error == ErrorTerm.CLEAN  # the original is untouched
+    assert other.start_layer == 0 and mm.start_layer > 0
+    # every pass from the embeddings gives what the cached prefix gives
+    masks = _random_binary(data["saes"], seed=2)
+    full = other.with_options(error=ErrorTerm.CLEAN)
+    torch.testing.assert_close(_ordered_final_logits(full, _prep(full, data), masks),
+                               _ordered_final_logits(mm, _prep(mm, data), masks),
+                               atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_padding_does_not_change_any_prompt(data, split):
-    mm = _mm(data, error=ErrorTerm.MEAN)
-    mm.split_by_length = split  # run padded batches whole, or in length groups
+    # run padded batches whole, or in length groups
+    mm = _mm(data, error=ErrorTerm.MEAN).with_options(split_by_length=split)
     g = torch.Generator().manual_seed(1)
     masks = {h: torch.rand(N_SLOTS, s.cfg.d_sae, generator=g) for h, s in data["saes"].items()}
     together = _prep(mm, data, batch_size=len(PROMPTS))
@@ -366,6 +449,20 @@ def test_other_objectives_train(data, objective):
     assert len(res.history) == 4 and all(np.isfinite(r["loss"]) for r in res.history)
 
 
+
+def test_mask_training_does_not_depend_on_the_callers_grad_mode(data):
+    """load_model no longer switches grad mode on globally: training enables it itself."""
+    mm = _mm(data)
+    batches = _prep(mm, data)
+    on = train_masks(mm, batches, _cfg(steps=3), 0.01, progress=False)
+    with torch.no_grad():
+        off = train_masks(mm, batches, _cfg(steps=3), 0.01, progress=False)
+        assert not torch.is_grad_enabled()
+    for h in on.theta:
+        torch.testing.assert_close(on.theta[h], off.theta[h], atol=0, rtol=0)
+    assert on.history[-1]["loss"] == off.history[-1]["loss"]
+
+
 # ---- evaluation ----
 
 def test_evaluation_of_full_and_empty_masks(data):
@@ -472,59 +569,6 @@ def test_circuit_listing_with_top_tokens_and_neuronpedia(data):
         assert row["top_tokens"][0]["activation"] == pytest.approx(best, rel=1e-5)
     assert c["depth"]["per_slot"][hooks[0]] == [0, 0, 1, 0]
     json.dumps(c)
-
-
-class _Checker(html.parser.HTMLParser):
-    VOID = {"meta", "br", "img", "hr", "input", "link", "circle", "line", "rect", "polyline"}
-
-    def __init__(self):
-        super().__init__()
-        self.stack, self.errors, self.tags = [], [], []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        if tag not in self.VOID:
-            self.stack.append(tag)
-
-    def handle_startendtag(self, tag, attrs):
-        self.tags.append(tag)
-
-    def handle_endtag(self, tag):
-        if tag in self.VOID:
-            return
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"unexpected </{tag}> (open: {self.stack[-3:]})")
-        else:
-            self.stack.pop()
-
-
-def test_report_is_valid_self_contained_html_with_the_tables(data, tmp_path):
-    hooks = list(data["saes"])
-    m = empty_masks(data["saes"], N_SLOTS)
-    m[hooks[0]][2, 4] = 1.0
-    circuit = circuit_summary(m, data["saes"], data["stats"])
-    comparisons = [{"title": "elements-symbol (freeform)", "rows": [
-        {"method": "attention / slot-mean", "faithfulness": 0.93, "latents_per_token": 48.0},
-        {"method": "from-end / slot-mean", "faithfulness": 0.41, "latents_per_token": 47.5},
-        {"method": "single <&>", "faithfulness": None, "latents_per_token": 50.0}]}]
-    curves = [{"method": "attention", "points": [{"latents_per_token": 10, "faithfulness": 0.5},
-                                                 {"latents_per_token": 100, "faithfulness": 0.9}]},
-              {"method": "single", "sizes": [20, 200], "faithfulness": [0.3, 0.7]}]
-    p = write_report(tmp_path / "report.html", title="run <x>", comparisons=comparisons,
-                     curves=curves, circuit=circuit, metrics={"faithfulness": 0.93, "n": 3},
-                     groups_page="groups/attention/groups.html")
-    text = p.read_text()
-    chk = _Checker()
-    chk.feed(text)
-    chk.close()
-    assert chk.errors == [] and chk.stack == []
-    assert text.startswith("<!DOCTYPE html>")
-    assert "attention / slot-mean" in text and "from-end / slot-mean" in text
-    assert "single &lt;&amp;&gt;" in text and "run &lt;x&gt;" in text
-    assert chk.tags.count("table") >= 3 and chk.tags.count("polyline") == 2
-    assert 'href="groups/attention/groups.html"' in text
-    assert "<script" not in text and "src=" not in text and "@import" not in text
-    assert hooks[0] in text and "0.93" in text
 
 
 def test_binarize_is_theta_positive():

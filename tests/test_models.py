@@ -50,3 +50,21 @@ def test_embedded_model_matches_hf_and_knows_gold(real_model):
     with torch.no_grad():
         top = real_model(ids)[0, -1].argmax().item()
     assert real_model.tokenizer.decode([top]) == " Au"
+
+
+def _grad_mode_kept_and_weights_frozen(name: str) -> None:
+    for mode in (False, True):
+        with torch.set_grad_enabled(mode):
+            model = load_model(name)
+            assert torch.is_grad_enabled() is mode
+        assert not any(p.requires_grad for p in model.parameters())
+        assert not model.training
+
+
+def test_load_model_keeps_grad_mode_and_freezes_weights():
+    _grad_mode_kept_and_weights_frozen("tiny")
+
+
+@pytest.mark.real_model
+def test_load_embedded_model_keeps_grad_mode_and_freezes_weights():
+    _grad_mode_kept_and_weights_frozen("smollm2-135m")

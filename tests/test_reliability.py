@@ -285,32 +285,27 @@ def test_generated_spec_files_are_accepted_or_rejected_with_a_message(content, t
 
 @pytest.mark.slow
 def test_sigkilled_mask_training_resumes_to_the_uninterrupted_masks(setup_root, env, caplog):
+    from maskshare.layout import RunLayout
     from maskshare.mask_training import TrainResult
-    from maskshare.pipeline import (
-        _masks_dir,
-        main_variant,
-        prepare_run,
-        run_pipeline,
-        stage_dataset,
-        stage_groups,
-        stage_masks,
-        stage_stats,
-    )
+    from maskshare.pipeline import run_pipeline
+    from maskshare.resources import prepare_run
+    from maskshare.stages.plan import execute, make_call, plan
+    from maskshare.variants import main_variant
 
     cfg_path = write_config(env / "long.yaml", merge(setup_root, MINIMAL),
                             runs_dir=str(env / "runs"),
                             masks={"steps": 150, "checkpoint_every": 10, "lambdas": [0.01]})
     cfg = load_config(cfg_path)
     run = prepare_run(cfg)  # the stages before masks, in this process (cheap, model cached)
-    stage_dataset(run)
-    stage_groups(run, cfg.grouping.kind)
-    stage_stats(run, cfg.grouping.kind)
+    head = [c for c in plan(cfg) if c.stage in ("dataset", "groups", "stats")
+            and c.params.get("kind", cfg.grouping.kind.value) == cfg.grouping.kind.value]
+    execute(head, run)
     # an uninterrupted reference: the same inputs in a copy of the run, trained from scratch
     ref_run = env / "reference" / run.name
     shutil.copytree(run, ref_run)
     v = main_variant(cfg)
-    out = _masks_dir(run, v, 0.01, 0)
-    ckpt = out.parent / f".{out.name}.checkpoint" / "checkpoint.safetensors"
+    out = RunLayout(run).masks(v, 0.01, 0)
+    ckpt = RunLayout(run).checkpoint(v, 0.01, 0) / "checkpoint.safetensors"
 
     proc = cli_run(cfg_path, env / "cache")
     seen_incomplete = []
@@ -338,9 +333,9 @@ def test_sigkilled_mask_training_resumes_to_the_uninterrupted_masks(setup_root, 
     assert resumed and re.search(rf"from step {killed_at}\b", resumed[0]), resumed
     assert is_complete(out) and not ckpt.parent.exists()
 
-    stage_masks(ref_run, v, 0.01, 0)
+    make_call(cfg, "masks", variant=v.name, lam=0.01, seed=0).run(ref_run)
     got = TrainResult.load(out)
-    ref = TrainResult.load(_masks_dir(ref_run, v, 0.01, 0))
+    ref = TrainResult.load(RunLayout(ref_run).masks(v, 0.01, 0))
     assert got.theta.keys() == ref.theta.keys()
     for h in ref.theta:
         assert torch.equal(got.theta[h], ref.theta[h]), h
@@ -417,9 +412,12 @@ def _copy_run_until_stats(run: Path, dest: Path) -> Path:
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nonfinite_activations_stop_training_naming_step_hook_and_slot(finished_tiny_run, env,
                                                                         value):
+    from maskshare.layout import RunLayout
     from maskshare.mask_training import MaskTrainingError
-    from maskshare.pipeline import _masks_dir, load_run_config, main_variant, stage_masks
+    from maskshare.resources import load_run_config
     from maskshare.slot_stats import SlotStats
+    from maskshare.stages.plan import make_call
+    from maskshare.variants import main_variant
 
     run = _copy_run_until_stats(finished_tiny_run[1], env / "runs" / "nan-run")
     cfg = load_run_config(run)
@@ -432,12 +430,12 @@ def test_nonfinite_activations_stop_training_naming_step_hook_and_slot(finished_
     stats.save(stats_dir / "slot_stats.safetensors")
     write_manifest(stats_dir)
     with pytest.raises(MaskTrainingError) as e:
-        stage_masks(run, v, cfg.masks.lambdas[0], 0)
+        make_call(cfg, "masks", variant=v.name, lam=cfg.masks.lambdas[0], seed=0).run(run)
     msg = str(e.value)
     assert re.search(r"at step \d+", msg) and f"hook {hook}" in msg, msg
     assert re.search(rf"slot\(s\) \[([0-9, ]*\b)?{slot}\b", msg), msg
     assert "\n" not in msg
-    out = _masks_dir(run, v, cfg.masks.lambdas[0], 0)
+    out = RunLayout(run).masks(v, cfg.masks.lambdas[0], 0)
     assert not out.exists()  # no masks from a diverged run
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from maskshare.activations import collect_activations
 from maskshare.corpus import CorpusConfig, build_corpus, element_sentences
 from maskshare.sae_quality import (
     ce_recovered,
@@ -21,7 +22,6 @@ from maskshare.sae_quality import (
 )
 from maskshare.sae_training import (
     SAETrainingConfig,
-    collect_activations,
     save_inference_sae,
     train_sae,
     train_saes,

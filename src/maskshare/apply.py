@@ -14,16 +14,19 @@ tokens get their slots from the run's fitted grouping, assigned without refittin
 of tokens the grouping finds out of distribution is reported (`ood_fraction`). New prompts
 carry no span labels, so a `roles` grouping sees BOS, the final token and `other`.
 
-A bad prompt (malformed line, empty prompt, answer or counterfactual not a single token,
-counterfactual equal to the answer, longer than the model's context, a length the
-`template` grouping was not fitted on) is skipped with its line number and reason; it never
-stops the batch. No usable prompt at all is a `UserError`. Nothing is written anywhere.
+Answers and counterfactuals of several tokens are scored by their first token (as datasets
+are). A bad prompt (malformed line, empty prompt, answer or counterfactual that tokenises to
+nothing, counterfactual equal to the answer or sharing its first token, longer than the
+model's context, a length the `template` grouping was not fitted on) is skipped with its line
+number and reason; it never stops the batch. Fields other than the prompt fields (an id, a
+phrasing label) are ignored with one warning for the whole file. No usable prompt at all is a `UserError`. Nothing is written anywhere.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +122,7 @@ def read_prompts(path: str | Path) -> tuple[list[Prompt], list[Skipped]]:
     except OSError as e:
         raise UserError(f"cannot read prompts {p}: {e.strerror or e}") from None
     prompts, skipped = [], []
+    extra_fields: Counter = Counter()
     for i, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
@@ -127,10 +131,12 @@ def read_prompts(path: str | Path) -> tuple[list[Prompt], list[Skipped]]:
         except ValueError as e:
             skipped.append(Skipped(i, str(e)))
             continue
-        extra = unknown_fields(raw)
-        if extra:
-            logger.warning("line %d: ignoring unknown field(s) %s (known: %s)", i, extra,
-                           list(FIELDS))
+        extra_fields.update(unknown_fields(raw))
+    if extra_fields:  # one warning for the file, not one per line (ids, labels are common)
+        n_lines = sum(1 for raw in text.splitlines() if raw.strip() and unknown_fields(raw))
+        logger.warning("%s: ignoring field(s) %s on %d line(s) (known: %s)", p,
+                       ", ".join(f"{k!r}" for k in sorted(extra_fields)), n_lines,
+                       list(FIELDS))
     return prompts, skipped
 
 
@@ -143,12 +149,11 @@ class _Checked:
     counterfactual_id: int | None
 
 
-def _single_token(tokenizer, text: str, what: str) -> int:
+def _first_token(tokenizer, text: str, what: str) -> int:
+    """The token an answer is scored by: its first (answers of several tokens included)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        pieces = [tokenizer.decode([t]) for t in ids[:6]]
-        hint = "" if text.startswith(" ") else " (answers usually need a leading space)"
-        raise ValueError(f"{what} {text!r} is {len(ids)} tokens {pieces}, not one{hint}")
+    if not ids:
+        raise ValueError(f"{what} {text!r} has no tokens")
     return int(ids[0])
 
 
@@ -166,13 +171,14 @@ def check_prompt(model, p: Prompt, *, template_length: int | None = None) -> _Ch
     if template_length is not None and len(tokens) != template_length:
         raise ValueError(f"prompt is {len(tokens)} tokens; the run's template grouping only "
                          f"takes {template_length}-token prompts")
-    a = _single_token(tok, p.answer, "answer")
+    a = _first_token(tok, p.answer, "answer")
     c = None
     if p.counterfactual is not None:
-        c = _single_token(tok, p.counterfactual, "counterfactual")
+        c = _first_token(tok, p.counterfactual, "counterfactual")
         if c == a:
-            raise ValueError(f"counterfactual {p.counterfactual!r} is the same token as the "
-                             f"answer {p.answer!r}")
+            raise ValueError(f"answer {p.answer!r} and counterfactual {p.counterfactual!r} share "
+                             f"their first token {tok.decode([a])!r} (answers are scored by "
+                             "their first token)")
     return _Checked(p, tokens, a, c)
 
 
@@ -188,21 +194,18 @@ def model_counterfactuals(model, tokens: list[list[int]], answer_ids: list[int],
     the tokenizer's special tokens."""
     import torch
 
-    from maskshare.masking import final_logits_from_resid
-    from maskshare.slot_stats import length_batches, pad_batch
+    from maskshare.activations import clean_final_logits, padded_batches
 
     banned = sorted({int(t) for t in (model.tokenizer.all_special_ids or [])
                      if 0 <= int(t) < model.cfg.d_vocab})
     out = [0] * len(tokens)
     with torch.no_grad():
-        for idx in length_batches([len(t) for t in tokens], batch_size):
-            toks, att, lens = pad_batch(tokens, idx)
-            resid = model(toks, attention_mask=att, stop_at_layer=model.cfg.n_layers)
-            logits = final_logits_from_resid(model, resid[torch.arange(len(idx)), lens - 1])
-            logits = logits.clone()
+        for batch in padded_batches(tokens, batch_size, order="shortest"):
+            logits = clean_final_logits(model, batch.tokens, batch.lengths,
+                                        batch.attention_mask).clone()
             if banned:
                 logits[:, banned] = float("-inf")
-            for b, i in enumerate(idx):
+            for b, i in enumerate(batch.idx):
                 logits[b, answer_ids[i]] = float("-inf")
                 out[i] = int(logits[b].argmax())
     return out
@@ -214,7 +217,9 @@ def resolve_circuit(run: Path, variant: str | None = None, lam: float | None = N
     """(config, Variant, lambda, seed, masks dir) of the circuit to apply; UserError if the
     run does not hold it."""
     from maskshare.artifacts import is_complete
-    from maskshare.pipeline import Variant, _masks_dir, load_run_config, main_variant, variants
+    from maskshare.layout import RunLayout
+    from maskshare.resources import load_run_config
+    from maskshare.variants import Variant, main_variant, variants
 
     cfg = load_run_config(run)
     if variant is None:
@@ -226,7 +231,7 @@ def resolve_circuit(run: Path, variant: str | None = None, lam: float | None = N
             known = ", ".join(x.name for x in variants(cfg))
             raise UserError(f"unknown variant {variant!r}; this run has: {known}") from None
     if lam is None:
-        mpath = run / "metrics.json"
+        mpath = RunLayout(run).metrics
         try:
             metrics = json.loads(mpath.read_text())
             lam = float(metrics["lambda"])
@@ -235,10 +240,11 @@ def resolve_circuit(run: Path, variant: str | None = None, lam: float | None = N
                             "finish the run with `maskshare run`, or pass --lambda") from None
     if seed is None:
         seed = (cfg.evaluate.seeds or [cfg.seed])[0]
-    d = _masks_dir(run, v, lam, seed)
+    d = RunLayout(run).masks(v, lam, seed)
     if not is_complete(d):
-        have = sorted(p.name for p in (run / "masks" / v.name).glob("lam*_seed*")
-                      if is_complete(p)) if (run / "masks" / v.name).is_dir() else []
+        vdir = RunLayout(run).variant_masks(v)
+        have = sorted(p.name for p in vdir.glob("lam*_seed*")
+                      if is_complete(p)) if vdir.is_dir() else []
         raise UserError(f"{run} has no complete circuit for variant {v.name}, lambda {lam:g}, "
                         f"seed {seed}; it has: {', '.join(have) or 'none'}")
     return cfg, v, float(lam), int(seed), d
@@ -272,9 +278,10 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
     """
     from maskshare.evaluation import evaluate_masks
     from maskshare.grouping import load_grouping
+    from maskshare.layout import RunLayout
     from maskshare.mask_training import TrainResult
     from maskshare.masking import MaskedModel
-    from maskshare.pipeline import get_model, get_saes
+    from maskshare.resources import get_model, get_saes
     from maskshare.slot_stats import SlotStats
 
     run = Path(run)
@@ -283,7 +290,7 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
     n_unparsed = len(skipped)  # lines that never became prompts (malformed)
     raw = list(prompts)
     model = get_model(cfg)
-    grouping = load_grouping(run / "groups" / v.grouping.value)
+    grouping = load_grouping(RunLayout(run).groups(v.grouping))
     tlen = len(grouping.slot_names) if v.grouping.value == "template" else None
     checked: list[_Checked] = []
     for i, x in enumerate(raw):
@@ -310,7 +317,7 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
     items = _items_frame(checked, v.grouping.value)
     assignment = grouping.assign(model, items)
     slots = [np.asarray(s, dtype=np.int64) for s in assignment.slots]
-    stats = SlotStats.load(run / "stats" / v.grouping.value / "slot_stats.safetensors")
+    stats = SlotStats.load(RunLayout(run).slot_stats(v.grouping))
     mm = MaskedModel(model, get_saes(cfg), stats, grouping.n_slots, ablation=v.ablation,
                      error=cfg.masks.error)
     batches = mm.prepare(tokens, slots, answers, cfs,

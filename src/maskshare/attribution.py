@@ -25,7 +25,6 @@ from enum import StrEnum
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from maskshare.masking import MaskedModel, Masks, PreparedBatch
 

@@ -12,9 +12,10 @@ import heapq
 
 import torch
 
+from maskshare.activations import padded_batches, run_to_deepest
 from maskshare.masking import Masks
 from maskshare.saes import hook_layer
-from maskshare.slot_stats import SlotStats, length_batches, pad_batch
+from maskshare.slot_stats import SlotStats
 
 NEURONPEDIA = "https://www.neuronpedia.org"
 
@@ -36,16 +37,16 @@ def top_activating_tokens(model, saes: dict, tokens: list[list[int]],
                           k: int = 5, context: int = 3, batch_size: int = 32) -> dict:
     """For each (hook, latent) in `latents`: the k dataset tokens (non-BOS) where the clean
     model's latent activation is highest: {hook: {latent: [{prompt, pos, token, context,
-    activation}]}}. One pass of the model, only as deep as the deepest hook."""
+    before, after, activation}]}}: `context` the `context` tokens up to the firing one,
+    `before`/`after` the whole prompt (BOS left out) around it, to show it highlighted.
+    One pass of the model, only as deep as the deepest hook."""
     want = {h: torch.as_tensor(v, dtype=torch.long) for h, v in latents.items() if v}
     if not want:
         return {}
     heaps: dict[str, dict[int, list]] = {h: {int(i): [] for i in v} for h, v in want.items()}
-    stop = max(hook_layer(h) for h in want) + 1
-    for idx in length_batches([len(t) for t in tokens], batch_size):
-        toks, att, lens = pad_batch(tokens, idx)
-        _, cache = model.run_with_cache(toks, attention_mask=att, stop_at_layer=stop,
-                                        names_filter=lambda n: n in want)
+    for batch in padded_batches(tokens, batch_size, order="shortest"):
+        idx, lens = batch.idx, batch.lengths
+        cache = run_to_deepest(model, batch.tokens, list(want), batch.attention_mask)
         for h, ids in want.items():
             acts = saes[h].encode(cache[h])[..., ids]  # [B, P, n]
             for b, i in enumerate(idx):
@@ -74,6 +75,7 @@ def top_activating_tokens(model, saes: dict, tokens: list[list[int]],
                 strs = token_strs[i]
                 rows.append({"prompt": int(i), "pos": int(pos), "token": strs[pos],
                              "context": "".join(strs[max(1, pos - context):pos + 1]),
+                             "before": "".join(strs[1:pos]), "after": "".join(strs[pos + 1:]),
                              "activation": float(v)})
             out[h][lat] = rows
     return out

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("datasets", "list | show NAME | add SPEC.yaml | build NAME"),
     "groups": ("groups", "show RUN [--html FILE]: inspect a run's position groups"),
     "eval": ("evaluate", "apply a run's circuit to new prompts (JSON lines)"),
+    "report": ("report", "RUN: rebuild RUN/report.html; --runs A B ...: compare runs"),
     "serve": ("serve", "serve the scheduled deployments on a Prefect server"),
     "sweep": ("sweep", "mask training over datasets x groupings x ablations x lambdas on Dask"),
     "train-saes": ("train_saes", "train the embedded model's SAE set offline"),

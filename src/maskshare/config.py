@@ -11,14 +11,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from maskshare.errors import UserError
 from maskshare.saes import SAESetConfig
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+from maskshare.validation import Strict, read_yaml_file, validation_message
 
 
 class Ablation(StrEnum):
@@ -56,15 +53,21 @@ class GroupingKind(StrEnum):
 
 
 class DatasetRef(Strict):
-    """A built-in or user-added dataset (data/datasets/<name>.yaml) and its variant."""
+    """A built-in or user-added dataset (data/datasets/<name>.yaml), or a spec file named by
+    its path (`name: path/to/spec.yaml`: ends in .yaml/.yml or holds a slash), and its
+    variant (prompt datasets have one: `freeform`)."""
 
     name: str = "elements-symbol"
     variant: Literal["templated", "freeform"] = "freeform"
     max_items: int | None = Field(default=None, ge=1, description="cap on items after filtering")
     min_items: int = Field(default=20, ge=1, description="fail if fewer items pass the filter")
-    behaviour_filter: bool = Field(
-        default=True, description="keep only items the model answers top-1 (switch off only "
-                                  "for dry runs on models that answer nothing, e.g. `tiny`)")
+    # true stays the default (not a kind's name) so configs that leave it out keep their hash
+    behaviour_filter: bool | Literal["top1", "logit-diff", "none"] = Field(
+        default=True, description="which items to keep: top1 (the model's top token is the "
+        "answer's first token), logit-diff (logit(answer) - logit(counterfactual) above the "
+        "spec's filter.margin, default 0) or none; true = the dataset's default (top1 for "
+        "template specs, the spec's filter for prompt specs: logit-diff), false = none (dry "
+        "runs on models that answer nothing, e.g. `tiny`)")
 
 
 class AttentionFeatures(Strict):
@@ -145,6 +148,16 @@ class EvalConfig(Strict):
     ablations: list[Ablation] = Field(
         default_factory=lambda: [Ablation.GLOBAL_MEAN, Ablation.ZERO])
     matched_latents_per_token: float | None = None  # None: chosen from the curves
+    # the run's lambda: the sparsest whose F on (a seeded sample of at most `select_limit`
+    # prompts of) `select_split` reaches `target_f`; if none does, the one with the best F
+    select_split: str = "train"
+    select_limit: int | None = Field(default=64, ge=1)
+    target_f: float = 0.9
+
+
+# fields added after run directories existed: left out of config.yaml and of the run's hash
+# while they hold their default, so existing runs keep their directory and bytes
+_OMIT_AT_DEFAULT = {"evaluate": ("select_split", "select_limit", "target_f")}
 
 
 class RunConfig(Strict):
@@ -161,13 +174,6 @@ class RunConfig(Strict):
     runs_dir: str = "data/runs"
 
 
-def _format_validation(e: ValidationError, source: str) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return f"{source}: {loc}: {err['msg']}{more}"
-
-
 def parse_config(data: object, source: str = "config") -> RunConfig:
     if data is None:
         data = {}
@@ -176,25 +182,24 @@ def parse_config(data: object, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise UserError(_format_validation(e, source)) from None
+        raise UserError(validation_message(e, source)) from None
 
 
 def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise UserError(f"cannot read config {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: malformed YAML{where}") from None
-    return parse_config(data, str(path))
+    return parse_config(read_yaml_file(path, "config"), str(path))
+
+
+def config_data(cfg: RunConfig) -> dict:
+    """`cfg` as plain JSON data, without the fields of `_OMIT_AT_DEFAULT` at their default."""
+    data = cfg.model_dump(mode="json")
+    for section, names in _OMIT_AT_DEFAULT.items():
+        default = type(getattr(cfg, section))()
+        for n in names:
+            if getattr(getattr(cfg, section), n) == getattr(default, n):
+                data[section].pop(n)
+    return data
 
 
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(config_data(cfg), sort_keys=False)

@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from maskshare.errors import UserError
+from maskshare.validation import Strict
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +72,8 @@ HELDOUT_TEMPLATES = (
 )
 
 
-class CorpusConfig(BaseModel):
+class CorpusConfig(Strict):
     """What text to assemble and how much of it (every default in one place)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     seed: int = 0
     context_size: int = Field(default=128, ge=8)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from maskshare.activations import hook_name, length_batches, pad_batch, pad_id
 from maskshare.config import AttentionFeatures
 from maskshare.errors import UserError
 
@@ -92,21 +93,8 @@ class _StopForward(Exception):
 
 
 def _length_batches(lengths: np.ndarray, batch_size: int, max_batch_tokens: int | None):
-    """Prompt indices grouped into batches of similar length (longest first), so that padding
-    is small: at most `batch_size` prompts and `max_batch_tokens` padded tokens a batch."""
-    order = np.argsort(-lengths, kind="stable")
-    batches, cur, width = [], [], 0
-    for i in order.tolist():
-        w = max(width, int(lengths[i]))
-        if cur and (len(cur) >= batch_size or
-                    (max_batch_tokens is not None and w * (len(cur) + 1) > max_batch_tokens)):
-            batches.append(cur)
-            cur, w = [], int(lengths[i])
-        cur.append(i)
-        width = w
-    if cur:
-        batches.append(cur)
-    return batches
+    """The old name (benchmarks/groups_speed.py calls it): `length_batches`, longest first."""
+    return length_batches(lengths, batch_size, order="longest", max_tokens=max_batch_tokens)
 
 
 def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | None = None,
@@ -136,27 +124,26 @@ def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | 
     n_ctx = model.cfg.n_ctx
     if any(len(t) > n_ctx for t in tokens):
         raise UserError(f"a prompt is longer than the model's context ({n_ctx} tokens)")
-    pad = int(model.tokenizer.pad_token_id or 0) if model.tokenizer is not None else 0
+    pad = pad_id(model)
     groups = [g for g, on in (("from_final", cfg.from_final), ("to_bos", cfg.to_bos),
                               ("to_self", cfg.to_self), ("to_prev", cfg.to_prev)) if on]
     n_att = len(groups) * len(layers) * model.cfg.n_heads
     layer_index = {layer: i for i, layer in enumerate(layers)}
-    deepest = f"blocks.{max(layers)}.attn.hook_pattern"
+    deepest = hook_name("pattern", max(layers))
 
     lengths = np.asarray([len(t) for t in tokens], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)])
     n_rows = int(starts[-1])
     matrix = np.empty((n_rows, len(names)), dtype=np.float32)
-    batches = _length_batches(lengths, batch_size, max_batch_tokens)
+    # longest prompts first, at most `max_batch_tokens` padded tokens a batch
+    batches = length_batches(lengths, batch_size, order="longest", max_tokens=max_batch_tokens)
     if progress:
         from tqdm import tqdm
         batches = tqdm(batches, desc="attention features", unit="batch")
     for chunk in batches:
-        lens = torch.as_tensor(lengths[chunk])
-        B, T = len(chunk), int(lens.max())
-        batch = torch.full((B, T), pad, dtype=torch.long, device=model.cfg.device)
-        for i, j in enumerate(chunk):
-            batch[i, :lengths[j]] = torch.as_tensor(tokens[j], dtype=torch.long)
+        # right-padded and run with no attention mask: causal attention keeps padding out
+        batch, _, lens = pad_batch(tokens, chunk, pad, device=model.cfg.device)
+        B, T = batch.shape
         # [B, T, group, layer, head]: what each hook keeps
         out = torch.zeros(B, T, len(groups), len(layers), model.cfg.n_heads)
         bi = torch.arange(B)
@@ -181,7 +168,7 @@ def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | 
                                   enabled=cfg.dtype == "bfloat16")
         with torch.inference_mode(), autocast:
             try:
-                model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", keep)
+                model.run_with_hooks(batch, fwd_hooks=[(hook_name("pattern", layer), keep)
                                                        for layer in layers])
             except _StopForward:
                 pass

@@ -29,6 +29,7 @@ import polars as pl
 from maskshare.artifacts import _fsync_dir, write_json_atomic, write_manifest, write_text_atomic
 from maskshare.errors import UserError
 from maskshare.grouping import Assignment, Grouping, grouping_quality, load_grouping
+from maskshare.slot_names import display_token, slot_labels
 
 TOKENS = "tokens.parquet"
 QUALITY = "quality.json"
@@ -136,6 +137,7 @@ def slot_summary(table: pl.DataFrame, n_tokens: int = 6, n_examples: int = 3) ->
     """One dict per slot: size, top tokens, roles, mean position from the end, examples."""
     out = []
     real = table.filter(pl.col("slot") >= 0)
+    labels = slot_labels(table)
     for slot in sorted(set(real["slot"].to_list())):
         sub = real.filter(pl.col("slot") == slot)
         pids = list(dict.fromkeys(sub["prompt_id"].to_list()))[:n_examples]
@@ -146,6 +148,7 @@ def slot_summary(table: pl.DataFrame, n_tokens: int = 6, n_examples: int = 3) ->
                                     zip(_show(pr["token"].to_list()), pr["slot"].to_list(), strict=True)))
         out.append({
             "slot": int(slot), "name": sub["slot_name"][0] if "slot_name" in sub.columns else "",
+            "label": labels[int(slot)].label if int(slot) in labels else "",
             "size": sub.height,
             "tokens": Counter(_show(sub["token"].to_list())).most_common(n_tokens),
             "roles": Counter(sub["role"].to_list()).most_common(),
@@ -157,7 +160,7 @@ def slot_summary(table: pl.DataFrame, n_tokens: int = 6, n_examples: int = 3) ->
 
 def _show(tokens: list[str]) -> list[str]:
     """Byte-level BPE display: 'Ġ' -> space, 'Ċ' -> newline mark."""
-    return [t.replace("Ġ", " ").replace("Ċ", "\\n") for t in tokens]
+    return [display_token(t) for t in tokens]
 
 
 def format_table(summary: list[dict], quality: dict) -> str:
@@ -171,7 +174,7 @@ def format_table(summary: list[dict], quality: dict) -> str:
                                              if isinstance(v, float)))
     for s in summary:
         lines.append("")
-        lines.append(f"slot {s['slot']} ({s['name']}): {s['size']} tokens, "
+        lines.append(f"slot {s['slot']} ({s['label'] or s['name']}): {s['size']} tokens, "
                      f"mean position from end {s['mean_from_end']:.2f}")
         lines.append("  tokens: " + ", ".join(f"{t!r}x{c}" for t, c in s["tokens"]))
         lines.append("  roles:  " + ", ".join(f"{r}:{c}" for r, c in s["roles"]))
@@ -211,31 +214,89 @@ def _scatter(table: pl.DataFrame, by: str, colours: dict, title: str) -> str:
                    "</circle>")
     legend = " ".join(f'<span class="chip" style="background:{c}">{html.escape(str(k))}</span>'
                       for k, c in colours.items() if k in set(t[by].to_list()))
-    return (f'<div class="plot"><h3>{html.escape(title)}</h3><svg width="{w}" height="{h}" '
+    return (f'<div class="plot"><h3>{html.escape(title)}</h3><svg width="100%" '
             f'viewBox="0 0 {w} {h}" xmlns="http://www.w3.org/2000/svg">'
             f'<rect width="{w}" height="{h}" fill="#fafafa" stroke="#ccc"/>{"".join(pts)}</svg>'
             f"<div>{legend}</div></div>")
 
 
+def _value(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return html.escape(str(v))
+    if isinstance(v, float):
+        return f"{v:.3g}" if v == v else "–"
+    if isinstance(v, list):
+        return html.escape(", ".join(map(str, v)))
+    return html.escape(str(v))
+
+
+def quality_html(quality: dict) -> str:
+    """The grouping's quality as tables: scalar values, then one row per split (by_split)
+    and any other nested dict as rows of their own."""
+    esc = html.escape
+    flat = {k: v for k, v in quality.items() if not isinstance(v, dict)}
+    out = ['<div class="scroll"><h3>measures</h3><table><tr><th>measure</th><th>value</th></tr>'
+           + "".join(f"<tr><td>{esc(k)}</td><td class=n>{_value(v)}</td></tr>"
+                     for k, v in sorted(flat.items())) + "</table></div>"]
+    for k, sub in sorted((k, v) for k, v in quality.items() if isinstance(v, dict)):
+        if sub and all(isinstance(x, dict) for x in sub.values()):
+            cols = list(dict.fromkeys(c for x in sub.values() for c in x))
+            head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+            body = "".join(f"<tr><td>{esc(r)}</td>" + "".join(
+                f"<td class=n>{_value(x.get(c))}</td>" for c in cols) + "</tr>"
+                for r, x in sub.items())
+            out.append(f'<div class="scroll"><h3>{esc(k)}</h3><table><tr><th></th>{head}</tr>'
+                       f"{body}</table></div>")
+        else:
+            out.append(f'<div class="scroll"><h3>{esc(k)}</h3><table>' + "".join(
+                f"<tr><td>{esc(str(a))}</td><td class=n>{_value(b)}</td></tr>"
+                for a, b in sub.items()) + "</table></div>")
+    return f'<div class="quality">{"".join(out)}</div>'
+
+
+CSS = """
+*{box-sizing:border-box}
+body{font-family:system-ui,sans-serif;margin:0 auto;padding:1em 1.5em 3em;max-width:1400px;
+color:#222;line-height:1.4}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;margin-top:1.6em}
+.scroll{overflow-x:auto;max-width:100%}h3{font-size:1em;margin:.4em 0 0}
+.quality{display:flex;flex-wrap:wrap;gap:0 2.5em;align-items:flex-start}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 6px;
+vertical-align:top;font-size:13px;text-align:left}th{background:#f3f3f3}td.n{text-align:right}
+td.ex{min-width:24em;overflow-wrap:anywhere}
+.chip{display:inline-block;padding:0 5px;border-radius:3px;margin:1px;font-size:12px}
+.t{white-space:pre-wrap;border-radius:2px;padding:1px 0;margin-right:1px;font-family:monospace}
+.p{margin:3px 0;overflow-wrap:anywhere}.pid{color:#888;font-size:11px;display:inline-block;
+width:9em}.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(380px,1fr));gap:1em}
+.plot svg{width:100%;height:auto;max-width:600px}
+@media print{body{max-width:none;padding:0}.scroll{overflow:visible}}
+"""
+
+
 def render_html(table: pl.DataFrame, quality: dict, slot_names: list[str] | None = None,
                 title: str = "groups") -> str:
-    """A self-contained page: quality, per-slot table, 2-D scatters, every prompt coloured."""
+    """A self-contained page: quality, per-slot table, 2-D scatters, every prompt coloured.
+    Slots are named by what they hold (`slot_names.slot_labels`); `slot_names` (the
+    grouping's own, e.g. "c3") are shown beside them."""
     esc = html.escape
     n = int(table["slot"].max()) + 1 if table.height else 0
     slot_names = slot_names or [str(i) for i in range(n)]
+    labels = slot_labels(table)
     slot_col = {i: _colour(i) for i in range(n)}
     roles = sorted(set(table["role"].to_list()))
     role_col = {r: _colour(i + 1) for i, r in enumerate(roles)}
-    summary = slot_summary(table)
     rows = []
-    for s in summary:
+    for s in slot_summary(table):
         rows.append(
             f'<tr><td><span class="chip" style="background:{slot_col[s["slot"]]}">'
-            f'{s["slot"]}</span> {esc(s["name"])}</td><td>{s["size"]}</td>'
+            f'{s["slot"]}</span> {esc(s["label"] or s["name"])}</td><td>{esc(s["name"])}</td>'
+            f'<td class=n>{s["size"]}</td>'
             f"<td>{esc(', '.join(f'{t!r}×{c}' for t, c in s['tokens']))}</td>"
             f"<td>{esc(', '.join(f'{r}:{c}' for r, c in s['roles']))}</td>"
-            f'<td>{s["mean_from_end"]:.2f}</td>'
-            f"<td>{'<br>'.join(esc(e) for e in s['examples'])}</td></tr>")
+            f'<td class=n>{s["mean_from_end"]:.2f}</td>'
+            f"<td class=ex>{'<br>'.join(esc(e) for e in s['examples'])}</td></tr>")
     prompts = []
     for (pid,), pr in table.sort("prompt_id", "position").group_by("prompt_id",
                                                                    maintain_order=True):
@@ -243,32 +304,27 @@ def render_html(table: pl.DataFrame, quality: dict, slot_names: list[str] | None
         for tok, slot, role, dist in zip(_show(pr["token"].to_list()), pr["slot"].to_list(),
                                          pr["role"].to_list(), pr["distance"].to_list(), strict=True):
             d = "" if dist is None or dist != dist else f", distance {dist:.2f}"
-            name = slot_names[slot] if 0 <= slot < len(slot_names) else "?"
+            name = labels[slot].label if slot in labels else \
+                (slot_names[slot] if 0 <= slot < len(slot_names) else "?")
             spans.append(f'<span class="t" style="background:{slot_col.get(slot, "#eee")}" '
                          f'title="slot {slot} ({esc(name)}), role {esc(role)}{d}">'
                          f"{esc(tok)}</span>")
         split = pr["split"][0] if "split" in pr.columns else ""
         prompts.append(f'<div class="p"><span class="pid">{pid} {esc(str(split))}</span>'
                        f'{"".join(spans)}</div>')
-    qrows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(json.dumps(v))}</td></tr>"
-                    for k, v in sorted(quality.items()))
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padding:3px 6px;
-vertical-align:top;font-size:13px}} .chip{{display:inline-block;padding:0 5px;border-radius:3px;
-margin:1px;font-size:12px}} .t{{white-space:pre;border-radius:2px;padding:1px 0;
-margin-right:1px;font-family:monospace}} .p{{margin:3px 0}} .pid{{color:#888;font-size:11px;
-display:inline-block;width:9em}} .plot{{display:inline-block;margin-right:1em;vertical-align:top}}
-</style></head><body>
-<h1>{esc(title)}</h1>
-<h2>Quality</h2><table>{qrows}</table>
-<h2>Slots</h2>
-<table><tr><th>slot</th><th>size</th><th>most common tokens</th><th>roles</th>
-<th>mean position from end</th><th>examples ([[slot tokens]])</th></tr>{"".join(rows)}</table>
-<h2>2-D projection of the features (PCA)</h2>
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>
+</head><body>
+<h1 id="headline">{esc(title)}</h1>
+<h2>Quality</h2>{quality_html(quality)}
+<h2>Slots</h2><p>Each slot named by its dominant role (share of its training tokens) and its most
+common tokens.</p>
+<div class="scroll"><table><tr><th>slot</th><th>fitted as</th><th>size</th>
+<th>most common tokens</th><th>roles</th><th>mean position from end</th>
+<th>examples ([[slot tokens]])</th></tr>{"".join(rows)}</table></div>
+<h2>2-D projection of the features (PCA)</h2><div class="plots">
 {_scatter(table, "slot", slot_col, "coloured by slot")}
-{_scatter(table, "role", role_col, "coloured by role")}
+{_scatter(table, "role", role_col, "coloured by role")}</div>
 <h2>Prompts</h2><p>Hover a token for its slot and role.</p>
 {"".join(prompts)}
 </body></html>

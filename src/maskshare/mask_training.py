@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from maskshare.activations import logit_diff
 from maskshare.artifacts import hash_config, save_tensors, write_json_atomic
 from maskshare.config import MaskConfig, Objective, Relaxation
 from maskshare.masking import (
@@ -133,8 +134,7 @@ def compute_targets(mm: MaskedModel, batches: list[PreparedBatch],
     lds, lps = [], []
     for b in batches:
         logits = mm.final_logits(b, full)
-        r = torch.arange(len(b))
-        lds.append(logits[r, b.answer] - logits[r, b.counterfactual])
+        lds.append(logit_diff(logits, b.answer, b.counterfactual))
         if objective == Objective.KL:
             lps.append(F.log_softmax(logits, -1))
     targets = Targets(ld=lds, logprobs=lps if lps else None)
@@ -156,7 +156,13 @@ def task_scale(mm: MaskedModel, batches: list[PreparedBatch], targets: Targets,
         gap += (e - m) * len(b)
         n += len(b)
     gap /= max(n, 1)
-    if not math.isfinite(gap) or gap <= 1e-6:
+    if not math.isfinite(gap):
+        where = next((w for b in batches if (w := mm.locate_nonfinite(b, empty))), None)
+        raise MaskTrainingError(
+            "non-finite objective of the empty circuit before step 0 (task scale)"
+            + (f": first at {where}" if where else "")
+            + "; check the slot statistics and SAE weights there")
+    if gap <= 1e-6:
         raise MaskTrainingError(
             f"the empty circuit scores the same as the full model (objective gap {gap:.3g}): "
             "the prompts carry no task signal to normalise by; use masks.scale: none")
@@ -208,7 +214,7 @@ def objective_loss(mm: MaskedModel, batch: PreparedBatch, masks: Masks, targets:
     logits = mm.final_logits(batch, masks)
     r = torch.arange(len(batch))
     if objective == Objective.LOGIT_DIFF:
-        ld = logits[r, batch.answer] - logits[r, batch.counterfactual]
+        ld = logit_diff(logits, batch.answer, batch.counterfactual)
         return (ld - targets.ld[bi]).abs().mean()
     lp = F.log_softmax(logits, -1)
     if objective == Objective.KL:
@@ -331,7 +337,8 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
     done = bool(patience) and unchanged >= patience and start >= cfg.early_stop_min_steps
     bar = tqdm(range(start, start if done else cfg.steps), desc=f"masks lambda={lam:g}",
                disable=not progress, initial=start, total=cfg.steps, leave=False)
-    with _Frozen(mm.model, *mm.saes.values()):
+    # gradients reach theta only; enabled here whatever the caller's grad mode
+    with _Frozen(mm.model, *mm.saes.values()), torch.enable_grad():
         for step in bar:
             bi = _batch_for_step(len(batches), step, seed)
             batch = batches[bi]

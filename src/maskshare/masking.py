@@ -30,17 +30,28 @@ Efficiency by construction:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from maskshare.activations import (
+    at_final,
+    clean_final_logits,
+    length_parts,
+    logit_diff,
+    pad_batch,
+    pad_slots,
+    padded_batches,
+    unembed_final,
+)
 from maskshare.config import Ablation, ErrorTerm
 from maskshare.errors import UserError
 from maskshare.saes import hook_layer
-from maskshare.slot_stats import SlotStats, check_inputs, length_batches, pad_batch, pad_slots
+from maskshare.slot_stats import SlotStats, check_inputs
 
 Masks = dict[str, Float[Tensor, "n_slots d_sae"]]
 
@@ -100,18 +111,67 @@ def _layer_pos(hook: str) -> tuple[int, str]:
     return int(m.group(1)), m.group(2)
 
 
+@dataclass(frozen=True)
+class MaskOptions:
+    """How a `MaskedModel` computes its pass; fixed for the model's life (`with_options`
+    gives a model with other options, sharing the model, SAEs and statistics).
+
+    - `ablation`, `error`: the method's choices (module docstring).
+    - `split_by_length`, `max_parts`, `min_saving`: run a batch in up to `max_parts` length
+      groups when that saves more than `min_saving` of its padded tokens (same results).
+    - `expand`: how a per-slot mask becomes per-token, "onehot" (a matmul) or "gather".
+    - `fuse_clean`: error `clean` with one decode of the latents' change instead of two.
+    - `reuse_prefix`: start every pass from the cached residual below the first hook (and
+      the first hook's cached latents); False runs every pass from the embeddings.
+    """
+
+    ablation: Ablation = Ablation.SLOT_MEAN
+    error: ErrorTerm = ErrorTerm.DROP
+    split_by_length: bool = True
+    max_parts: int = 3
+    min_saving: float = 0.1
+    expand: Literal["onehot", "gather"] = "onehot"
+    fuse_clean: bool = True
+    reuse_prefix: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "ablation", Ablation(self.ablation))
+        object.__setattr__(self, "error", ErrorTerm(self.error))
+        if self.expand not in ("onehot", "gather"):
+            raise ValueError(f"expand must be 'onehot' or 'gather', not {self.expand!r}")
+
+
+def _option(name: str):
+    def refuse(self, value):
+        raise AttributeError(f"MaskedModel.{name} is fixed at construction: pass {name}= to "
+                             f"MaskedModel(...) or use mm.with_options({name}=...)")
+
+    return property(lambda self: getattr(self.options, name), refuse,
+                    doc=f"`MaskOptions.{name}` (read-only: use `with_options`)")
+
+
 class MaskedModel:
     """A model with SAEs spliced in at every hook of `saes`, masked per (slot, SAE, latent).
 
     `stats` holds the per-slot means (needed for `slot-mean`/`global-mean` ablation and for
-    error `mean`). A slot with no training tokens falls back to the global means.
+    error `mean`). A slot with no training tokens falls back to the global means. Settings
+    come as `options` and/or as `MaskOptions` keywords (`ablation=`, `error=`, ...), which
+    override `options`; they are read-only afterwards.
     """
 
+    ablation = _option("ablation")
+    error = _option("error")
+    split_by_length = _option("split_by_length")
+    max_parts = _option("max_parts")
+    min_saving = _option("min_saving")
+    expand = _option("expand")
+    fuse_clean = _option("fuse_clean")
+
     def __init__(self, model, saes: dict, stats: SlotStats | None, n_slots: int, *,
-                 ablation: Ablation | str = Ablation.SLOT_MEAN,
-                 error: ErrorTerm | str = ErrorTerm.DROP):
+                 options: MaskOptions | None = None, **settings):
+        self.options = replace(options or MaskOptions(), **settings)
         self.model, self.saes, self.n_slots = model, dict(saes), int(n_slots)
-        self.ablation, self.error = Ablation(ablation), ErrorTerm(error)
+        self.stats = stats
         self.hooks = list(self.saes)
         needs_stats = (self.ablation not in (Ablation.ZERO, Ablation.COUNTERFACTUAL)
                        or self.error == ErrorTerm.MEAN)
@@ -144,19 +204,22 @@ class MaskedModel:
         layers = [hook_layer(h) for h in self.hooks]
         first = self.hooks[0]
         l0, kind = _layer_pos(first)
-        if kind == "hook_resid_post" and all(ly > l0 for ly in layers[1:]):
+        if not self.options.reuse_prefix:
+            self.start_layer, self.first_outside = 0, False
+        elif kind == "hook_resid_post" and all(ly > l0 for ly in layers[1:]):
             self.start_layer, self.first_outside = l0 + 1, True
         elif kind == "hook_resid_pre":
             self.start_layer, self.first_outside = l0, True
         else:
             self.start_layer, self.first_outside = min(layers), False
         self.n_layers = model.cfg.n_layers
-        # run a batch in length groups when that saves padded tokens (see final_residual)
-        self.split_by_length, self.max_parts, self.min_saving = True, 3, 0.1
-        # how a per-slot mask becomes per-token ("onehot" matmul or "gather"), and whether
-        # error `clean` uses one decode of the latents' change (benchmarks compare both)
-        self.expand, self.fuse_clean = "onehot", True
         self.linear_decoder = {h: _affine_decoder(s) for h, s in self.saes.items()}
+
+    def with_options(self, **changes) -> MaskedModel:
+        """The same model, SAEs and statistics under other `MaskOptions` (batches prepared
+        by this model serve the new one unless `reuse_prefix` changes)."""
+        return MaskedModel(self.model, self.saes, self.stats, self.n_slots,
+                           options=replace(self.options, **changes))
 
     # ---- preparation (once per prompt set) ----
 
@@ -173,12 +236,12 @@ class MaskedModel:
         if self.ablation == Ablation.COUNTERFACTUAL:
             check_counterfactual_tokens(tokens, counterfactual_tokens)
         out = []
-        for idx in length_batches([len(t) for t in tokens], batch_size):
-            toks, att, lens = pad_batch(tokens, idx)
+        for pb in padded_batches(tokens, batch_size, order="shortest"):
+            idx, toks, att = pb.idx, pb.tokens, pb.attention_mask
             sl = pad_slots(slots, idx, toks.shape[1])
             resid = self.model(toks, attention_mask=att, stop_at_layer=self.start_layer)
             b = PreparedBatch(idx=list(idx), tokens=toks, attention_mask=att, slots=sl,
-                              lengths=lens,
+                              lengths=pb.lengths,
                               answer=torch.as_tensor([answer_ids[i] for i in idx]),
                               counterfactual=torch.as_tensor([counterfactual_ids[i] for i in idx]),
                               resid=resid.detach())
@@ -276,14 +339,14 @@ class MaskedModel:
                 resid = self.model(resid, start_at_layer=self.start_layer,
                                    stop_at_layer=self.n_layers,
                                    attention_mask=batch.attention_mask)
-        return resid[torch.arange(len(batch)), batch.lengths - 1]
+        return at_final(resid, batch.lengths)
 
     def final_logits(self, batch: PreparedBatch, masks: Masks) -> Float[Tensor, "B d_vocab"]:
         """Logits at each prompt's final position only."""
-        return final_logits_from_resid(self.model, self.final_residual(batch, masks))
+        return unembed_final(self.model, self.final_residual(batch, masks))
 
     def logit_diff(self, batch: PreparedBatch, masks: Masks) -> Float[Tensor, " B"]:
-        return _ld(self.final_logits(batch, masks), batch)
+        return logit_diff(self.final_logits(batch, masks), batch.answer, batch.counterfactual)
 
     @torch.no_grad()
     def logit_diffs(self, batches: list[PreparedBatch], masks: Masks) -> np.ndarray:
@@ -303,10 +366,12 @@ class MaskedModel:
             if bad.any():
                 return f"mask of hook {h}, slot(s) {sorted(set(bad.nonzero()[:, 0].tolist()))}"
         found: list[str] = []
+        # gather, not one-hot: a NaN in one slot's row stays in that slot's positions
+        gather = self if self.expand == "gather" else self.with_options(expand="gather")
 
         def make(h):
             def fn(act, hook):
-                out = self.splice(h, act, batch, masks[h])
+                out = gather.splice(h, act, batch, masks[h])
                 if not found:
                     bad = ~torch.isfinite(out).all(-1)
                     if bad.any():
@@ -316,14 +381,9 @@ class MaskedModel:
             return fn
 
         fwd = [(h, make(h)) for h in self.hooks]
-        # gather, not one-hot: a NaN in one slot's row stays in that slot's positions
-        expand, self.expand = self.expand, "gather"
-        try:
-            with self.model.hooks(fwd_hooks=fwd):
-                self.model(batch.tokens, attention_mask=batch.attention_mask,
-                           stop_at_layer=self.n_layers)
-        finally:
-            self.expand = expand
+        with self.model.hooks(fwd_hooks=fwd):
+            self.model(batch.tokens, attention_mask=batch.attention_mask,
+                       stop_at_layer=self.n_layers)
         return found[0] if found else None
 
     def _check_masks(self, masks: Masks) -> None:
@@ -340,40 +400,6 @@ def _affine_decoder(sae) -> bool:
     cfg = sae.cfg
     return (getattr(cfg, "normalize_activations", "none") in ("none", None)
             and hasattr(sae, "b_dec") and not sae.hook_sae_recons.fwd_hooks)
-
-
-def length_parts(lengths: list[int], max_parts: int = 3,
-                 min_saving: float = 0.1) -> list[tuple[int, int]]:
-    """Contiguous row ranges [(start, end)] of a batch minimising padded tokens
-    (sum of rows x longest row per part) with at most `max_parts` parts; each extra part must
-    save at least `min_saving` of the one-part total, else fewer parts are used."""
-    n = len(lengths)
-    if n <= 1 or max_parts <= 1:
-        return [(0, n)]
-    INF = float("inf")
-    # best[k][j]: min padded tokens of rows [0, j) in k parts (rows need not be sorted)
-    best = [[INF] * (n + 1) for _ in range(max_parts + 1)]
-    back = [[0] * (n + 1) for _ in range(max_parts + 1)]
-    best[0][0] = 0.0
-    for k in range(1, max_parts + 1):
-        for j in range(1, n + 1):
-            m = 0
-            for i in range(j - 1, -1, -1):
-                m = max(m, lengths[i])
-                c = best[k - 1][i] + (j - i) * m
-                if c < best[k][j]:
-                    best[k][j], back[k][j] = c, i
-    one = best[1][n]
-    k_best = 1
-    for k in range(2, max_parts + 1):
-        if best[k_best][n] - best[k][n] >= min_saving * one:
-            k_best = k
-    cuts, j = [], n
-    for k in range(k_best, 0, -1):
-        i = back[k][j]
-        cuts.append((i, j))
-        j = i
-    return cuts[::-1]
 
 
 def sub_batch(batch: PreparedBatch, a: int, b: int) -> PreparedBatch:
@@ -405,17 +431,8 @@ def check_counterfactual_tokens(tokens: list[list[int]],
                         f"are missing (first: prompt {bad[0]})")
 
 
-def final_logits_from_resid(model, resid_final: Tensor) -> Tensor:
-    """ln_final + unembed on [B, d_model] (the final positions only)."""
-    x = resid_final[:, None, :]
-    if model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    return model.unembed(x)[:, 0, :]
-
-
-def _ld(logits: Tensor, batch: PreparedBatch) -> Tensor:
-    r = torch.arange(len(batch))
-    return logits[r, batch.answer] - logits[r, batch.counterfactual]
+# the old name (benchmarks import it from here)
+final_logits_from_resid = unembed_final
 
 
 def _scatter(batches: list[PreparedBatch], vals: list[Tensor]) -> np.ndarray:
@@ -428,10 +445,8 @@ def _scatter(batches: list[PreparedBatch], vals: list[Tensor]) -> np.ndarray:
 
 @torch.no_grad()
 def clean_batch_logit_diff(model, batch: PreparedBatch) -> Tensor:
-    resid = model(batch.tokens, attention_mask=batch.attention_mask,
-                  stop_at_layer=model.cfg.n_layers)
-    logits = final_logits_from_resid(model, resid[torch.arange(len(batch)), batch.lengths - 1])
-    return _ld(logits, batch)
+    logits = clean_final_logits(model, batch.tokens, batch.lengths, batch.attention_mask)
+    return logit_diff(logits, batch.answer, batch.counterfactual)
 
 
 @torch.no_grad()
@@ -439,12 +454,9 @@ def clean_logit_diffs(model, tokens: list[list[int]], answer_ids: list[int],
                       counterfactual_ids: list[int], batch_size: int = 32) -> np.ndarray:
     """Per-prompt ld of the model alone (no SAEs), logits only at each final position."""
     out = np.full(len(tokens), np.nan)
-    for idx in length_batches([len(t) for t in tokens], batch_size):
-        toks, att, lens = pad_batch(tokens, idx)
-        resid = model(toks, attention_mask=att, stop_at_layer=model.cfg.n_layers)
-        logits = final_logits_from_resid(model, resid[torch.arange(len(idx)), lens - 1])
-        r = torch.arange(len(idx))
-        ld = logits[r, torch.as_tensor([answer_ids[i] for i in idx])] - \
-            logits[r, torch.as_tensor([counterfactual_ids[i] for i in idx])]
-        out[idx] = ld.double().numpy()
+    for b in padded_batches(tokens, batch_size, order="shortest"):
+        logits = clean_final_logits(model, b.tokens, b.lengths, b.attention_mask)
+        ld = logit_diff(logits, [answer_ids[i] for i in b.idx],
+                        [counterfactual_ids[i] for i in b.idx])
+        out[b.idx] = ld.double().numpy()
     return out

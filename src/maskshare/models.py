@@ -136,14 +136,26 @@ def _hooked_from_hf_dir(hf_dir: Path, device: str, base_cfg: dict | None = None,
     return model.eval()
 
 
+def frozen(model):
+    """`model` in eval mode with every parameter frozen (requires_grad False): maskshare
+    never trains model weights; gradients reach the masks through the activations."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
 def load_model(name: str = EMBEDDED, device: str = "cpu", threads: int | None = None):
-    """Load `name` as an eval-mode `HookedSAETransformer` with right padding.
+    """Load `name` as an eval-mode `HookedSAETransformer` with right padding and frozen
+    parameters. torch's global grad mode is left as it was.
 
     `name` is `smollm2-135m`, a local HF folder, a transformer_lens model name, or
     `tiny` (a seeded random 2-layer model for tests and dry runs; see maskshare.testing).
     """
     configure_threads(threads)
-    torch.set_grad_enabled(True)
+    return frozen(_load(name, device))
+
+
+def _load(name: str, device: str):
     if name == TINY:
         from maskshare.testing import tiny_model
 

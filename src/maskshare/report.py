@@ -1,15 +1,13 @@
-"""The run's `report.html`: one self-contained page (inline CSS, inline SVG, no scripts, no
-network): headline metrics, comparison tables, F-versus-size curves, the circuit listing,
-where in depth the kept latents sit, and a link to the groups page.
+"""The run's `report.html`, built from the run directory's files alone (`write_report(run)`),
+and a page comparing runs side by side (`write_comparison(runs, out)`).
 
-Inputs (plain dicts, as the pipeline has them):
-- `comparisons`: tables, each `{"title": str, "rows": [dict, ...], "note": str?}`; a list of
-  flat row dicts (no "rows" key) is shown as one table.
-- `curves`: one per method, `{"method": str, "plot": str?, "points": [{"latents_per_token":
-  x, "faithfulness": y}, ...]}` (or `"sizes"` + `"faithfulness"` lists); curves sharing a
-  `plot` (default: one plot) are drawn together, x on a log scale.
-- `circuit`: `maskshare.circuit.circuit_summary(...)`.
-- `metrics`: the run's metrics (flat values shown; nested dicts as JSON).
+One self-contained page (inline CSS and SVG, one inline script that opens folded sections
+for printing; no network, no fonts), top to bottom: the headline (dataset, model, the chosen
+circuit's size and F on each held-out split, one sentence each on grouping and ablation at
+matched size), the F-versus-size plots with the matched size marked, the comparison table
+with readable method names, then details (the circuit per split, where it sits in depth,
+its latents, the slots, every lambda, the config) and the raw metrics, folded. It reads well
+from 1,000 to 1,600 px wide: wide tables scroll inside their own box, figures scale.
 """
 
 from __future__ import annotations
@@ -19,250 +17,282 @@ import json
 import math
 from pathlib import Path
 
-from maskshare.artifacts import write_text_atomic
+import polars as pl
+import yaml
 
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22", "#17becf"]
+from maskshare.artifacts import write_text_atomic
+from maskshare.report_circuit import circuit_html, depth_figure
+from maskshare.report_data import (
+    RunView,
+    comparison_rows,
+    headline,
+    load_run_view,
+    matched_f,
+    method_name,
+    plot_series,
+    variants,
+)
+from maskshare.report_svg import svg_curves
+
+REPORT = "report.html"
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
-max-width:1100px;color:#222;line-height:1.4;padding:0 1em}
-h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;
-margin-top:2em}h3{font-size:1.05em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td.l,th.l{text-align:left}
-.note{color:#666;font-size:.9em}.muted{color:#888}
-details{margin:.3em 0}summary{cursor:pointer}
-code{background:#f5f5f5;padding:0 .2em}
-svg text{font-family:inherit}
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 auto;
+max-width:1400px;color:#222;line-height:1.45;padding:1em 1.5em 3em}
+h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;border-bottom:1px solid #ddd;
+padding-bottom:.2em;margin-top:1.8em}h3{font-size:1.05em;margin:1.2em 0 .4em}h4{margin:.9em 0 .3em}
+.sub{color:#555;margin:.1em 0 .6em;overflow-wrap:anywhere}
+.headline{background:#f6f8fb;border:1px solid #dde3ec;border-radius:6px;padding:.6em 1em}
+.cards{display:flex;flex-wrap:wrap;gap:.5em 2.2em;margin:.2em 0 .4em}
+.card .v{font-size:1.6em;font-weight:600}.card .k{color:#555;font-size:.88em}
+.headline p{margin:.3em 0}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:1em}
+.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right;vertical-align:top}
+th{background:#f3f3f3}td.l,th.l{text-align:left}tr.main td{font-weight:600;background:#fbfbf0}
+table.latents td.l{min-width:22em;max-width:60em}td.l:first-child{min-width:11em}
+.ex{white-space:normal;overflow-wrap:anywhere;margin:.1em 0}.ctx{color:#555}
+mark{background:#ffe08a;padding:0 .1em;border-radius:2px}
+.note{color:#666;font-size:.9em;overflow-wrap:anywhere}.muted{color:#999}
+details{margin:.4em 0}summary{cursor:pointer}details.slot{border-left:3px solid #dde3ec;
+padding-left:.6em}
+code{background:#f5f5f5;padding:0 .2em;overflow-wrap:anywhere}
+pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.85em}
+svg.fig{display:block;height:auto;margin:.3em 0}svg text{font-family:inherit}
+@media print{body{max-width:none;padding:0;font-size:11pt}.plots{display:block}
+details,details.slot{border:0}summary{list-style:none}.scroll{overflow:visible}
+h2{break-after:avoid}svg.fig{break-inside:avoid}a{color:inherit}}
+@media print{details::details-content{content-visibility:visible;display:block}}
 """
+
+# folded sections open for printing (a closed <details> prints as its summary only)
+SCRIPT = ("window.addEventListener('beforeprint',function(){"
+          "document.querySelectorAll('details').forEach(function(d){d.open=true;});});")
 
 
 def _esc(x) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _fmt(v) -> str:
-    if v is None:
+def _g(v) -> str:
+    return "–" if v is None else f"{v:g}"
+
+
+def _fmt(v, nd: int = 3) -> str:
+    """A cell: floats with `nd` decimals below 10 (F reads as 0.940, not 0.94 or 1)."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return '<span class="muted">–</span>'
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return _esc(v)
-        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.4g}"
-    if isinstance(v, dict | list):
-        return f"<code>{_esc(json.dumps(v, default=str)[:200])}</code>"
-    return _esc(v)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return _esc(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    v = v + 0.0  # no "-0.000"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.{nd}f}"
 
 
-def html_table(rows: list[dict], columns: list[str] | None = None) -> str:
+def html_table(rows: list[dict], columns: list[str] | None = None,
+               headers: dict[str, str] | None = None, main_key: str | None = None) -> str:
+    """A table in its own scroll box; string cells left-aligned; `main_key` rows bold."""
     if not rows:
         return '<p class="note">(no rows)</p>'
     if columns is None:
-        columns = []
-        for r in rows:
-            columns += [k for k in r if k not in columns]
-    head = "".join(f'<th class="l">{_esc(c)}</th>' if i == 0 else f"<th>{_esc(c)}</th>"
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    headers = headers or {}
+    head = "".join(f'<th class="{"l" if i == 0 else ""}">{_esc(headers.get(c, c))}</th>'
                    for i, c in enumerate(columns))
     body = []
     for r in rows:
-        cells = []
-        for i, c in enumerate(columns):
-            v = r.get(c)
-            cls = ' class="l"' if i == 0 or isinstance(v, str) else ""
-            cells.append(f"<td{cls}>{_fmt(v)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        cells = "".join(f'<td{" class=l" if i == 0 or isinstance(r.get(c), str) else ""}>'
+                        f"{_fmt(r.get(c))}</td>" for i, c in enumerate(columns))
+        body.append(f'<tr{" class=main" if main_key and r.get(main_key) else ""}>{cells}</tr>')
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
-def _curve_points(c: dict) -> list[tuple[float, float]]:
-    if "points" in c:
-        pts = [(p.get("latents_per_token"), p.get("faithfulness")) for p in c["points"]]
-    else:
-        pts = list(zip(c.get("sizes", []), c.get("faithfulness", []), strict=False))
-    return sorted((float(x), float(y)) for x, y in pts
-                  if x is not None and y is not None and x > 0 and math.isfinite(float(y)))
+def _page(title: str, body: list[str]) -> str:
+    return "\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+                      '<meta name="viewport" content="width=device-width, initial-scale=1">',
+                      f"<title>{_esc(title)}</title><style>{CSS}</style>",
+                      f"<script>{SCRIPT}</script></head><body>", *body, "</body></html>", ""])
 
 
-def svg_curves(curves: list[dict], title: str = "", width: int = 560, height: int = 340) -> str:
-    """F against latents per token (log x), one polyline per method, with a legend."""
-    series = [(c.get("method") or c.get("label") or f"curve {i}", _curve_points(c))
-              for i, c in enumerate(curves)]
-    allpts = [p for _, pts in series for p in pts]
-    ml, mr, mt, mb = 56, 150, 24, 44
-    pw, ph = width - ml - mr, height - mt - mb
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">',
-             f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>']
-    if title:
-        parts.append(f'<text x="{ml}" y="16" font-size="13">{_esc(title)}</text>')
-    if not allpts:
-        parts.append(f'<text x="{ml + 10}" y="{mt + 20}" font-size="12">no points</text></svg>')
-        return "".join(parts)
-    lx = [math.log10(x) for x, _ in allpts]
-    x0, x1 = math.floor(min(lx)), math.ceil(max(lx))
-    if x1 == x0:
-        x1 = x0 + 1
-    ys = [y for _, y in allpts]
-    y0, y1 = min(0.0, min(ys)), max(1.0, max(ys))
-
-    def X(x):
-        return ml + (math.log10(x) - x0) / (x1 - x0) * pw
-
-    def Y(y):
-        return mt + (1 - (y - y0) / (y1 - y0)) * ph
-
-    for e in range(x0, x1 + 1):
-        for m in (1, 2, 5):
-            v = m * 10 ** e
-            if not (10 ** x0 <= v <= 10 ** x1):
-                continue
-            xp = X(v)
-            parts.append(f'<line x1="{xp:.1f}" y1="{mt}" x2="{xp:.1f}" y2="{mt + ph}" '
-                         f'stroke="#eee"/>')
-            parts.append(f'<text x="{xp:.1f}" y="{mt + ph + 14}" font-size="10" '
-                         f'text-anchor="middle">{v:g}</text>')
-    for k in range(6):
-        v = y0 + (y1 - y0) * k / 5
-        yp = Y(v)
-        parts.append(f'<line x1="{ml}" y1="{yp:.1f}" x2="{ml + pw}" y2="{yp:.1f}" stroke="#eee"/>')
-        parts.append(f'<text x="{ml - 6}" y="{yp + 3:.1f}" font-size="10" '
-                     f'text-anchor="end">{v:.2g}</text>')
-    if y0 < 1 < y1 or y1 == 1:
-        parts.append(f'<line x1="{ml}" y1="{Y(1):.1f}" x2="{ml + pw}" y2="{Y(1):.1f}" '
-                     'stroke="#aaa" stroke-dasharray="4 3"/>')
-    parts.append(f'<text x="{ml + pw / 2}" y="{height - 8}" font-size="11" '
-                 'text-anchor="middle">latents kept per token (log scale)</text>')
-    parts.append(f'<text x="14" y="{mt + ph / 2}" font-size="11" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {mt + ph / 2})">faithfulness F</text>')
-    for i, (name, pts) in enumerate(series):
-        col = PALETTE[i % len(PALETTE)]
-        if pts:
-            d = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in pts)
-            parts.append(f'<polyline points="{d}" fill="none" stroke="{col}" stroke-width="2"/>')
-            for x, y in pts:
-                parts.append(f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="3" fill="{col}">'
-                             f'<title>{_esc(name)}: {x:.3g} per token, F={y:.3f}</title></circle>')
-        ly = mt + 12 + 16 * i
-        parts.append(f'<line x1="{ml + pw + 10}" y1="{ly - 4}" x2="{ml + pw + 28}" '
-                     f'y2="{ly - 4}" stroke="{col}" stroke-width="2"/>')
-        parts.append(f'<text x="{ml + pw + 32}" y="{ly}" font-size="11">{_esc(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+# ----------------------------------------------------------------------------- sections
+def headline_html(view: RunView) -> str:
+    h = headline(view)
+    cards = [(_fmt(h["latents_per_token"], 1), "latents per token"),
+             (_fmt(h["circuit_size"]), "(slot, SAE, latent) triples"),
+             (_fmt(h["distinct_latents"]), "distinct latents")]
+    cards += [(_fmt(f, 2), f"F on {name} ({n} prompt{'' if n == 1 else 's'})")
+              for _, name, f, n in h["splits"]]
+    cards.append((_fmt(h["completeness"], 2), "completeness (low is good)"))
+    cards_html = "".join(f'<div class="card"><div class="v">{v}</div><div class="k">{_esc(k)}'
+                         "</div></div>" for v, k in cards)
+    sents = "".join(f"<p>{_esc(s)}</p>" for s in h["sentences"])
+    return (f'<h1 id="headline">{_esc(h["dataset"])} on {_esc(h["model"])}</h1>'
+            f'<p class="sub">{_esc(h["method"])} · {_esc(h["saes"])} · λ {_g(h["lambda"])} '
+            f'(chosen on training prompts) · SAE error term {_esc(h["error_term"])} · '
+            f'run <code>{_esc(view.run.name)}</code></p>'
+            f'<div class="headline"><div class="cards">{cards_html}</div>{sents}'
+            f'<p class="note">F: faithfulness against the model with every SAE spliced in '
+            f'(1 = the full model\'s logit difference, 0 = every latent ablated); against the '
+            f'clean model: {_fmt(h["faithfulness_vs_clean"], 2)} on '
+            f'{_esc(h["headline_split_name"])}.</p></div>')
 
 
-def svg_depth(depth: dict, cell: int = 18) -> str:
-    """Heat map: rows = SAE hooks (shallow at top), columns = slots, shade = kept latents."""
-    hooks = depth.get("hooks", [])
-    per = depth.get("per_slot", {})
-    slot_ids = depth.get("slot_ids", [])
-    if not hooks or not slot_ids:
-        return '<p class="note">(no kept latents)</p>'
-    vmax = max([max(per[h]) if per[h] else 0 for h in hooks] + [1])
-    ml, mt = 200, 22
-    w, h_ = ml + cell * len(slot_ids) + 10, mt + cell * len(hooks) + 10
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h_}" '
-             f'viewBox="0 0 {w} {h_}" role="img" aria-label="kept latents per SAE and slot">']
-    for j, s in enumerate(slot_ids):
-        parts.append(f'<text x="{ml + cell * j + cell / 2}" y="{mt - 6}" font-size="9" '
-                     f'text-anchor="middle">{s}</text>')
-    for i, hk in enumerate(hooks):
-        parts.append(f'<text x="{ml - 6}" y="{mt + cell * i + cell * 0.7}" font-size="10" '
-                     f'text-anchor="end">{_esc(hk)}</text>')
-        for j, v in enumerate(per.get(hk, [])):
-            a = v / vmax
-            fill = f"rgb({int(255 - 200 * a)},{int(255 - 150 * a)},255)" if v else "#fafafa"
-            parts.append(f'<rect x="{ml + cell * j}" y="{mt + cell * i}" width="{cell - 1}" '
-                         f'height="{cell - 1}" fill="{fill}" stroke="#ddd">'
-                         f'<title>{_esc(hk)}, slot {slot_ids[j]}: {v} kept</title></rect>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _circuit_html(circuit: dict, max_rows: int = 40) -> str:
-    if not circuit or not circuit.get("slots"):
-        return '<p class="note">The circuit keeps no latent outside BOS.</p>'
-    out = [f'<p>{circuit.get("triples", 0)} (slot, SAE, latent) triples, '
-           f'{circuit.get("distinct_latents", 0)} distinct latents.</p>']
-    for s in circuit["slots"]:
-        name = f' — {_esc(s["name"])}' if s.get("name") else ""
-        out.append(f'<details><summary>slot {s["slot"]}{name}: {s["n_kept"]} kept latents'
-                   f'</summary>')
-        rows = []
-        for r in s["latents"][:max_rows]:
-            toks = ", ".join(f'{t["token"]!r} ({t["activation"]:.2g})' for t in r["top_tokens"])
-            rows.append({"hook": r["hook"], "latent": r["latent"],
-                         "mean activation": r["mean_activation"], "top tokens": toks,
-                         "neuronpedia": r.get("neuronpedia")})
-        tab = html_table(rows)
-        # make the Neuronpedia URLs links
-        for r in rows:
-            if r["neuronpedia"]:
-                u = _esc(r["neuronpedia"])
-                tab = tab.replace(f">{u}<", f'><a href="{u}">link</a><', 1)
-        out.append(tab)
-        if len(s["latents"]) > max_rows:
-            out.append(f'<p class="note">… and {len(s["latents"]) - max_rows} more</p>')
-        out.append("</details>")
-    return "".join(out)
-
-
-def render_report(*, title: str, comparisons: list[dict], curves: list[dict], circuit: dict,
-                  metrics: dict, groups_page: str | None) -> str:
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>",
-             f"<h1>{_esc(title)}</h1>"]
-    if groups_page:
-        parts.append(f'<p>Slots of this run: <a href="{_esc(groups_page)}">groups page</a>.</p>')
-    parts.append("<h2>Metrics</h2>")
-    flat = [{"metric": k, "value": v} for k, v in metrics.items()
-            if not isinstance(v, dict | list)]
-    parts.append(html_table(flat, ["metric", "value"]))
-    for k, v in metrics.items():
-        if isinstance(v, dict) and v and all(not isinstance(x, dict | list) for x in v.values()):
-            parts.append(f"<h3>{_esc(k)}</h3>" + html_table(
-                [{"key": a, "value": b} for a, b in v.items()], ["key", "value"]))
-    parts.append("<h2>Comparisons</h2>")
-    if comparisons and all("rows" not in c for c in comparisons):
-        comparisons = [{"title": "", "rows": comparisons}]
-    if not comparisons:
-        parts.append('<p class="note">(no comparisons)</p>')
-    for c in comparisons:
-        if c.get("title"):
-            parts.append(f"<h3>{_esc(c['title'])}</h3>")
-        parts.append(html_table(c.get("rows", []), c.get("columns")))
-        if c.get("note"):
-            parts.append(f'<p class="note">{_esc(c["note"])}</p>')
-    parts.append("<h2>Faithfulness against size</h2>")
-    plots: dict[str, list[dict]] = {}
-    for c in curves:
-        plots.setdefault(str(c.get("plot", "")), []).append(c)
+def plots_html(view: RunView) -> str:
+    plots = plot_series(view)
     if not plots:
-        parts.append('<p class="note">(no curves)</p>')
-    for name, cs in plots.items():
-        parts.append(svg_curves(cs, title=name))
-    parts.append("<h2>Circuit</h2>")
-    parts.append(_circuit_html(circuit))
-    parts.append("<h2>Where in depth the kept latents sit</h2>")
-    depth = (circuit or {}).get("depth", {})
-    if depth:
-        tot = depth.get("total_per_hook", {})
-        parts.append(html_table([{"SAE hook": h, "kept (slot, latent) pairs": tot.get(h, 0)}
-                                 for h in depth.get("hooks", [])]))
-        parts.append(svg_depth(depth))
-    else:
-        parts.append('<p class="note">(no circuit)</p>')
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        return '<p class="note">(no curves)</p>'
+    size = view.metrics.get("latents_per_token")
+    head = view.split_name(view.metrics.get("headline_split") or "")
+    figs = "".join(f'<div id="plot-{i}">{svg_curves(p["series"], p["title"], size)}</div>'
+                   for i, p in enumerate(plots))
+    return (f'<div class="plots">{figs}</div><p class="note">F on {_esc(head)} against '
+            "circuit size over the λ sweep; the dashed line is the chosen circuit's size, "
+            "where the table below reads each curve.</p>")
 
 
-def write_report(path: str | Path, *, title: str, comparisons: list[dict], curves: list[dict],
-                 circuit: dict, metrics: dict, groups_page: str | None) -> Path:
-    """Write the self-contained report atomically; returns its path."""
-    path = Path(path)
-    write_text_atomic(path, render_report(title=title, comparisons=comparisons, curves=curves,
-                                          circuit=circuit, metrics=metrics,
-                                          groups_page=groups_page))
+def comparison_html(view: RunView) -> str:
+    rows = comparison_rows(view)
+    size = view.metrics.get("latents_per_token")
+    cols = ["method", *view.heldout, "curve area", "best F"]
+    at = f" at {size:.3g} latents/token" if size else ""
+    headers = {s: f"F on {view.split_name(s)}{at}" for s in view.heldout}
+    headers["curve area"] = "curve area (log size)"
+    headers["best F"] = f"best F on {view.split_name(view.metrics.get('headline_split', ''))}"
+    return (html_table(rows, cols, headers, main_key="main") +
+            '<p class="note">F read off each method\'s F-versus-size curve at the chosen '
+            "circuit's size on the headline split (linear in log size; – where the curve does "
+            "not reach it). Bold: the main method; on the other splits its row is read off its "
+            "curve too, so it can differ from the chosen circuit's F there (latents per token "
+            "differ between splits).</p>")
+
+
+def per_split_rows(view: RunView) -> list[dict]:
+    c = view.curves
+    lam = view.metrics.get("lambda")
+    if not c.height or lam is None:
+        return []
+    sel = c.filter((pl.col("variant") == view.main_variant) & (pl.col("lambda") == lam)
+                   & (pl.col("seed") == view.seed))
+    return [{"split": view.split_name(r["split"]), "prompts": r.get("n_prompts"),
+             "F": r.get("faithfulness"), "F vs clean": r.get("faithfulness_vs_clean"),
+             "completeness": r.get("completeness"), "latents/token": r.get("latents_per_token"),
+             "triples": r.get("circuit_size"), "distinct latents": r.get("distinct_latents")}
+            for r in sel.iter_rows(named=True)]
+
+
+def slots_html(view: RunView) -> str:
+    labels = view.labels.get(view.main_grouping, {})
+    q = view.run / "groups" / view.main_grouping / "groups.html"
+    link = (f'<p>Every prompt coloured by slot: <a href="groups/{_esc(view.main_grouping)}/'
+            'groups.html">groups page</a>.</p>') if q.is_file() else ""
+    rows = [{"slot": s, "name": lab.label, "roles": lab.role_text,
+             "distinct tokens": lab.n_tokens} for s, lab in sorted(labels.items())]
+    return link + html_table(rows, headers={"roles": "roles (share of training tokens)"})
+
+
+def all_lambdas_html(view: RunView) -> str:
+    c = view.curves
+    if not c.height:
+        return '<p class="note">(no rows)</p>'
+    rows = [{"method": method_name(r["grouping"], r["ablation"]), "λ": r["lambda"],
+             "seed": r["seed"], "split": view.split_name(r["split"]),
+             "F": r["faithfulness"], "F vs clean": r.get("faithfulness_vs_clean"),
+             "completeness": r.get("completeness"), "latents/token": r["latents_per_token"],
+             "triples": r.get("circuit_size"), "prompts": r.get("n_prompts")}
+            for r in c.sort("variant", "split", "lambda", "seed", maintain_order=True)
+            .iter_rows(named=True)]
+    return html_table(rows)
+
+
+def render_report(view: RunView) -> str:
+    m = view.metrics
+    stab = ""
+    if m.get("stability_jaccard") is not None:
+        stab = (f"<p>Stability across the first two seeds (Jaccard overlap of kept triples / "
+                f"of distinct latents): {_fmt(m['stability_jaccard'], 2)} / "
+                f"{_fmt(m.get('stability_jaccard_latents'), 2)}.</p>")
+    raw = html_table([{"metric": k, "value": v if not isinstance(v, dict | list)
+                       else json.dumps(v, default=str)} for k, v in sorted(m.items())])
+    body = [headline_html(view),
+            '<h2 id="curves">Faithfulness against size</h2>', plots_html(view),
+            '<h2 id="comparison">Methods at matched size</h2>', comparison_html(view),
+            '<h2 id="details">Details</h2>',
+            "<h3>The chosen circuit on every split</h3>", html_table(per_split_rows(view)),
+            stab, "<h3>Where the circuit sits in depth</h3>", depth_figure(view),
+            "<h3>The circuit, latent by latent</h3>", circuit_html(view),
+            f"<h3>Slots of the {_esc(view.main_grouping)} grouping</h3>", slots_html(view),
+            "<details><summary>Every method at every λ, on every split</summary>",
+            all_lambdas_html(view), "</details>",
+            "<details><summary>Run configuration (config.yaml)</summary>"
+            f"<pre>{_esc(yaml.safe_dump(view.config, sort_keys=False))}</pre></details>",
+            '<h2 id="raw">Raw metrics</h2>',
+            f"<details><summary>metrics.json ({len(m)} keys)</summary>{raw}</details>"]
+    return _page(f"maskshare: {headline(view)['dataset']} — {view.run.name}", body)
+
+
+def write_report(run: str | Path) -> Path:
+    """(Re)build RUN/report.html from the run directory's files; returns its path."""
+    view = load_run_view(run)
+    path = view.run / REPORT
+    write_text_atomic(path, render_report(view))
     return path
+
+
+# ----------------------------------------------------------------------------- comparison
+def compare_rows(views: list[RunView]) -> list[tuple[str, list[str]]]:
+    """(row label, one cell per run) for the side-by-side page."""
+    hs = [headline(v) for v in views]
+    rows = [(k, [_g(h[key]) if key == "lambda" else _fmt(h[key], nd) for h in hs])
+            for k, key, nd in (
+        ("dataset", "dataset", 3), ("model", "model", 3), ("SAEs", "saes", 3),
+        ("method", "method", 3), ("λ", "lambda", 3), ("SAE error term", "error_term", 3),
+        ("latents per token", "latents_per_token", 3), ("triples", "circuit_size", 3),
+        ("distinct latents", "distinct_latents", 3),
+        ("F vs clean model (headline split)", "faithfulness_vs_clean", 3),
+        ("completeness", "completeness", 3))]
+    splits = list(dict.fromkeys(s for v in views for s in v.heldout))
+    for s in splits:
+        rows.append((f"F on {views[0].split_name(s)}",
+                     [_fmt(v.metrics.get(f"faithfulness_{s}")) for v in views]))
+    seen: list[tuple[str, str]] = []
+    for v in views:
+        seen += [(g, a) for _, g, a in variants(v) if (g, a) not in seen]
+    for g, a in seen:
+        rows.append((f"{method_name(g, a)}: F at matched size",
+                     [_fmt(matched_f(v, f"{g}__{a}", v.metrics.get("headline_split")))
+                      for v in views]))
+    rows.append(("run", [f"<code>{_esc(v.run.name)}</code>" for v in views]))
+    return rows
+
+
+def render_comparison(views: list[RunView]) -> str:
+    head = "".join(f"<th>{_esc(headline(v)['dataset'])}<br>{_esc(v.config.get('model'))}</th>"
+                   for v in views)
+    body = "".join(f'<tr><td class="l">{_esc(k)}</td>{"".join(f"<td>{c}</td>" for c in cells)}'
+                   "</tr>" for k, cells in compare_rows(views))
+    sentences = "".join(f"<h3>{_esc(headline(v)['dataset'])}, <code>{_esc(v.run.name)}</code>"
+                        f"</h3>" + "".join(f"<p>{_esc(s)}</p>" for s in headline(v)["sentences"])
+                        for v in views)
+    figs = "".join(f"<div>{svg_curves(p['series'], f'{v.run.name}: ' + p['title'], v.metrics.get('latents_per_token'))}</div>"  # noqa: E501
+                   for v in views for p in plot_series(v)[:1])
+    return _page("maskshare: runs side by side", [
+        '<h1 id="headline">Runs side by side</h1>',
+        f'<div class="scroll"><table><thead><tr><th class="l"></th>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>",
+        '<p class="note">F against each run\'s model with its SAEs spliced in, on its headline '
+        "split; matched size: each run's chosen circuit.</p>",
+        f'<div class="headline">{sentences}</div>',
+        f'<h2>Faithfulness against size</h2><div class="plots">{figs}</div>'])
+
+
+def write_comparison(runs: list[str | Path], out: str | Path) -> Path:
+    views = [load_run_view(r) for r in runs]  # UserError on a non-run directory: nothing written
+    out = Path(out)
+    write_text_atomic(out, render_comparison(views))
+    return out

@@ -35,7 +35,14 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from maskshare.artifacts import read_manifest, write_json_atomic, write_text_atomic
+from maskshare.activations import at_final, collect_activations, pad_id, padded_batches
+from maskshare.activations import logit_diff as _logit_diff
+from maskshare.artifacts import (
+    read_manifest,
+    write_json_atomic,
+    write_manifest,
+    write_text_atomic,
+)
 from maskshare.errors import UserError
 from maskshare.models import tokenize_prompt
 from maskshare.saes import SAESetConfig, hook_layer, load_saes
@@ -168,23 +175,17 @@ def final_logits(model, prompts: list[dict[str, Any]], fwd_hooks=(), batch: int 
                  ) -> Float[Tensor, "n d_vocab"]:
     """Logits at each prompt's own final token (right-padded batches)."""
     out = []
-    pad = model.tokenizer.pad_token_id or 0
-    for i in range(0, len(prompts), batch):
-        chunk = prompts[i:i + batch]
-        lens = [len(p["tokens"]) for p in chunk]
-        toks = torch.full((len(chunk), max(lens)), pad, dtype=torch.long)
-        for j, p in enumerate(chunk):
-            toks[j, :lens[j]] = torch.tensor(p["tokens"])
-        logits = model.run_with_hooks(toks, fwd_hooks=list(fwd_hooks))
-        out.append(logits[torch.arange(len(chunk)), torch.tensor(lens) - 1].float())
+    tokens = [p["tokens"] for p in prompts]
+    # in the prompts' own order, full logits (then the final rows), as measured so far
+    for b in padded_batches(tokens, batch, order="given", pad_id=pad_id(model)):
+        logits = model.run_with_hooks(b.tokens, fwd_hooks=list(fwd_hooks))
+        out.append(at_final(logits, b.lengths).float())
     return torch.cat(out)
 
 
 def logit_diff(logits: Tensor, prompts: list[dict[str, Any]]) -> Tensor:
-    a = torch.tensor([p["answer_id"] for p in prompts])
-    c = torch.tensor([p["counterfactual_id"] for p in prompts])
-    idx = torch.arange(len(prompts))
-    return logits[idx, a] - logits[idx, c]
+    return _logit_diff(logits, [p["answer_id"] for p in prompts],
+                       [p["counterfactual_id"] for p in prompts])
 
 
 def splice_hooks(saes: dict[str, Any], keep_error: bool = False) -> list:
@@ -229,8 +230,6 @@ def logit_diff_kept(model, saes: dict[str, Any], seed: int = 0) -> dict[str, Any
 def measure_quality(model, saes: dict[str, Any], heldout: Tensor, ce_rows: int = 16,
                     batch_rows: int = 16, seed: int = 0) -> dict[str, Any]:
     """The whole quality table for `saes` on held-out token rows ([rows, pos], BOS first)."""
-    from maskshare.sae_training import collect_activations
-
     hooks = list(saes)
     acts = collect_activations(model, heldout, hooks, batch_rows, desc="held-out activations")
     per = {h: {"d_sae": int(sae.cfg.d_sae), **sae_stats(sae, acts[h])} for h, sae in saes.items()}
@@ -306,7 +305,6 @@ def sae_quality(sae_dir: str | Path | None = None, model_name: str = "smollm2-13
     """
     from maskshare.corpus import CorpusConfig, build_corpus
     from maskshare.models import load_model
-    from maskshare.sae_training import update_manifest_quality
     from maskshare.saes import embedded_sae_root
 
     sae_dir = Path(sae_dir) if sae_dir is not None else embedded_sae_root(model_name)
@@ -324,3 +322,28 @@ def sae_quality(sae_dir: str | Path | None = None, model_name: str = "smollm2-13
     write_quality(sae_dir, q)
     update_manifest_quality(sae_dir, q, time.perf_counter() - t0)
     return q
+
+
+def quality_summary(q: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a quality dict (for manifests)."""
+    return {
+        "per_sae": {h: {k: v for k, v in r.items() if not isinstance(v, list | dict)}
+                    for h, r in q.get("per_sae", {}).items()},
+        "all_spliced": q.get("all_spliced"),
+    }
+
+
+def update_manifest_quality(directory: Path, quality: dict[str, Any],
+                            quality_s: float | None = None) -> None:
+    """Refresh an SAE set's manifest after its quality table was re-measured."""
+    m = read_manifest(directory)
+    if m is None:
+        return
+    reserved = {"inputs", "config", "seed", "timings", "versions", "files", "created"}
+    extra = {k: v for k, v in m.items() if k not in reserved}
+    extra["quality"] = quality_summary(quality)
+    timings = dict(m.get("timings") or {})
+    if quality_s is not None:
+        timings["quality_s"] = quality_s
+    write_manifest(directory, inputs=m.get("inputs"), config=m.get("config"), seed=m.get("seed"),
+                   timings=timings, extra=extra)

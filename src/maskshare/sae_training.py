@@ -27,26 +27,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from maskshare.artifacts import _fsync_dir, atomic_path, hash_config, read_manifest, write_manifest
+from maskshare.activations import collect_activations
+from maskshare.artifacts import _fsync_dir, atomic_path, hash_config, write_manifest
 from maskshare.corpus import Corpus, CorpusConfig, build_corpus
 from maskshare.errors import UserError
 from maskshare.runtime import cache_dir, configure_threads
+from maskshare.sae_quality import quality_summary
 from maskshare.saes import embedded_sae_root, hook_layer
+from maskshare.validation import Strict
 
 logger = logging.getLogger(__name__)
 
+# written out, not via activations.hook_name: importing transformer_lens for a constant
+# would cost every importer of this module seconds
 DEFAULT_HOOKS = [f"blocks.{layer}.hook_resid_post" for layer in (6, 12, 18, 24)]
 
 
-class SAETrainingConfig(BaseModel):
+class SAETrainingConfig(Strict):
     """The recipe of an SAE set: hooks, architecture, optimisation, corpus, seed."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = "smollm2-135m"
     hooks: list[str] = Field(default_factory=lambda: list(DEFAULT_HOOKS))
@@ -65,38 +66,6 @@ class SAETrainingConfig(BaseModel):
     seed: int = 0
     threads: int | None = None
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
-
-
-def _deepest(hooks: list[str]) -> int:
-    return max(hook_layer(h) for h in hooks)
-
-
-def _flat(act: Tensor) -> Tensor:
-    """[batch, pos, ...] -> [batch, pos, d] (hook_z-style activations are flattened)."""
-    return act.reshape(*act.shape[:2], -1)
-
-
-@torch.no_grad()
-def collect_activations(model, tokens: torch.Tensor, hooks: list[str], batch_rows: int = 16,
-                        skip_bos: bool = True, desc: str = "activations"
-                        ) -> dict[str, Float[Tensor, "n d"]]:
-    """Activations at `hooks` for every (non-BOS) token of `tokens`, in ONE model pass (fp16).
-
-    The model runs only up to the deepest hook. Rows are [rows, pos] token ids, BOS first.
-    """
-    missing = [h for h in hooks if h not in model.hook_dict]
-    if missing:
-        raise UserError(f"hook(s) {missing} do not exist in model {model.cfg.model_name!r}")
-    stop = _deepest(hooks) + 1
-    out: dict[str, list[Tensor]] = {h: [] for h in hooks}
-    start = 1 if skip_bos else 0
-    for i in tqdm(range(0, tokens.shape[0], batch_rows), desc=desc, unit="batch"):
-        batch = tokens[i:i + batch_rows]
-        _, cache = model.run_with_cache(batch, stop_at_layer=stop, names_filter=hooks)
-        for h in hooks:
-            a = _flat(cache[h])[:, start:]
-            out[h].append(a.reshape(-1, a.shape[-1]).to(torch.float16))
-    return {h: torch.cat(v) for h, v in out.items()}
 
 
 def cached_activations(model, corpus: Corpus, hooks: list[str], batch_rows: int = 16
@@ -181,7 +150,8 @@ def train_sae(acts: Tensor, hook: str, cfg: SAETrainingConfig, seed: int | None 
         n_batches_for_norm_estimate=min(50, max(1, acts.shape[0] // cfg.batch_size)),
     )
     provider = activation_batches(acts, cfg.batch_size, seed)
-    return SAETrainer(cfg=tcfg, sae=sae, data_provider=provider).fit()
+    with torch.enable_grad():  # whatever the caller's grad mode
+        return SAETrainer(cfg=tcfg, sae=sae, data_provider=provider).fit()
 
 
 def save_inference_sae(sae, path: str | Path, dtype: str = "float16") -> Path:
@@ -304,28 +274,3 @@ def recipe_text(cfg: SAETrainingConfig) -> str:
             f"(warm-up {cfg.lr_warm_up_steps} steps, cosine to {cfg.lr * cfg.lr_end_fraction:g}), "
             f"activations normalised by their expected norm (folded into the weights), "
             f"weights saved as {cfg.save_dtype}, seed {cfg.seed}")
-
-
-def quality_summary(q: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of a quality dict (for manifests)."""
-    return {
-        "per_sae": {h: {k: v for k, v in r.items() if not isinstance(v, list | dict)}
-                    for h, r in q.get("per_sae", {}).items()},
-        "all_spliced": q.get("all_spliced"),
-    }
-
-
-def update_manifest_quality(directory: Path, quality: dict[str, Any],
-                            quality_s: float | None = None) -> None:
-    """Refresh an SAE set's manifest after its quality table was re-measured."""
-    m = read_manifest(directory)
-    if m is None:
-        return
-    reserved = {"inputs", "config", "seed", "timings", "versions", "files", "created"}
-    extra = {k: v for k, v in m.items() if k not in reserved}
-    extra["quality"] = quality_summary(quality)
-    timings = dict(m.get("timings") or {})
-    if quality_s is not None:
-        timings["quality_s"] = quality_s
-    write_manifest(directory, inputs=m.get("inputs"), config=m.get("config"), seed=m.get("seed"),
-                   timings=timings, extra=extra)

@@ -12,17 +12,18 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from maskshare.errors import UserError
 from maskshare.runtime import data_dir
+from maskshare.validation import Strict
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED_SAE_DIR = "saes"
 
 
-class SAESetConfig(BaseModel):
+class SAESetConfig(Strict):
     """Which SAEs to splice in.
 
     - `embedded`: the set maskshare trained for its embedded model (data/saes/<model>/).
@@ -30,8 +31,6 @@ class SAESetConfig(BaseModel):
     - `pretrained`: an sae_lens release and its `sae_ids` (needs the hub).
     `hooks` optionally selects a subset by hook name.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     source: Literal["embedded", "local", "pretrained"] = "embedded"
     paths: list[str] = Field(default_factory=list)

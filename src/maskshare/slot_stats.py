@@ -22,8 +22,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from maskshare.activations import (  # noqa: F401 - length_batches, pad_batch: old home
+    length_batches,
+    pad_batch,
+    pad_slots,
+    padded_batches,
+    run_to_deepest,
+)
 from maskshare.errors import UserError
-from maskshare.saes import hook_layer
 
 _SEP = "::"
 
@@ -79,33 +85,6 @@ class SlotStats:
         return cls(hooks=out, counts=counts)
 
 
-def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (stable sort by length, then chunk)."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def pad_batch(tokens: list[list[int]], idx: list[int], pad_id: int = 0):
-    """Right-padded token tensor [B, P], attention mask [B, P] and lengths [B]."""
-    lens = [len(tokens[i]) for i in idx]
-    P = max(lens)
-    toks = torch.full((len(idx), P), pad_id, dtype=torch.long)
-    att = torch.zeros((len(idx), P), dtype=torch.long)
-    for b, i in enumerate(idx):
-        toks[b, :lens[b]] = torch.as_tensor(tokens[i], dtype=torch.long)
-        att[b, :lens[b]] = 1
-    return toks, att, torch.as_tensor(lens, dtype=torch.long)
-
-
-def pad_slots(slots: list[np.ndarray], idx: list[int], P: int) -> Tensor:
-    """Slot ids [B, P], padding -1."""
-    out = torch.full((len(idx), P), -1, dtype=torch.long)
-    for b, i in enumerate(idx):
-        s = torch.as_tensor(np.asarray(slots[i]), dtype=torch.long)
-        out[b, :len(s)] = s
-    return out
-
-
 def check_inputs(tokens: list[list[int]], slots: list[np.ndarray], n_slots: int) -> None:
     if len(tokens) != len(slots):
         raise UserError(f"{len(tokens)} prompts but {len(slots)} slot arrays")
@@ -129,18 +108,16 @@ def compute_slot_stats(model, saes: dict, tokens: list[list[int]], slots: list[n
     """
     check_inputs(tokens, slots, n_slots)
     hooks = list(saes)
-    stop = max(hook_layer(h) for h in hooks) + 1
     lat_sum = {h: torch.zeros(n_slots, saes[h].cfg.d_sae, dtype=torch.float64) for h in hooks}
     err_sum = {h: torch.zeros(n_slots, saes[h].cfg.d_in, dtype=torch.float64) for h in hooks}
     glat = {h: torch.zeros(saes[h].cfg.d_sae, dtype=torch.float64) for h in hooks}
     gerr = {h: torch.zeros(saes[h].cfg.d_in, dtype=torch.float64) for h in hooks}
     counts = torch.zeros(n_slots, dtype=torch.float64)
     n_glob = 0
-    for idx in length_batches([len(t) for t in tokens], batch_size):
-        toks, att, _ = pad_batch(tokens, idx)
-        sl = pad_slots(slots, idx, toks.shape[1])
-        _, cache = model.run_with_cache(toks, attention_mask=att, stop_at_layer=stop,
-                                        names_filter=lambda n: n in saes)
+    # shortest prompts first: the float64 sums accumulate in this batch order
+    for batch in padded_batches(tokens, batch_size, order="shortest"):
+        sl = pad_slots(slots, batch.idx, batch.tokens.shape[1])
+        cache = run_to_deepest(model, batch.tokens, hooks, batch.attention_mask)
         valid = sl >= 0
         flat_slot = sl[valid]
         not_bos = (torch.arange(sl.shape[1]) > 0)[None, :].expand_as(sl)[valid]

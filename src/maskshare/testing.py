@@ -76,7 +76,9 @@ def tiny_saes(model, hooks: list[str] | None = None, d_sae: int = 64, seed: int 
     """Random StandardSAEs (seeded) at `hooks` (default: resid_post of every layer)."""
     from sae_lens import StandardSAE, StandardSAEConfig
 
-    hooks = hooks or [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
+    from maskshare.activations import hook_name
+
+    hooks = hooks or [hook_name("resid_post", i) for i in range(model.cfg.n_layers)]
     out = {}
     g = torch.Generator().manual_seed(seed)
     for h in hooks:

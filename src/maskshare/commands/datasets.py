@@ -1,4 +1,5 @@
-"""`maskshare datasets list | show NAME | add SPEC.yaml | build NAME [--model M] [--variant V]`."""
+"""`maskshare datasets list | show NAME | add SPEC.yaml | build NAME [--model M] [--variant V]
+| import FILE --name NAME [--format auto|clean-patch|prompts] [--held-out-group G ...] [--force]`."""
 
 from __future__ import annotations
 
@@ -24,25 +25,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--min-items", type=int, default=None,
                    help="fail if fewer items pass (default: DatasetRef's, 20)")
     p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("import", help="make a dataset of a file of complete prompts, build it "
+                       "and print its pass table per group")
+    p.add_argument("file", metavar="FILE", help="JSON array, JSON lines, CSV or parquet")
+    p.add_argument("--name", required=True, help="the new dataset's name")
+    p.add_argument("--format", default="auto", choices=["auto", "clean-patch", "prompts"],
+                   help="clean-patch: clean_prefix/clean_answer/patch_answer[/patch_prefix/case];"
+                   " prompts: prompt/answer/counterfactual[/counterfactual_prompt/group/entity]; "
+                   "auto: from the keys (default)")
+    p.add_argument("--held-out-group", action="append", default=[], metavar="G",
+                   help="a group (clean-patch: case) never trained on; repeatable")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="fraction of entities (or prompts) held out (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace a dataset of the same name")
+    p.add_argument("--model", default="smollm2-135m", help="model name (default: %(default)s)")
+    p.add_argument("--min-items", type=int, default=None,
+                   help="fail if fewer items pass (default: DatasetRef's, 20)")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def format_pass_table(table: pl.DataFrame) -> str:
-    """A Markdown table: one row per phrasing, plus a total."""
-    lines = ["| id | phrasing | held out | items | passed | mean p(answer) | mean logit diff |",
-             "|---:|---|:---:|---:|---:|---:|---:|"]
+    """A Markdown table: one row per phrasing (prompt datasets: per group, with the rows
+    dropped for a shared first token), plus a total."""
+    dropped = "n_dropped" in table.columns
+    what = "group" if dropped else "phrasing"
+    lines = [f"| id | {what} | held out | items | passed |{' dropped |' if dropped else ''}"
+             " mean p(answer) | mean logit diff |",
+             f"|---:|---|:---:|---:|---:|{'---:|' if dropped else ''}---:|---:|"]
     for r in table.iter_rows(named=True):
         text = r["phrasing"].replace("\n", "\\n").replace("|", "\\|")
         lines.append(f"| {r['phrasing_id']} | `{text}` | {'yes' if r['held_out'] else ''} | "
-                     f"{r['n_items']} | {r['n_passed']} | {r['mean_answer_prob']:.3f} | "
-                     f"{r['mean_logit_diff']:.2f} |")
-    lines.append(f"| | **total** | | {table['n_items'].sum()} | {table['n_passed'].sum()} | | |")
+                     f"{r['n_items']} | {r['n_passed']} | "
+                     f"{str(r['n_dropped']) + ' | ' if dropped else ''}"
+                     f"{_num(r['mean_answer_prob'], '.3f')} | {_num(r['mean_logit_diff'], '.2f')} |")
+    drop_total = f" {table['n_dropped'].sum()} |" if dropped else ""
+    lines.append(f"| | **total** | | {table['n_items'].sum()} | {table['n_passed'].sum()} |"
+                 f"{drop_total} | |")
     return "\n".join(lines)
+
+
+def _num(v, fmt: str) -> str:
+    return "n/a" if v is None else format(v, fmt)
 
 
 def _list() -> int:
     from maskshare.datasets import list_specs
 
     for s in list_specs():
+        if getattr(s, "kind", "template") == "prompts":
+            print(f"{s.name:24s} {'prompts':20s} {s.source.table}  {s.description}")
+            continue
         n = len(s.freeform)
         print(f"{s.name:24s} {'+'.join(s.variants()):20s} {n:3d} free-form phrasings  "
               f"{s.description}")
@@ -72,7 +104,9 @@ def _print_built(built, model: str) -> None:
     print(f"\n## {built.spec.name} ({built.variant}) on {model}"
           f"{' (cached)' if built.cached else ''}\n")
     print(format_pass_table(built.pass_table))
-    extra = []
+    filt = st.get("filter", "top1")
+    extra = [f"behaviour filter: {filt}"
+             + (f" (logit diff > {st.get('margin', 0.0):g})" if filt == "logit-diff" else "")]
     if st.get("n_dropped_ambiguous"):
         extra.append(f"{st['n_dropped_ambiguous']} entities dropped for an ambiguous first "
                      f"answer token ({', '.join(st['dropped_ambiguous'][:8])}"
@@ -80,6 +114,11 @@ def _print_built(built, model: str) -> None:
     if "n_dropped_length" in st:
         extra.append(f"{st['n_dropped_length']} prompts dropped for a token length other "
                      f"than the modal {st['modal_length']}")
+    if st.get("n_duplicates"):
+        extra.append(f"{st['n_duplicates']} repeated rows (same prompt, answer, "
+                     "counterfactual) kept once")
+    for why, n in st.get("dropped", {}).items():
+        extra.append(f"{n} rows dropped: {why}")
     extra.append(f"{built.items.height} items kept; splits {st.get('splits')}")
     print("\n" + "\n".join(f"- {e}" for e in extra), flush=True)
 
@@ -111,6 +150,38 @@ def _build(args) -> int:
     return 0
 
 
+def _import(args) -> int:
+    from maskshare.config import DatasetRef
+    from maskshare.datasets.build import TooFewItems, build_from_table
+    from maskshare.datasets.importing import describe_ignored, plan_import, write_plan
+    from maskshare.models import load_model
+
+    plan = plan_import(args.file, args.name, fmt=args.format,
+                       held_out_groups=args.held_out_group, force=args.force,
+                       test_fraction=args.test_fraction)
+    note = describe_ignored(plan.ignored)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    model = load_model(args.model)
+    kw = {} if args.min_items is None else {"min_items": args.min_items}
+    ref = DatasetRef(name=args.name, variant="freeform", **kw)
+    try:
+        built = build_from_table(plan.spec, plan.spec_path, plan.table, plan.source_hash, ref,
+                                 model, progress=not args.no_progress)
+    except TooFewItems as e:
+        _print_built(e.built, args.model)  # show why before the one-line error; nothing written
+        raise
+    spec_path = write_plan(plan)
+    print(f"imported {plan.table.height} rows ({plan.format} format) as {plan.name!r}: "
+          f"{spec_path}, {spec_path.parent.parent / 'sources' / plan.table_name}")
+    _print_built(built, args.model)
+    from maskshare.datasets import roles_note
+
+    print(f"- note: {roles_note(plan.spec, ['roles'])}")  # the default baselines include roles
+    print(f"\n{built.path}")
+    return 0
+
+
 def run(args) -> int:
     if args.action == "list":
         return _list()
@@ -123,5 +194,7 @@ def run(args) -> int:
         return 0
     if args.action == "build":
         return _build(args)
+    if args.action == "import":
+        return _import(args)
     print(f"unknown action {args.action}", file=sys.stderr)
     return 1

@@ -36,9 +36,10 @@ def _fmt(v) -> str:
 def run(args) -> int:
     from maskshare.apply import CF_FILE, evaluate_prompts, read_prompts
     from maskshare.errors import UserError
+    from maskshare.layout import RunLayout
 
     run_dir = Path(args.run)
-    if not (run_dir / "config.yaml").is_file():
+    if not RunLayout(run_dir).config.is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
     prompts, skipped = read_prompts(args.prompts)
     res = evaluate_prompts(run_dir, prompts, variant=args.variant, lam=args.lam,

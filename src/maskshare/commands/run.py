@@ -19,11 +19,13 @@ def add_arguments(p) -> None:
 
 
 def print_headline(run: Path) -> None:
-    mpath = run / "metrics.json"
+    from maskshare.layout import RunLayout
+
+    mpath = RunLayout(run).metrics
     if not mpath.is_file():
         return
     metrics = json.loads(mpath.read_text())
-    from maskshare.pipeline import HEADLINE_METRICS
+    from maskshare.comparison import HEADLINE_METRICS
 
     for k in HEADLINE_METRICS:
         if k in metrics and metrics[k] is not None:

@@ -24,20 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_training_config(args: argparse.Namespace):
-    import yaml
     from pydantic import ValidationError
 
     from maskshare.sae_training import SAETrainingConfig
+    from maskshare.validation import read_yaml_file, validation_message
 
     data: dict = {}
     if args.config:
-        try:
-            with open(args.config) as f:
-                data = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise UserError(f"cannot read {args.config}: {e.strerror or e}") from None
-        except yaml.YAMLError:
-            raise UserError(f"{args.config}: malformed YAML") from None
+        data = read_yaml_file(args.config, "SAE training config") or {}
         if not isinstance(data, dict):
             raise UserError(f"{args.config}: expected a mapping of settings")
     for key, val in (("model", args.model), ("hooks", args.hooks), ("d_sae", args.d_sae),
@@ -52,9 +46,7 @@ def load_training_config(args: argparse.Namespace):
     try:
         return SAETrainingConfig.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise UserError(f"SAE training config: {loc}: {err['msg']}") from None
+        raise UserError(validation_message(e, "SAE training config")) from None
 
 
 def run(args: argparse.Namespace) -> int:

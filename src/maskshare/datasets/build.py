@@ -20,6 +20,7 @@ import polars as pl
 import torch
 import yaml
 
+from maskshare.activations import clean_final_logits, logit_diff, pad_id, padded_batches
 from maskshare.artifacts import building, hash_config, is_complete, read_manifest, write_manifest
 from maskshare.datasets.registry import find_spec
 from maskshare.datasets.schema import ITEMS_SCHEMA, PASS_TABLE_SCHEMA, load_items, validate_items
@@ -218,27 +219,23 @@ def score_prompts(model, tokens: list[list[int]], answer_ids: list[int], cf_ids:
     from tqdm.auto import tqdm
 
     n = len(tokens)
-    order = sorted(range(n), key=lambda i: len(tokens[i]))
-    pad = model.tokenizer.pad_token_id
-    pad = 0 if pad is None else int(pad)
     top, prob, ld = [0] * n, [0.0] * n, [0.0] * n
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    with torch.no_grad():
-        for b in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-            lens = torch.tensor([len(tokens[i]) for i in b])
-            width = int(lens.max())
-            x = torch.tensor([tokens[i] + [pad] * (width - len(tokens[i])) for i in b],
+    batches = padded_batches(tokens, batch_size, order="shortest", pad_id=pad_id(model),
                              device=model.cfg.device)
-            resid = model(x, stop_at_layer=model.cfg.n_layers)
-            last = resid[torch.arange(len(b)), lens.to(resid.device) - 1]
-            logits = model.unembed(model.ln_final(last[:, None, :]))[:, 0].float()
+    total = -(-n // batch_size)
+    with torch.no_grad():
+        for b in tqdm(batches, desc=desc, unit="batch", total=total, disable=not progress,
+                      leave=False):
+            # no attention mask: causal attention keeps the right padding out
+            logits = clean_final_logits(model, b.tokens, b.lengths).float()
             logp = logits.log_softmax(-1)
-            a = torch.tensor([answer_ids[i] for i in b], device=logits.device)
-            c = torch.tensor([cf_ids[i] for i in b], device=logits.device)
-            for j, i in enumerate(b):
+            diff = logit_diff(logits, [answer_ids[i] for i in b.idx],
+                              [cf_ids[i] for i in b.idx])
+            a = [answer_ids[i] for i in b.idx]
+            for j, i in enumerate(b.idx):
                 top[i] = int(logits[j].argmax())
                 prob[i] = float(logp[j, a[j]].exp())
-                ld[i] = float(logits[j, a[j]] - logits[j, c[j]])
+                ld[i] = float(diff[j])
     return top, prob, ld
 
 
@@ -259,12 +256,47 @@ def model_name(model) -> str:
     return str(getattr(model.cfg, "model_name", None) or "unknown")
 
 
-def build_key(spec: DatasetSpec, source_hash: str, model: str, variant: str,
-              max_items: int | None, behaviour_filter: bool = True) -> str:
+def resolve_filter(spec, ref) -> tuple[str, float]:
+    """(kind, margin) of the behaviour filter for `ref` (a DatasetRef): `behaviour_filter:
+    true` is the dataset's default (template specs `top1`, prompt specs their `filter`,
+    `logit-diff` unless they say otherwise), false is `none`."""
+    bf = getattr(ref, "behaviour_filter", True)
+    prompts = getattr(spec, "kind", "template") == "prompts"
+    margin = spec.filter.margin if prompts else 0.0
+    if bf is True:
+        return (spec.filter.kind if prompts else "top1"), margin
+    if bf is False:
+        return "none", margin
+    return str(bf), margin
+
+
+def passes(kind: str, margin: float, top: list[int], ld: list[float],
+           answer_ids: list[int]) -> pl.Series:
+    """Which scored items the filter keeps: `top1` the model's top token is the answer's first
+    token; `logit-diff` logit(answer) - logit(counterfactual) > margin; `none` all."""
+    if kind == "top1":
+        return pl.Series([t == a for t, a in zip(top, answer_ids, strict=True)], dtype=pl.Boolean)
+    if kind == "logit-diff":
+        return pl.Series([d > margin for d in ld], dtype=pl.Boolean)
+    if kind == "none":  # dry runs on models that answer nothing (e.g. the tiny random model)
+        return pl.Series([True] * len(top), dtype=pl.Boolean)
+    raise ValueError(f"unknown behaviour filter {kind!r}")
+
+
+def build_key(spec, source_hash: str, model: str, variant: str,
+              max_items: int | None, behaviour_filter: bool | str = True,
+              margin: float = 0.0) -> str:
     parts = {"spec": spec.model_dump(mode="json"), "source": source_hash, "model": model,
              "variant": variant, "max_items": max_items, "version": BUILD_VERSION}
-    if not behaviour_filter:
+    # top1 (template specs' default) adds nothing and none is `False`, as before the filter
+    # had kinds, so existing builds keep their keys
+    kind = {True: "top1", False: "none"}.get(behaviour_filter, behaviour_filter) \
+        if isinstance(behaviour_filter, bool) else behaviour_filter
+    if kind == "none":
         parts["behaviour_filter"] = False
+    elif kind != "top1":
+        parts["behaviour_filter"] = kind
+        parts["margin"] = margin
     return hash_config(parts)
 
 
@@ -295,29 +327,50 @@ def _check_min(built: BuiltDataset, min_items: int) -> BuiltDataset:
 def build_dataset(ref, model, *, progress: bool = True) -> BuiltDataset:
     """Build (or load from the cache) `ref.name` / `ref.variant` for `model`.
 
-    `ref` is a `maskshare.config.DatasetRef`. Raises UserError for bad specs/tables and when
-    fewer than `ref.min_items` items pass the behaviour filter (nothing is written then).
+    `ref` is a `maskshare.config.DatasetRef`; `ref.name` is a registered name or a spec
+    file's path. Raises UserError for bad specs/tables and when fewer than `ref.min_items`
+    items pass the behaviour filter (nothing is written then).
     """
     spec, spec_path = find_spec(ref.name)
-    variant = ref.variant
-    if variant not in spec.variants():
-        raise UserError(f"{spec.name} has no {variant} variant (it has {spec.variants()})")
+    if ref.variant not in spec.variants():
+        raise UserError(f"{spec.name} has no {ref.variant} variant (it has {spec.variants()})")
     df, source_hash = load_source(spec, spec_path.parent)
     check_source(spec, df)
-    name = model_name(model)
-    filt = getattr(ref, "behaviour_filter", True)
-    key = build_key(spec, source_hash, name, variant, ref.max_items, filt)
+    return build_from_table(spec, spec_path, df, source_hash, ref, model, progress=progress)
+
+
+def _template_items(spec: DatasetSpec, df: pl.DataFrame, variant: str, model):
+    n_rows = df.height
+    df, dropped = resolve_answers(spec, df, model.tokenizer, model.cfg.d_vocab)
+    if df.height == 0:
+        raise UserError(f"{spec.name}: no rows left after dropping ambiguous answers")
+    items, info = render_items(spec, df, variant, model.tokenizer, bos_id(model))
+    return items, {"n_rows": n_rows, "n_dropped_ambiguous": len(dropped),
+                   "dropped_ambiguous": dropped, **info}
+
+
+def build_from_table(spec, spec_path: Path, df: pl.DataFrame, source_hash: str, ref, model, *,
+                     progress: bool = True) -> BuiltDataset:
+    """Build `spec` from its (checked) table `df` for `model`, or load the cached build."""
+    from maskshare.datasets.prompt_build import prompt_items, prompt_pass_table
+
+    variant, name = ref.variant, model_name(model)
+    filt, margin = resolve_filter(spec, ref)
+    key = build_key(spec, source_hash, name, variant, ref.max_items, filt, margin)
     out = cache_dir() / "datasets" / f"{spec.name}-{variant}-{key}"
     if is_complete(out):
         logger.info("loading cached dataset %s", out)
         return _check_min(_load_built(out, spec, variant), ref.min_items)
 
     t0 = time.time()
-    tok = model.tokenizer
-    df, dropped = resolve_answers(spec, df, tok, model.cfg.d_vocab)
-    if df.height == 0:
-        raise UserError(f"{spec.name}: no rows left after dropping ambiguous answers")
-    items, info = render_items(spec, df, variant, tok, bos_id(model))
+    prompts = getattr(spec, "kind", "template") == "prompts"
+    if prompts:
+        items, info = prompt_items(spec, df, model.tokenizer, bos_id(model), model.cfg.d_vocab,
+                                   model.cfg.n_ctx)
+    else:
+        items, info = _template_items(spec, df, variant, model)
+    if items.height == 0:
+        raise UserError(f"{spec.name}: no usable rows ({info.get('dropped') or info})")
     top, prob, ld = score_prompts(model, items["tokens"].to_list(), items["answer_id"].to_list(),
                                   items["counterfactual_id"].to_list(), progress=progress,
                                   desc=f"{spec.name} {variant}")
@@ -325,19 +378,18 @@ def build_dataset(ref, model, *, progress: bool = True) -> BuiltDataset:
                                pl.Series("logit_diff", ld, pl.Float64),
                                pl.lit(spec.name).alias("dataset"),
                                pl.lit(variant).alias("variant"))
-    passed = pl.Series(top) == items["answer_id"]
-    if not filt:  # dry runs on models that answer nothing (e.g. the tiny random model)
-        passed = pl.Series([True] * items.height)
-    table = pass_table(items, passed)
+    passed = passes(filt, margin, top, ld, items["answer_id"].to_list())
+    table = (prompt_pass_table(items, passed, info, filt) if prompts
+             else pass_table(items, passed))
     kept = items.filter(passed)
     if ref.max_items is not None and kept.height > ref.max_items:
         idx = sorted(random.Random(f"cap:{spec.split.seed}").sample(range(kept.height),
                                                                     ref.max_items))
         kept = kept[idx]
     kept = validate_items(kept.drop("held_out"), source=f"{spec.name} items")
-    stats = {"n_rows": df.height + len(dropped), "n_dropped_ambiguous": len(dropped),
-             "dropped_ambiguous": dropped, "n_scored": items.height,
-             "n_passed": int(passed.sum()), "n_items": kept.height, **info,
+    stats = {**info, "n_scored": items.height, "n_passed": int(passed.sum()),
+             "n_items": kept.height, "filter": filt,
+             **({"margin": margin} if filt == "logit-diff" else {}),
              "splits": dict(Counter(kept["split"].to_list()))}
     built = BuiltDataset(path=out, items=kept, pass_table=table, spec=spec, variant=variant,
                          stats=stats)

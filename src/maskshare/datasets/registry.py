@@ -3,14 +3,16 @@ project's own `data/datasets/` when the data dir points elsewhere (built-ins sta
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
 import yaml
 
-from maskshare.artifacts import write_text_atomic
+from maskshare.artifacts import atomic_path, write_text_atomic
 from maskshare.datasets.sources import check_source, load_source, resolve_table_path
-from maskshare.datasets.spec import DatasetSpec, read_spec_file
+from maskshare.datasets.spec import parse_spec, read_spec_file
 from maskshare.errors import UserError
 from maskshare.runtime import PROJECT_ROOT, data_dir
 
@@ -34,11 +36,34 @@ def _spec_files() -> dict[str, Path]:
     return found
 
 
-def find_spec(name: str) -> tuple[DatasetSpec, Path]:
+def is_spec_path(name: str) -> bool:
+    """A run config's `dataset.name` names a spec file rather than a registered dataset when
+    it ends in .yaml/.yml or contains a path separator."""
+    return name.endswith((".yaml", ".yml")) or "/" in name or "\\" in name
+
+
+def spec_path(name: str) -> Path:
+    """A spec file named by path: absolute, relative to the working directory, or relative
+    to the project root (so configs in the repo can say data/datasets/x.yaml)."""
+    p = Path(name).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return PROJECT_ROOT / p if (PROJECT_ROOT / p).exists() else p
+
+
+def find_spec(name: str):
+    """(spec, its file) for a registered name or a spec file's path; UserError if none."""
+    if is_spec_path(name):
+        path = spec_path(name)
+        if not path.is_file():
+            raise UserError(f"dataset spec file {name!r} not found (a dataset name with a "
+                            "slash or a .yaml suffix is read as a path)")
+        return read_spec_file(path), path
     files = _spec_files()
     if name not in files:
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(files)) or 'none'} "
-                        "(add one with `maskshare datasets add SPEC.yaml`)")
+                        "(add one with `maskshare datasets add SPEC.yaml`, or name a spec file "
+                        "by its path)")
     spec = read_spec_file(files[name])
     if spec.name != name:
         raise UserError(f"{files[name]}: the file is named {name!r} but the spec says "
@@ -46,12 +71,12 @@ def find_spec(name: str) -> tuple[DatasetSpec, Path]:
     return spec, files[name]
 
 
-def load_spec(name: str) -> DatasetSpec:
+def load_spec(name: str):
     """The spec called `name` (UserError if there is none)."""
     return find_spec(name)[0]
 
 
-def list_specs() -> list[DatasetSpec]:
+def list_specs() -> list:
     """Every dataset spec, sorted by name."""
     return [find_spec(n)[0] for n in sorted(_spec_files())]
 
@@ -59,8 +84,10 @@ def list_specs() -> list[DatasetSpec]:
 def add_spec(path: str | Path) -> Path:
     """Validate the spec at `path` and its source table, then copy it into data/datasets/.
 
-    A table outside the data dir is copied to `data/sources/` and the spec points at it.
-    Nothing is written unless every check passes. Returns the path of the added spec.
+    The spec's bytes are kept (its comments are provenance). A table outside the data dir is
+    copied to `data/sources/<name><suffix>` and only the `table:` value in the copy is
+    rewritten to point at it. Nothing is written unless every check passes. Returns the path
+    of the added spec.
     """
     path = Path(path)
     spec = read_spec_file(path)
@@ -71,25 +98,59 @@ def add_spec(path: str | Path) -> Path:
     df, _ = load_source(spec, path.parent)
     check_source(spec, df)
     dest = data_dir() / "datasets" / f"{spec.name}{SPEC_SUFFIX}"
+    text = path.read_text(encoding="utf-8")
     copy_from = copy_to = None
-    if spec.source.table is not None:
+    if getattr(spec.source, "table", None) is not None:
         table = resolve_table_path(spec.source.table, path.parent).resolve()
-        if table.is_relative_to(data_dir().resolve()):
-            rel = table.relative_to(data_dir().resolve())
-        else:
-            copy_from = table
-            copy_to = data_dir() / "sources" / f"{spec.name}{table.suffix.lower()}"
-            if copy_to.exists():
-                raise UserError(f"{copy_to} already exists; remove it or rename the dataset")
-            rel = copy_to.relative_to(data_dir())
-        spec = spec.model_copy(update={"source": spec.source.model_copy(
-            update={"table": rel.as_posix()})})
+        if not _resolves_from(spec.source.table, dest.parent, table):
+            if table.is_relative_to(data_dir().resolve()):
+                rel = table.relative_to(data_dir().resolve())
+            else:
+                copy_from = table
+                copy_to = data_dir() / "sources" / f"{spec.name}{table.suffix.lower()}"
+                if copy_to.exists():
+                    raise UserError(f"{copy_to} already exists; remove it or rename the dataset")
+                rel = copy_to.relative_to(data_dir())
+            text = _with_table(text, spec, rel.as_posix(), str(path))
     if copy_from is not None:
         copy_to.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(copy_from, copy_to)
-    text = yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False,
-                          allow_unicode=True)
     write_text_atomic(dest, text)
     return dest
 
 
+def _resolves_from(table: str, spec_dir: Path, target: Path) -> bool:
+    """Whether `table` as written still finds `target` from a spec in `spec_dir`."""
+    return resolve_table_path(table, spec_dir).resolve() == target
+
+
+def _with_table(text: str, spec, table: str, where: str) -> str:
+    """`text` with only its source table value replaced (comments and layout kept)."""
+    pat = re.compile(r"(\btable:[ \t]*)(\"[^\"\n]*\"|'[^'\n]*'|[^\s,}#]+)")
+    if len(pat.findall(text)) != 1:
+        raise UserError(f"{where}: cannot repoint source.table at the copied table (write "
+                        "`table:` once, or give a path under the data dir)")
+    new = pat.sub(lambda m: m.group(1) + json.dumps(table), text)
+    moved = parse_spec(yaml.safe_load(new), source=where)
+    want = spec.model_copy(update={"source": spec.source.model_copy(update={"table": table})})
+    if moved != want:  # the match was not the source table
+        raise UserError(f"{where}: cannot repoint source.table at the copied table; give a "
+                        "path under the data dir")
+    return new
+
+
+def write_dataset(name: str, spec_text: str, table_name: str, table_bytes: bytes) -> Path:
+    """Write a table under data/sources/ and then its spec under data/datasets/, each
+    atomically (the spec last: a dataset exists once its spec does). Returns the spec path."""
+    table = data_dir() / "sources" / table_name
+    dest = data_dir() / "datasets" / f"{name}{SPEC_SUFFIX}"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(table) as tmp:
+        Path(tmp).write_bytes(table_bytes)
+    try:
+        write_text_atomic(dest, spec_text)
+    except BaseException:
+        table.unlink(missing_ok=True)
+        raise
+    return dest

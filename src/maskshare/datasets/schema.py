@@ -32,6 +32,13 @@ ITEMS_SCHEMA: dict[str, pl.DataType] = {
     "variant": pl.String(),
 }
 
+# optional columns (prompt datasets): null where a row has no counterfactual prompt; template
+# datasets leave them out, so their built files keep their bytes
+OPTIONAL_ITEMS_SCHEMA: dict[str, pl.DataType] = {
+    "counterfactual_prompt": pl.String(),
+    "counterfactual_tokens": pl.List(pl.Int64()),
+}
+
 SPLITS = ("train", "test_entity", "test_phrasing", "test_both")
 VARIANTS = ("templated", "freeform")
 BASE_ROLES = ("bos", "subject", "relation", "final", "other")
@@ -55,6 +62,9 @@ def validate_items(df: pl.DataFrame, *, source: str = "items") -> pl.DataFrame:
         raise UserError(f"{source}: missing columns {missing}")
     for col, dtype in ITEMS_SCHEMA.items():
         if df.schema[col] != dtype:
+            raise UserError(f"{source}: column {col!r} has type {df.schema[col]}, expected {dtype}")
+    for col, dtype in OPTIONAL_ITEMS_SCHEMA.items():
+        if col in df.columns and df.schema[col] != dtype:
             raise UserError(f"{source}: column {col!r} has type {df.schema[col]}, expected {dtype}")
     nulls = [c for c in ITEMS_SCHEMA if df[c].null_count()]
     if nulls:

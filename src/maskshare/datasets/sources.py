@@ -118,6 +118,11 @@ def read_table(path: Path) -> pl.DataFrame:
 
 def load_source(spec, spec_dir: Path | None = None) -> tuple[pl.DataFrame, str]:
     """The spec's source table and a hash of its contents."""
+    if getattr(spec, "kind", "template") == "prompts":
+        from maskshare.datasets.prompts import load_prompt_table
+
+        df = load_prompt_table(spec, resolve_table_path(spec.source.table, spec_dir))
+        return df, table_hash(df)
     src = spec.source
     if src.generator is not None:
         if src.generator not in GENERATORS:
@@ -137,7 +142,10 @@ def table_hash(df: pl.DataFrame) -> str:
 
 
 def check_source(spec, df: pl.DataFrame, *, where: str = "source table") -> None:
-    """Model-independent checks of a table against its spec (columns, empty answers)."""
+    """Model-independent checks of a table against its spec (columns, empty answers).
+    Prompt tables are checked row by row as they are read (`load_source`)."""
+    if getattr(spec, "kind", "template") == "prompts":
+        return
     missing = sorted(spec.required_columns() - set(df.columns))
     if missing:
         unknown_ph = sorted(spec.placeholders() - set(df.columns))

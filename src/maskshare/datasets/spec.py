@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from maskshare.errors import UserError
+from maskshare.validation import Strict, read_yaml_file, validation_message
 
 NAME_RE = r"^[a-z0-9][a-z0-9_-]*$"
 ROLE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -29,10 +29,6 @@ TRANSFORMS = {
 # one token of template markup: [[span]] / [[span|role]], {{, }}, {placeholder[:transform]}
 _MARKUP = re.compile(r"\[\[(?P<span>[^\]|]+)(?:\|(?P<role>[^\]]+))?\]\]|(?P<lb>\{\{)|(?P<rb>\}\})"
                      r"|\{(?P<ph>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<tf>[a-z]*))?\}")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class SourceSpec(Strict):
@@ -195,30 +191,27 @@ def render(segments: list[Segment], row: dict[str, Any], role_of) -> tuple[str, 
     return "".join(parts), spans
 
 
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg}" if loc else msg
+def parse_spec(data: Any, *, source: str):
+    """A `DatasetSpec` (template kind, the default) or a `PromptDatasetSpec` (`kind: prompts`).
 
+    `kind: template` may be written; it is dropped before validation so a template spec's
+    dump (and with it every build key and run hash) is the same with or without it."""
+    from maskshare.datasets.prompts import PromptDatasetSpec
 
-def parse_spec(data: Any, *, source: str) -> DatasetSpec:
     if not isinstance(data, dict):
         raise UserError(f"{source}: a dataset spec must be a YAML mapping")
+    kind = data.get("kind", "template")
+    if kind not in ("template", "prompts"):
+        raise UserError(f"{source}: kind: {kind!r} is not a dataset kind; use template (the "
+                        "default: an entity table times phrasings) or prompts (complete prompts)")
     try:
-        return DatasetSpec.model_validate(data)
+        if kind == "prompts":
+            return PromptDatasetSpec.model_validate(data)
+        return DatasetSpec.model_validate({k: v for k, v in data.items() if k != "kind"})
     except ValidationError as e:
-        raise UserError(f"{source}: {_first_error(e)}") from None
+        raise UserError(validation_message(e, source)) from None
 
 
-def read_spec_file(path: str | Path) -> DatasetSpec:
+def read_spec_file(path: str | Path):
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise UserError(f"{p}: cannot read ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: malformed YAML ({str(e).splitlines()[0]})") from None
-    return parse_spec(data, source=str(p))
+    return parse_spec(read_yaml_file(p, "dataset spec"), source=str(p))

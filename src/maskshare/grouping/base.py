@@ -1,0 +1,245 @@
+"""The grouping interface, its save/load, and the groupings that need no fitted model.
+
+Every grouping gives each token of each prompt a *slot* (shared mask and mean). Slot 0 is
+BOS in every grouping; `n_slots` counts every slot, BOS included.
+
+- `template`: slot = position; every prompt must have the training length.
+- `single`: BOS and one slot for everything else.
+- `from-end`: BOS; the last k positions each own a slot (slot 1 = final); the rest share.
+- `roles`: BOS; one slot per role seen in training; unseen roles go to `other`.
+
+A grouping directory holds `grouping.json` (format, kind, seed, config, slot names, small
+metadata) and, for groupings with fitted scikit-learn objects, `grouping.skops`
+(`maskshare.grouping.persist`: no pickle, byte-reproducible).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from maskshare.artifacts import write_json_atomic
+from maskshare.config import GroupingConfig, GroupingKind
+from maskshare.errors import UserError
+
+if TYPE_CHECKING:
+    from maskshare.features import TokenFeatures
+
+GROUPING_JSON = "grouping.json"
+# 1: arrays in grouping.safetensors (hand-written transforms); 2: fitted objects in skops
+FORMAT = 2
+
+
+@dataclass
+class Assignment:
+    """Slots of the tokens of some prompts, aligned with each prompt's tokens."""
+
+    slots: list[np.ndarray]      # int64 per prompt
+    distance: list[np.ndarray]   # float64 per prompt; NaN where not applicable
+    ood_fraction: float          # share of tokens with a distance beyond the training range
+    prompt_ids: list[int]
+    features_2d: np.ndarray | None = None  # [n_tokens, 2] projection (attention grouping)
+
+    def flat_slots(self) -> np.ndarray:
+        return np.concatenate(self.slots) if self.slots else np.zeros(0, np.int64)
+
+    def flat_distance(self) -> np.ndarray:
+        return np.concatenate(self.distance) if self.distance else np.zeros(0)
+
+
+def token_lists(items) -> list[list[int]]:
+    if "tokens" not in items.columns:
+        raise UserError("the items table has no 'tokens' column")
+    return [list(t) for t in items["tokens"].to_list()]
+
+
+def prompt_ids(items) -> list[int]:
+    if "prompt_id" in items.columns:
+        return [int(x) for x in items["prompt_id"].to_list()]
+    return list(range(items.height))
+
+
+def _no_distance(slots: list[np.ndarray], items) -> Assignment:
+    return Assignment(slots, [np.full(len(s), np.nan) for s in slots], 0.0, prompt_ids(items))
+
+
+class Grouping:
+    """Base class: subclasses implement `_fit`, `_assign`, and save/load their own state."""
+
+    kind: GroupingKind
+    ood_threshold: np.ndarray | None = None  # per slot; None where distances do not apply
+
+    def __init__(self, cfg: GroupingConfig, seed: int = 0):
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.slot_names: list[str] = []
+        self.meta: dict[str, Any] = {}
+        self.fitted = False
+
+    @property
+    def n_slots(self) -> int:
+        self._check_fitted()
+        return len(self.slot_names)
+
+    def _check_fitted(self) -> None:
+        if not self.fitted:
+            raise RuntimeError(f"the {self.kind} grouping is not fitted: call fit() first")
+
+    def fit(self, model, items, features: TokenFeatures | None = None) -> Grouping:
+        if items.height == 0:
+            raise UserError("cannot fit a grouping on an empty items table")
+        self._fit(model, items, features)
+        self.fitted = True
+        return self
+
+    def assign(self, model, items, features: TokenFeatures | None = None) -> Assignment:
+        self._check_fitted()
+        return self._assign(model, items, features)
+
+    def _fit(self, model, items, features):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _assign(self, model, items, features) -> Assignment:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # state -----------------------------------------------------------------
+    def _save_state(self, directory: Path) -> None:
+        """Write state beyond `grouping.json` (fitted objects) into `directory`."""
+
+    def _load_state(self, directory: Path) -> None:
+        """Read what `_save_state` wrote."""
+
+    def save(self, directory: str | Path) -> None:
+        """Write `grouping.json` (and the kind's own state files) into `directory` atomically."""
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_state(directory)
+        write_json_atomic(directory / GROUPING_JSON, {
+            "format": FORMAT, "kind": str(self.kind), "seed": self.seed,
+            "config": self.cfg.model_dump(mode="json"), "slot_names": self.slot_names,
+            "meta": self.meta,
+        })
+
+
+class SingleGrouping(Grouping):
+    kind = GroupingKind.SINGLE
+
+    def _fit(self, model, items, features):
+        self.slot_names = ["bos", "all"]
+
+    def _assign(self, model, items, features):
+        slots = [np.where(np.arange(len(t)) == 0, 0, 1).astype(np.int64)
+                 for t in token_lists(items)]
+        return _no_distance(slots, items)
+
+
+class TemplateGrouping(Grouping):
+    kind = GroupingKind.TEMPLATE
+
+    def _lengths_or_fail(self, items, what: str) -> set[int]:
+        lengths = {len(t) for t in token_lists(items)}
+        if len(lengths) != 1:
+            raise UserError(f"the template grouping needs prompts of one length; the {what} "
+                            f"prompts have {len(lengths)} lengths ({sorted(lengths)[:6]}...): "
+                            "use a templated dataset or another grouping kind")
+        return lengths
+
+    def _fit(self, model, items, features):
+        (n,) = self._lengths_or_fail(items, "training")
+        self.slot_names = ["bos"] + [f"pos{i}" for i in range(1, n)]
+
+    def _assign(self, model, items, features):
+        (n,) = self._lengths_or_fail(items, "given")
+        if n != len(self.slot_names):
+            raise UserError(f"the template grouping was fitted on {len(self.slot_names)}-token "
+                            f"prompts; these have {n} tokens")
+        return _no_distance([np.arange(n, dtype=np.int64) for _ in range(items.height)], items)
+
+
+class FromEndGrouping(Grouping):
+    kind = GroupingKind.FROM_END
+
+    def _fit(self, model, items, features):
+        k = self.cfg.from_end_k
+        self.slot_names = ["bos"] + [f"end-{i}" for i in range(1, k + 1)] + ["rest"]
+
+    def _assign(self, model, items, features):
+        k = self.cfg.from_end_k
+        out = []
+        for t in token_lists(items):
+            n = len(t)
+            from_end = n - 1 - np.arange(n)
+            s = np.where(from_end < k, from_end + 1, k + 1)
+            s[0] = 0
+            out.append(s.astype(np.int64))
+        return _no_distance(out, items)
+
+
+class RolesGrouping(Grouping):
+    kind = GroupingKind.ROLES
+    OTHER = "other"
+
+    def _fit(self, model, items, features):
+        if "roles" not in items.columns:
+            raise UserError("the roles grouping needs span labels: the items have no 'roles' "
+                            "column")
+        seen = sorted({r for rs in items["roles"].to_list() for r in rs[1:]} - {"bos"})
+        if self.OTHER not in seen:
+            seen.append(self.OTHER)
+        self.slot_names = ["bos"] + seen
+
+    def _assign(self, model, items, features):
+        if "roles" not in items.columns:
+            raise UserError("the roles grouping needs a 'roles' column in the items")
+        index = {r: i for i, r in enumerate(self.slot_names)}
+        other = index[self.OTHER]
+        out = []
+        for rs in items["roles"].to_list():
+            s = np.array([other if r == "bos" else index.get(r, other) for r in rs],
+                         dtype=np.int64)
+            if len(s):
+                s[0] = 0
+            out.append(s)
+        return _no_distance(out, items)
+
+
+def grouping_kinds() -> dict[GroupingKind, type[Grouping]]:
+    """Every grouping class by kind (the attention grouping imported here: it imports us)."""
+    from maskshare.grouping.attention import AttentionGrouping
+
+    return {GroupingKind.ATTENTION: AttentionGrouping, GroupingKind.TEMPLATE: TemplateGrouping,
+            GroupingKind.SINGLE: SingleGrouping, GroupingKind.FROM_END: FromEndGrouping,
+            GroupingKind.ROLES: RolesGrouping}
+
+
+def make_grouping(cfg: GroupingConfig, seed: int = 0) -> Grouping:
+    return grouping_kinds()[GroupingKind(cfg.kind)](cfg, seed)
+
+
+def load_grouping(directory: str | Path) -> Grouping:
+    """Load a grouping written by `Grouping.save` (JSON + skops; no code executed)."""
+    directory = Path(directory)
+    p = directory / GROUPING_JSON
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read a grouping from {directory}: {e}") from None
+    cfg = GroupingConfig.model_validate(doc["config"])
+    fmt = doc.get("format")
+    # format 1 differs from 2 only in how fitted state is stored: the groupings without
+    # state read the same; an attention grouping must be refitted
+    if fmt != FORMAT and not (fmt == 1 and cfg.kind != GroupingKind.ATTENTION):
+        raise UserError(f"the grouping in {directory} was written by an older maskshare "
+                        f"(format {fmt}, this one reads {FORMAT}): delete {directory} and rerun "
+                        "to refit it")
+    g = make_grouping(cfg, doc.get("seed", 0))
+    g.slot_names = list(doc["slot_names"])
+    g.meta = doc.get("meta", {})
+    g._load_state(directory)
+    g.fitted = True
+    return g

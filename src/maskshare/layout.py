@@ -1,0 +1,125 @@
+"""Every path of a run directory, named once.
+
+    RUN/config.yaml  metrics.json  report.html
+    RUN/dataset/                    items.parquet, pass_table.parquet, manifest.json
+    RUN/groups/<kind>/              grouping files, tokens.parquet, quality.json, groups.html
+    RUN/stats/<kind>/               slot_stats.safetensors
+    RUN/masks/<variant>/lam<λ>_seed<s>/   masks.safetensors, summary.json, manifest.json
+    RUN/masks/<variant>/.lam<λ>_seed<s>.checkpoint/   while that mask trains (resumable)
+    RUN/evaluate/                   curves.parquet, comparisons.parquet, circuit.json
+
+Stages, readers and experiments ask a `RunLayout` for a path instead of joining strings,
+so the layout can only change here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from maskshare.config import GroupingKind
+
+
+def _kind(kind: GroupingKind | str) -> str:
+    return GroupingKind(kind).value
+
+
+def _name(variant) -> str:
+    """A variant's directory name: a `Variant` or its name."""
+    return variant if isinstance(variant, str) else variant.name
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of the run directory `root`."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    # ------------------------------------------------------------------ top level
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    # ------------------------------------------------------------------ dataset
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset"
+
+    @property
+    def items(self) -> Path:
+        return self.dataset / "items.parquet"
+
+    @property
+    def pass_table(self) -> Path:
+        return self.dataset / "pass_table.parquet"
+
+    # ------------------------------------------------------------------ groups, stats
+    def groups(self, kind: GroupingKind | str) -> Path:
+        return self.root / "groups" / _kind(kind)
+
+    def tokens(self, kind: GroupingKind | str) -> Path:
+        return self.groups(kind) / "tokens.parquet"
+
+    def quality(self, kind: GroupingKind | str) -> Path:
+        return self.groups(kind) / "quality.json"
+
+    def groups_page(self, kind: GroupingKind | str) -> Path:
+        return self.groups(kind) / "groups.html"
+
+    def stats(self, kind: GroupingKind | str) -> Path:
+        return self.root / "stats" / _kind(kind)
+
+    def slot_stats(self, kind: GroupingKind | str) -> Path:
+        return self.stats(kind) / "slot_stats.safetensors"
+
+    # ------------------------------------------------------------------ masks
+    def variant_masks(self, variant) -> Path:
+        """The folder holding every mask of one variant."""
+        return self.root / "masks" / _name(variant)
+
+    def masks(self, variant, lam: float, seed: int) -> Path:
+        return self.variant_masks(variant) / f"lam{lam:g}_seed{seed}"
+
+    def checkpoint(self, variant, lam: float, seed: int) -> Path:
+        """Where an unfinished mask's training state lives (hidden, next to its output)."""
+        out = self.masks(variant, lam, seed)
+        return out.parent / f".{out.name}.checkpoint"
+
+    # ------------------------------------------------------------------ evaluation
+    @property
+    def evaluate(self) -> Path:
+        return self.root / "evaluate"
+
+    @property
+    def curves(self) -> Path:
+        return self.evaluate / "curves.parquet"
+
+    @property
+    def comparisons(self) -> Path:
+        return self.evaluate / "comparisons.parquet"
+
+    @property
+    def circuit(self) -> Path:
+        return self.evaluate / "circuit.json"
+
+    @property
+    def entity_scaling(self) -> Path:
+        return self.evaluate / "entity_scaling.json"
+
+    def mask_settings(self, key: str) -> Path:
+        return self.evaluate / "mask_settings" / f"{key}.json"
+
+    def relative(self, path: Path) -> str:
+        """`path` relative to the run directory, with forward slashes (for links)."""
+        return Path(path).relative_to(self.root).as_posix()

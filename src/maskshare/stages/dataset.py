@@ -1,0 +1,31 @@
+"""Stage `dataset`: build (or load from the content-addressed cache) the run's dataset and
+copy its items and pass table into RUN/dataset/."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from maskshare.artifacts import building, write_manifest
+from maskshare.errors import UserError
+from maskshare.layout import RunLayout
+from maskshare.resources import get_model, load_run_config
+
+
+def build(run: Path) -> Path:
+    from maskshare.datasets import build_dataset
+
+    cfg = load_run_config(run)
+    out = RunLayout(run).dataset
+    t0 = time.time()
+    built = build_dataset(cfg.dataset, get_model(cfg))
+    items = built.items  # max_items is applied by build_dataset
+    if items.filter(items["split"] == "train").height == 0:
+        raise UserError(f"dataset {cfg.dataset.name!r} has no training items after filtering")
+    with building(out) as tmp:
+        items.write_parquet(tmp / "items.parquet")
+        built.pass_table.write_parquet(tmp / "pass_table.parquet")
+        write_manifest(tmp, inputs={"built_dataset": str(built.path)},
+                       config=cfg.dataset.model_dump(mode="json"), seed=cfg.seed,
+                       timings={"build_s": time.time() - t0})
+    return out

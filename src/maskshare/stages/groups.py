@@ -1,0 +1,69 @@
+"""Stage `groups`: fit one grouping on the training split and give every item's tokens a
+slot (RUN/groups/<kind>/), with its quality figures; `load_slots` reads it back."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from maskshare.config import GroupingKind
+from maskshare.layout import RunLayout
+from maskshare.resources import get_model, load_run_config, load_run_items
+
+
+def build(run: Path, kind: GroupingKind | str) -> Path:
+    from maskshare.grouping import grouping_quality, make_grouping, stability
+    from maskshare.groups_view import write_group_artifacts
+
+    kind = GroupingKind(kind)
+    cfg = load_run_config(run)
+    out = RunLayout(run).groups(kind)
+    t0 = time.time()
+    model = get_model(cfg)
+    items = load_run_items(run).sort("prompt_id")
+    train = items.filter(items["split"] == "train")
+    gcfg = cfg.grouping.model_copy(update={"kind": kind})
+    grouping = make_grouping(gcfg, seed=cfg.seed)
+    feats = train_feats = None
+    if kind == GroupingKind.ATTENTION:  # one forward pass serves fit, assign and stability
+        from maskshare.features import items_features
+
+        feats = items_features(model, items, gcfg.features, batch_size=gcfg.batch_size,
+                               progress=True)
+        train_feats = subset_features(feats, train["prompt_id"].to_list())
+    grouping.fit(model, train, train_feats)
+    assignment = grouping.assign(model, items, feats)
+    quality = grouping_quality(grouping, assignment, items)
+    if kind == GroupingKind.ATTENTION and len(cfg.evaluate.seeds) > 1:
+        quality["stability"] = stability(gcfg, model, train, seeds=tuple(cfg.evaluate.seeds[:2]),
+                                         features=train_feats)
+    quality["fit_assign_s"] = time.time() - t0
+    write_group_artifacts(out, grouping, assignment, items, quality=quality)
+    return out
+
+
+def subset_features(f, prompt_ids: list[int]):
+    """The rows of `f` belonging to `prompt_ids`, in the order of `prompt_ids`."""
+    from maskshare.features import TokenFeatures
+
+    order = {int(p): i for i, p in enumerate(prompt_ids)}
+    rows = np.array([i for i, p in enumerate(f.prompt_id.tolist()) if p in order], dtype=np.int64)
+    rows = rows[np.lexsort((f.position[rows], [order[int(p)] for p in f.prompt_id[rows]]))]
+    return TokenFeatures(matrix=f.matrix[rows], prompt_id=f.prompt_id[rows],
+                         position=f.position[rows], length=f.length[rows], names=f.names)
+
+
+def load_slots(run: str | Path, kind: GroupingKind | str):
+    """(grouping, {prompt_id: slots}) of a run's grouping `kind`."""
+    import polars as pl
+
+    from maskshare.grouping import load_grouping
+
+    layout = RunLayout(run)
+    grouping = load_grouping(layout.groups(kind))
+    toks = pl.read_parquet(layout.tokens(kind)).sort(["prompt_id", "position"])
+    slots = {pid: np.asarray(g["slot"].to_list(), dtype=np.int64)
+             for (pid,), g in toks.group_by("prompt_id", maintain_order=True)}
+    return grouping, slots

@@ -1,0 +1,150 @@
+"""Stage `masks`: train one binary mask (variant, lambda, seed) on the training split,
+resumable from its checkpoint; and the public pieces experiments build on:
+`prepare_variant` (a variant's masked model and batches on a split) and
+`train_and_evaluate` (train the mask on given prompts, score it on held-out splits)."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from maskshare.artifacts import building, write_manifest
+from maskshare.config import MaskConfig
+from maskshare.layout import RunLayout
+from maskshare.resources import (
+    get_model,
+    get_saes,
+    load_run_config,
+    load_run_items,
+    split_items,
+    token_lists,
+)
+from maskshare.stages.groups import load_slots
+from maskshare.variants import Variant
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A variant's masked model and the prompts of a split, batched for it."""
+
+    mm: object          # maskshare.masking.MaskedModel
+    batches: list
+    items: object       # polars DataFrame of the split's items
+    slots: list         # slot array per item, in the items' order
+    slot_map: dict      # {prompt_id: slots} for every item of the run
+
+
+def prepare_variant(run: str | Path, variant: Variant | str, split: str,
+                    limit: int | None = None) -> Prepared:
+    """The variant's MaskedModel (its grouping's slot statistics, its ablation, the run's
+    error term) and the items of `split` ("a+b" for several), at most `limit` of them (a
+    seeded sample), batched. Cached for the last few requests: stages ask repeatedly."""
+    name = variant if isinstance(variant, str) else variant.name
+    return _prepared(str(run), name, split, limit)
+
+
+@functools.lru_cache(maxsize=4)
+def _prepared(run: str, variant_name: str, split: str, limit: int | None) -> Prepared:
+    from maskshare.masking import MaskedModel
+    from maskshare.slot_stats import SlotStats
+
+    cfg = load_run_config(run)
+    variant = Variant.parse(variant_name)
+    grouping, slots = load_slots(run, variant.grouping)
+    stats = SlotStats.load(RunLayout(run).slot_stats(variant.grouping))
+    items = split_items(load_run_items(run), *split.split("+"))
+    if limit is not None and items.height > limit:
+        items = items.sample(n=limit, seed=cfg.seed, shuffle=False)
+    mm = MaskedModel(get_model(cfg), get_saes(cfg), stats, grouping.n_slots,
+                     ablation=variant.ablation, error=cfg.masks.error)
+    slot_arrays = [slots[p] for p in items["prompt_id"].to_list()]
+    batches = batch_items(mm, items, slot_arrays, cfg.masks.batch_size)
+    return Prepared(mm, batches, items, slot_arrays, slots)
+
+
+def batch_items(mm, items, slot_arrays: list, batch_size: int) -> list:
+    return mm.prepare(token_lists(items), slot_arrays, items["answer_id"].to_list(),
+                      items["counterfactual_id"].to_list(), batch_size=batch_size)
+
+
+def build(run: Path, variant: Variant | str, lam: float, seed: int) -> Path:
+    from maskshare.mask_training import train_masks
+
+    if isinstance(variant, str):
+        variant = Variant.parse(variant)
+    cfg = load_run_config(run)
+    layout = RunLayout(run)
+    out = layout.masks(variant, lam, seed)
+    t0 = time.time()
+    prep = prepare_variant(run, variant, "train", cfg.masks.max_train_prompts)
+    ckpt = layout.checkpoint(variant, lam, seed)
+    res = train_masks(prep.mm, prep.batches, cfg.masks, lam, seed=seed, checkpoint_dir=ckpt)
+    with building(out) as tmp:
+        res.save(tmp, extra={"variant": variant.name, "ablation": variant.ablation.value,
+                             "error": cfg.masks.error.value})
+        write_manifest(tmp, config=cfg.masks.model_dump(mode="json"), seed=seed,
+                       timings={"train_s": time.time() - t0},
+                       extra={"variant": variant.name, "lambda": lam})
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return out
+
+
+def load_masks(run: str | Path, variant: Variant | str, lam: float, seed: int):
+    """The binarised masks {hook: bool[slot, latent]} the masks stage wrote."""
+    from maskshare.mask_training import TrainResult
+
+    return TrainResult.load(RunLayout(run).masks(variant, lam, seed)).masks()
+
+
+@functools.lru_cache(maxsize=4)
+def split_reference(run: str, variant_name: str, split: str):
+    """The reference logit differences (M, clean, empty) of a variant on a split."""
+    from maskshare.evaluation import reference_lds
+
+    prep = prepare_variant(run, variant_name, split)
+    return reference_lds(prep.mm, prep.batches)
+
+
+@dataclass
+class Trained:
+    """A mask trained by `train_and_evaluate` and its metrics per evaluated split."""
+
+    result: object              # maskshare.mask_training.TrainResult
+    train_s: float
+    n_train_prompts: int
+    metrics: dict[str, dict]    # split -> evaluate_masks output
+
+
+def train_and_evaluate(run: str | Path, variant: Variant | str, lam: float, seed: int,
+                       eval_splits: list[str], *, train_items=None,
+                       train_limit: int | None = None, masks: MaskConfig | None = None) -> Trained:
+    """Train `variant`'s mask at `lam` on `train_items` (default: the training split, at
+    most `train_limit` prompts, as the masks stage does) with the run's mask settings or
+    `masks`; evaluate it on each of `eval_splits` against that split's reference. Slot
+    statistics stay the run's. Writes nothing."""
+    from maskshare.evaluation import evaluate_masks
+    from maskshare.mask_training import train_masks
+
+    run = str(run)
+    cfg = load_run_config(run)
+    mcfg = masks or cfg.masks
+    prep = prepare_variant(run, variant, "train", train_limit)
+    batches, n = prep.batches, prep.items.height
+    if train_items is not None:
+        batches = batch_items(prep.mm, train_items,
+                              [prep.slot_map[p] for p in train_items["prompt_id"].to_list()],
+                              cfg.masks.batch_size)
+        n = train_items.height
+    t0 = time.perf_counter()
+    res = train_masks(prep.mm, batches, mcfg, lam, seed=seed)
+    train_s = time.perf_counter() - t0
+    name = variant if isinstance(variant, str) else variant.name
+    out = {}
+    for split in eval_splits:
+        ev = prepare_variant(run, variant, split)
+        out[split] = evaluate_masks(ev.mm, ev.batches, res.masks(), ev.slots,
+                                    reference=split_reference(run, name, split))
+    return Trained(res, train_s, n, out)

@@ -1,0 +1,138 @@
+"""A run as a plan: the list of stage calls in dependency order, and the runner.
+
+    dataset -> groups(kind) -> stats(kind)     for every grouping the variants need
+            -> masks(variant, lambda, seed)    every mask job (independent of each other)
+            -> evaluate
+
+This is the only place that orders the stages: `maskshare.pipeline.run_pipeline` executes
+the plan in process; the Prefect flows (flows/) run each `StageCall` as a task named after
+its stage, fanning the mask calls out to workers.
+
+A stage declares which config fields its work depends on (`inputs`); a call's `key`
+hashes its stage, its arguments, those fields and the keys of the calls before it that it
+reads, so a changed input changes the key of every call downstream of it: the plan's
+declared data flow, checked by tests. Outputs are not located by key: the run directory's
+own hash covers the whole config and the input files, and the paths inside it stay those
+of `RunLayout`, so existing runs keep their bytes. Before building, the runner checks the call's
+output: complete (manifest present, file hashes matching) means skipped, logged once as
+"cached: <what>".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maskshare.artifacts import hash_config, is_complete
+from maskshare.config import RunConfig
+from maskshare.layout import RunLayout
+from maskshare.stages import dataset, evaluate, groups, masks, stats
+from maskshare.variants import Variant, grouping_kinds, mask_jobs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One kind of work: what it reads from the config, how it builds, where it writes."""
+
+    name: str
+    build: Callable[..., Path]                  # build(run, **params) -> output dir
+    output: Callable[..., Path]                 # output(layout, **params) -> output dir
+    describe: Callable[..., str]                # the "cached: ..." label
+    inputs: tuple[str, ...]                     # config fields (dotted) its key hashes
+    also_needs: Callable[[RunLayout], list[Path]] = lambda layout: []  # files besides output
+    fan_out: bool = False                       # calls are independent: may run in parallel
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("dataset", dataset.build, lambda lo: lo.dataset, lambda: "dataset",
+          inputs=("model", "seed", "dataset")),
+    Stage("groups", groups.build, lambda lo, kind: lo.groups(kind),
+          lambda kind: f"groups {kind}", inputs=("seed", "grouping", "evaluate.seeds")),
+    Stage("stats", stats.build, lambda lo, kind: lo.stats(kind),
+          lambda kind: f"slot stats {kind}", inputs=("saes", "masks.batch_size")),
+    Stage("masks", masks.build, lambda lo, variant, lam, seed: lo.masks(variant, lam, seed),
+          lambda variant, lam, seed: f"masks {variant} lambda={lam:g} seed={seed}",
+          inputs=("saes", "masks"), fan_out=True),
+    Stage("evaluate", evaluate.build, lambda lo: lo.evaluate, lambda: "evaluation",
+          inputs=("saes", "evaluate", "masks.lambdas", "masks.error"),
+          also_needs=lambda lo: [lo.metrics]),
+]}
+
+
+@dataclass(frozen=True)
+class StageCall:
+    """One stage applied to small JSON-able arguments (`params`) within a run."""
+
+    stage: str
+    params: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+    after: tuple[str, ...] = ()                 # keys of the calls it reads from
+
+    @property
+    def spec(self) -> Stage:
+        return STAGES[self.stage]
+
+    def output(self, run: str | Path) -> Path:
+        return self.spec.output(RunLayout(run), **self.params)
+
+    def describe(self) -> str:
+        return self.spec.describe(**self.params)
+
+    def is_done(self, run: str | Path) -> bool:
+        return is_complete(self.output(run)) and all(
+            p.is_file() for p in self.spec.also_needs(RunLayout(run)))
+
+    def run(self, run: str | Path) -> Path:
+        """Build the output unless it is complete; returns the output directory."""
+        if self.is_done(run):
+            logger.info("cached: %s (%s)", self.describe(), self.output(run))
+            return self.output(run)
+        return self.spec.build(Path(run), **self.params)
+
+
+def _field(cfg: RunConfig, dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+def make_call(cfg: RunConfig, stage: str, after: list[StageCall] = (), **params) -> StageCall:
+    inputs = {f: _field(cfg, f) for f in STAGES[stage].inputs}
+    deps = tuple(c.key for c in after)
+    return StageCall(stage, params, hash_config(stage, params, inputs, deps), deps)
+
+
+def plan(cfg: RunConfig) -> list[StageCall]:
+    """Every stage call of a run of `cfg`, in dependency order."""
+    data = make_call(cfg, "dataset")
+    calls = [data]
+    stats_by_kind = {}
+    for kind in grouping_kinds(cfg):
+        g = make_call(cfg, "groups", [data], kind=kind.value)
+        stats_by_kind[kind.value] = make_call(cfg, "stats", [g], kind=kind.value)
+        calls += [g, stats_by_kind[kind.value]]
+    mask_calls = [make_call(cfg, "masks", [stats_by_kind[Variant.parse(v).grouping.value]],
+                            variant=v, lam=lam, seed=seed)
+                  for v, lam, seed in mask_jobs(cfg)]
+    calls += mask_calls
+    return [*calls, make_call(cfg, "evaluate", calls)]
+
+
+def phases(calls: list[StageCall]) -> tuple[list[StageCall], list[StageCall], list[StageCall]]:
+    """(calls before the fan-out, the fan-out calls, calls after): the fan-out calls depend
+    only on the first part and only the last part depends on them."""
+    idx = [i for i, c in enumerate(calls) if c.spec.fan_out]
+    if not idx:
+        return list(calls), [], []
+    return list(calls[:idx[0]]), calls[idx[0]:idx[-1] + 1], list(calls[idx[-1] + 1:])
+
+
+def execute(calls: list[StageCall], run: str | Path) -> list[Path]:
+    """Run every call in order in this process (complete outputs are skipped)."""
+    return [c.run(run) for c in calls]

@@ -1,0 +1,77 @@
+"""The methods a run compares (variants) and the masks it trains for them.
+
+A variant is a grouping with an ablation. A run compares its main variant with every
+baseline grouping (main ablation) and every other ablation (main grouping): the design's
+comparisons, not the full cross product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from maskshare.config import Ablation, GroupingKind, RunConfig
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One method compared in a run: a grouping with an ablation."""
+
+    grouping: GroupingKind
+    ablation: Ablation
+
+    @property
+    def name(self) -> str:
+        return f"{self.grouping.value}__{self.ablation.value}"
+
+    @classmethod
+    def parse(cls, name: str) -> Variant:
+        g, a = name.split("__")
+        return cls(GroupingKind(g), Ablation(a))
+
+
+def main_variant(cfg: RunConfig) -> Variant:
+    return Variant(cfg.grouping.kind, cfg.masks.ablation)
+
+
+def variants(cfg: RunConfig) -> list[Variant]:
+    """The main method, every baseline grouping with the main ablation, every other
+    ablation with the main grouping; `template` only on templated data."""
+    main = main_variant(cfg)
+    out = [main]
+    kinds = list(cfg.evaluate.baselines)
+    if cfg.dataset.variant == "templated" and GroupingKind.TEMPLATE not in kinds:
+        kinds.append(GroupingKind.TEMPLATE)
+    for k in kinds:
+        if k == GroupingKind.TEMPLATE and cfg.dataset.variant != "templated":
+            continue
+        v = Variant(k, main.ablation)
+        if v not in out:
+            out.append(v)
+    for a in cfg.evaluate.ablations:
+        v = Variant(main.grouping, a)
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def grouping_kinds(cfg: RunConfig) -> list[GroupingKind]:
+    """Every grouping the variants need, in the variants' order."""
+    seen: list[GroupingKind] = []
+    for v in variants(cfg):
+        if v.grouping not in seen:
+            seen.append(v.grouping)
+    return seen
+
+
+def run_seeds(cfg: RunConfig) -> list[int]:
+    return cfg.evaluate.seeds or [cfg.seed]
+
+
+def mask_jobs(cfg: RunConfig) -> list[tuple[str, float, int]]:
+    """Every (variant name, lambda, seed) to train: all variants at the first seed; the main
+    variant also at the second seed (stability)."""
+    seeds = run_seeds(cfg)
+    jobs = [(v.name, lam, seeds[0]) for v in variants(cfg) for lam in cfg.masks.lambdas]
+    if len(seeds) > 1:
+        jobs += [(main_variant(cfg).name, lam, seeds[1]) for lam in cfg.masks.lambdas]
+    return jobs
