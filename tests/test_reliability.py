@@ -361,10 +361,10 @@ def _assert_valid_run(run: Path, cfg_path: Path) -> None:
     for d in dirs:
         assert is_complete(d), d
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["lambda"] in cfg.masks.lambdas
+    assert metrics["lambda"] in cfg.masks.lambda_grid
     masks = list((run / "masks").glob("*/*"))
     assert {json.loads((m / "summary.json").read_text())["lambda"] for m in masks} \
-        == set(cfg.masks.lambdas)
+        == set(cfg.masks.lambda_grid)
     assert not [p for p in run.rglob(".*")], "temporary files left behind"
 
 
@@ -430,12 +430,12 @@ def test_nonfinite_activations_stop_training_naming_step_hook_and_slot(finished_
     stats.save(stats_dir / "slot_stats.safetensors")
     write_manifest(stats_dir)
     with pytest.raises(MaskTrainingError) as e:
-        make_call(cfg, "masks", variant=v.name, lam=cfg.masks.lambdas[0], seed=0).run(run)
+        make_call(cfg, "masks", variant=v.name, lam=cfg.masks.lambda_grid[0], seed=0).run(run)
     msg = str(e.value)
     assert re.search(r"at step \d+", msg) and f"hook {hook}" in msg, msg
     assert re.search(rf"slot\(s\) \[([0-9, ]*\b)?{slot}\b", msg), msg
     assert "\n" not in msg
-    out = RunLayout(run).masks(v, cfg.masks.lambdas[0], 0)
+    out = RunLayout(run).masks(v, cfg.masks.lambda_grid[0], 0)
     assert not out.exists()  # no masks from a diverged run
 
 

@@ -10,6 +10,7 @@ device), so a run's stages, executed in one process, load them once. The run dir
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import yaml
@@ -19,6 +20,8 @@ from maskshare.config import GroupingKind, RunConfig, config_data, dump_config, 
 from maskshare.errors import UserError
 from maskshare.layout import RunLayout
 from maskshare.runtime import PROJECT_ROOT, configure_threads
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- model, SAEs
@@ -104,6 +107,28 @@ def check_inputs(cfg: RunConfig) -> None:
     if cfg.grouping.kind == GroupingKind.TEMPLATE and cfg.dataset.variant != "templated":
         raise UserError("grouping.kind 'template' needs a templated dataset (dataset.variant: "
                         "templated); free-form prompts share no positions")
+    check_dataset_fits(cfg, spec)
+
+
+def check_dataset_fits(cfg: RunConfig, spec) -> None:
+    """Groupings and ablations the dataset can take: `roles` needs labelled spans (warned
+    for a baseline, refused as the main grouping), `counterfactual` needs counterfactual
+    prompts of the same token length (a prompt dataset with filter.equal_length_pairs)."""
+    from maskshare.config import Ablation
+    from maskshare.datasets import roles_note
+
+    if cfg.grouping.kind == GroupingKind.ROLES and (note := roles_note(spec, ["roles"])):
+        raise UserError(note)
+    if note := roles_note(spec, cfg.evaluate.baselines):
+        logger.warning("%s", note)
+    if Ablation.COUNTERFACTUAL in (cfg.masks.ablation, *cfg.evaluate.ablations):
+        pairs = getattr(getattr(spec, "filter", None), "equal_length_pairs", False)
+        if not pairs:
+            raise UserError(
+                f"ablation 'counterfactual' patches each token with the counterfactual prompt's "
+                f"at the same position: dataset {spec.name!r} needs counterfactual prompts and "
+                "`filter: {equal_length_pairs: true}` (a prompt dataset, e.g. imported from a "
+                "clean/patch file); or drop 'counterfactual' from the ablations")
 
 
 def prepare_run(cfg: RunConfig) -> Path:

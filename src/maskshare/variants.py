@@ -71,7 +71,7 @@ def mask_jobs(cfg: RunConfig) -> list[tuple[str, float, int]]:
     """Every (variant name, lambda, seed) to train: all variants at the first seed; the main
     variant also at the second seed (stability)."""
     seeds = run_seeds(cfg)
-    jobs = [(v.name, lam, seeds[0]) for v in variants(cfg) for lam in cfg.masks.lambdas]
+    jobs = [(v.name, lam, seeds[0]) for v in variants(cfg) for lam in cfg.masks.lambda_grid]
     if len(seeds) > 1:
-        jobs += [(main_variant(cfg).name, lam, seeds[1]) for lam in cfg.masks.lambdas]
+        jobs += [(main_variant(cfg).name, lam, seeds[1]) for lam in cfg.masks.lambda_grid]
     return jobs

@@ -57,17 +57,23 @@ class ImportPlan:
 
 
 def _spec_text(name: str, src: Path, fmt: str, n: int, sha: str, table: str,
-               held_out: list[str], test_fraction: float, seed: int) -> str:
+               held_out: list[str], test_fraction: float, seed: int,
+               pairs: bool = False) -> str:
     body = {"kind": "prompts", "name": name,
             "description": f"imported from {src.name} ({fmt} format)",
             "source": {"table": table},
             "split": {"test_fraction": test_fraction, "seed": seed,
                       "held_out_groups": list(held_out)},
             "filter": {"kind": "logit-diff", "margin": 0.0}}
+    if pairs:  # every row has a counterfactual prompt: keep the pairs patching can use
+        body["filter"]["equal_length_pairs"] = True
     head = (f"# Imported by `maskshare datasets import` from {src.name} ({fmt} format, {n} rows,\n"
             f"# sha256 {sha} of the file). Edit freely; `maskshare datasets build {name}`\n"
             "# rebuilds it. filter: logit-diff keeps prompts whose answer's first token beats\n"
-            "# the counterfactual's by more than margin; top1 asks for the top token.\n")
+            "# the counterfactual's by more than margin; top1 asks for the top token.\n"
+            + ("# equal_length_pairs drops rows whose counterfactual prompt has another\n"
+               "# token length (the `counterfactual` ablation patches position by position).\n"
+               if pairs else ""))
     return head + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
 
 
@@ -103,8 +109,10 @@ def plan_import(path: str | Path, name: str, *, fmt: str = "auto",
     text = table_jsonl(df)
     table_name = f"{name}.jsonl"
     sha = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    pairs = "counterfactual_prompt" in df.columns and \
+        df["counterfactual_prompt"].null_count() == 0
     spec_text = _spec_text(name, path, fmt, df.height, sha, f"sources/{table_name}", held,
-                           test_fraction, seed)
+                           test_fraction, seed, pairs)
     spec = parse_spec(yaml.safe_load(spec_text), source=f"{name} (generated spec)")
     # what a later `datasets build NAME` reads back from the written file: same hash, same key
     table = normalise_rows(read_rows_text(text, ".jsonl", table_name), {}, table_name)

@@ -28,6 +28,7 @@ from maskshare.datasets.schema import ITEMS_SCHEMA, OPTIONAL_ITEMS_SCHEMA, PASS_
 DROP_SHARED = "answer and counterfactual share their first token"
 DROP_BLANK = "answer or counterfactual starts with a blank token"
 DROP_LONG = "prompt longer than the model's context"
+DROP_PAIR = "counterfactual prompt missing or of another token length (equal_length_pairs)"
 
 
 def assign_splits(df: pl.DataFrame, test_fraction: float, seed: int,
@@ -56,7 +57,8 @@ def _first(tokenizer, text: str) -> int | None:
     return int(ids[0]) if ids else None
 
 
-def _row_tokens(tokenizer, r: dict, bos: int, d_vocab: int, n_ctx: int):
+def _row_tokens(tokenizer, r: dict, bos: int, d_vocab: int, n_ctx: int,
+                equal_length_pairs: bool = False):
     """(item fields, None) for a usable row, (None, drop reason) otherwise."""
     from maskshare.datasets.build import token_roles
 
@@ -74,6 +76,8 @@ def _row_tokens(tokenizer, r: dict, bos: int, d_vocab: int, n_ctx: int):
     if r["counterfactual_prompt"] is not None:
         cft = [bos] + [int(t) for t in tokenizer(r["counterfactual_prompt"],
                                                  add_special_tokens=False)["input_ids"]]
+    if equal_length_pairs and (cft is None or len(cft) != len(tokens)):
+        return None, DROP_PAIR
     return {"tokens": tokens, "token_strs": strs, "roles": roles, "answer_id": a,
             "counterfactual_id": c, "counterfactual_tokens": cft}, None
 
@@ -95,7 +99,8 @@ def prompt_items(spec: PromptDatasetSpec, df: pl.DataFrame, tokenizer, bos: int,
     rows, dropped = [], Counter()
     dropped_by_group: Counter = Counter()
     for r, split in zip(df.iter_rows(named=True), splits, strict=True):
-        item, why = _row_tokens(tokenizer, r, bos, d_vocab, n_ctx)
+        item, why = _row_tokens(tokenizer, r, bos, d_vocab, n_ctx,
+                                spec.filter.equal_length_pairs)
         if item is None:
             dropped[why] += 1
             dropped_by_group[r["group"]] += 1

@@ -58,6 +58,9 @@ class FilterSpec(Strict):
         default="logit-diff", description="top1: the model's top token is the answer's first "
         "token; logit-diff: logit(answer) - logit(counterfactual) > margin")
     margin: float = 0.0
+    equal_length_pairs: bool = Field(
+        default=False, description="drop rows whose counterfactual prompt has another token "
+        "length than the prompt (patching, ablation `counterfactual`, compares positions)")
 
 
 class PromptDatasetSpec(Strict):

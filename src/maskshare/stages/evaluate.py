@@ -49,7 +49,7 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
 
     rule = cfg.evaluate
     clean = {} if clean is None else clean
-    masks = {lam: load_masks(run, variant, lam, seed) for lam in cfg.masks.lambdas}
+    masks = {lam: load_masks(run, variant, lam, seed) for lam in cfg.masks.lambda_grid}
     rows = []
     for split in [rule.select_split, *splits]:
         limit = rule.select_limit if split == rule.select_split else None

@@ -66,8 +66,17 @@ def _prepared(run: str, variant_name: str, split: str, limit: int | None) -> Pre
 
 
 def batch_items(mm, items, slot_arrays: list, batch_size: int) -> list:
+    """Batches for `mm`; with ablation `counterfactual`, the items' counterfactual prompts
+    (`counterfactual_tokens`, prompt datasets only) come along for patching."""
+    from maskshare.config import Ablation
+
+    cf_tokens = None
+    if mm.ablation == Ablation.COUNTERFACTUAL and "counterfactual_tokens" in items.columns:
+        cf_tokens = [None if t is None else list(map(int, t))
+                     for t in items["counterfactual_tokens"].to_list()]
     return mm.prepare(token_lists(items), slot_arrays, items["answer_id"].to_list(),
-                      items["counterfactual_id"].to_list(), batch_size=batch_size)
+                      items["counterfactual_id"].to_list(), batch_size=batch_size,
+                      counterfactual_tokens=cf_tokens)
 
 
 def build(run: Path, variant: Variant | str, lam: float, seed: int) -> Path:
