@@ -36,6 +36,15 @@ def tmp_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+@pytest.fixture
+def dirs(tmp_path, tmp_cache, monkeypatch):
+    """(data dir, cache dir): fresh, empty, and maskshare's for this test."""
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("MASKSHARE_DATA", str(data))
+    return data, tmp_cache
+
+
 @pytest.fixture(scope="session")
 def finished_tiny_run(tmp_path_factory):
     """(config path, run dir, cache dir) of one finished tiny end-to-end run (~20 s, once per

@@ -14,7 +14,7 @@ from maskshare.datasets import build_dataset, load_items
 from maskshare.datasets.registry import find_spec
 from maskshare.errors import UserError
 from maskshare.resources import check_dataset_fits
-from test_prompt_datasets import METALS, clean_patch_rows, dirs, run_cli, write_rows  # noqa: F401
+from test_prompt_datasets import METALS, clean_patch_rows, run_cli, write_rows
 
 
 def _rows_with_unequal_pairs() -> list[dict]:
@@ -40,7 +40,8 @@ def test_import_keeps_equal_length_pairs_and_a_run_compares_patching(dirs, tmp_p
     data, _ = dirs
     f = write_rows(tmp_path / "pairs.jsonl", _rows_with_unequal_pairs())
     rc, out, err = run_cli(["datasets", "import", str(f), "--name", "pairs", "--model", "tiny",
-                            "--held-out-group", "list", "--min-items", "1", "--no-progress"],
+                            "--held-out-group", "list", "--min-items", "1", "--no-progress",
+                            "--equal-length-pairs"],
                            capsys)
     assert rc == 0, err
     spec, _ = find_spec("pairs")

@@ -29,14 +29,6 @@ FORMS = {"statement": "The symbol for {} is", "question": "Which symbol stands f
          "list": "Metals and symbols: {} ="}
 
 
-@pytest.fixture
-def dirs(tmp_path, tmp_cache, monkeypatch):
-    data = tmp_path / "data"
-    data.mkdir()
-    monkeypatch.setenv("MASKSHARE_DATA", str(data))
-    return data, tmp_cache
-
-
 @pytest.fixture(scope="module")
 def au_model():
     """A tiny random model whose top-1 next token is always ' Au'."""

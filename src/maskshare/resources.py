@@ -127,8 +127,9 @@ def check_dataset_fits(cfg: RunConfig, spec) -> None:
             raise UserError(
                 f"ablation 'counterfactual' patches each token with the counterfactual prompt's "
                 f"at the same position: dataset {spec.name!r} needs counterfactual prompts and "
-                "`filter: {equal_length_pairs: true}` (a prompt dataset, e.g. imported from a "
-                "clean/patch file); or drop 'counterfactual' from the ablations")
+                "`filter: {equal_length_pairs: true}` (e.g. `maskshare datasets import FILE "
+                "--equal-length-pairs` of a clean/patch file); or drop 'counterfactual' from the "
+                "ablations")
 
 
 def prepare_run(cfg: RunConfig) -> Path:

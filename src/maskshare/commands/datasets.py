@@ -1,5 +1,5 @@
 """`maskshare datasets list | show NAME | add SPEC.yaml | build NAME [--model M] [--variant V]
-| import FILE --name NAME [--format auto|clean-patch|prompts] [--held-out-group G ...] [--force]`."""
+| import FILE --name NAME [--format auto|clean-patch|prompts] [--held-out-group G ...] [--equal-length-pairs] [--force]`."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a group (clean-patch: case) never trained on; repeatable")
     p.add_argument("--test-fraction", type=float, default=0.2,
                    help="fraction of entities (or prompts) held out (default: %(default)s)")
+    p.add_argument("--equal-length-pairs", action="store_true",
+                   help="keep only rows whose counterfactual prompt has the prompt's token "
+                   "length (what the `counterfactual` ablation, position-wise patching, needs)")
     p.add_argument("--force", action="store_true", help="replace a dataset of the same name")
     p.add_argument("--model", default="smollm2-135m", help="model name (default: %(default)s)")
     p.add_argument("--min-items", type=int, default=None,
@@ -158,7 +161,8 @@ def _import(args) -> int:
 
     plan = plan_import(args.file, args.name, fmt=args.format,
                        held_out_groups=args.held_out_group, force=args.force,
-                       test_fraction=args.test_fraction)
+                       test_fraction=args.test_fraction,
+                       equal_length_pairs=args.equal_length_pairs)
     note = describe_ignored(plan.ignored)
     if note:
         print(f"note: {note}", file=sys.stderr)

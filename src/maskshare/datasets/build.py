@@ -23,6 +23,7 @@ import yaml
 from maskshare.activations import clean_final_logits, logit_diff, pad_id, padded_batches
 from maskshare.artifacts import building, hash_config, is_complete, read_manifest, write_manifest
 from maskshare.datasets.registry import find_spec
+from maskshare.datasets.rows import first_token, split_entities, split_of, token_roles
 from maskshare.datasets.schema import ITEMS_SCHEMA, PASS_TABLE_SCHEMA, load_items, validate_items
 from maskshare.datasets.sources import check_source, load_source
 from maskshare.datasets.spec import DatasetSpec, Phrasing, parse_template, render
@@ -52,50 +53,7 @@ class BuiltDataset:
 # ---------------------------------------------------------------------------- tokens and roles
 
 
-def _offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    offs, prev = [], 0
-    for i in range(len(ids)):  # slow tokenizers: offsets from decoded prefixes
-        n = len(tokenizer.decode(ids[: i + 1]))
-        offs.append((prev, n))
-        prev = n
-    return ids, offs
-
-
-def token_roles(tokenizer, prompt: str, spans: list[tuple[int, int, str]],
-                bos: int) -> tuple[list[int], list[str], list[str]]:
-    """Token ids (BOS first), their strings and one role per token.
-
-    A token takes the role of the labelled span covering its first non-space character, so a
-    token that merges a space into a word (" gold") counts as the word. BOS is `bos`, the last
-    token `final`, everything else `other`.
-    """
-    ids, offs = _offsets(tokenizer, prompt)
-    if not ids:
-        raise UserError(f"empty prompt {prompt!r}")
-    roles = []
-    for s, e in offs:
-        role = "other"
-        for i in range(s, min(e, len(prompt))):
-            if prompt[i].isspace():
-                continue
-            role = next((r for a, b, r in spans if a <= i < b), "other")
-            break
-        roles.append(role)
-    roles[-1] = "final"
-    strs = [tokenizer.decode([bos])] + [tokenizer.decode([i]) for i in ids]
-    return [bos] + ids, strs, ["bos"] + roles
-
-
 # ------------------------------------------------------------------ answers and counterfactuals
-
-
-def first_token(tokenizer, text: str) -> int | None:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return int(ids[0]) if ids else None
 
 
 def resolve_answers(spec: DatasetSpec, df: pl.DataFrame, tokenizer,
@@ -142,22 +100,6 @@ def pick_counterfactuals(entities: list[str], answers: list[str], answer_ids: li
         cf.append(a)
         cf_ids.append(i)
     return cf, cf_ids
-
-
-def split_entities(entities: list[str], test_fraction: float, seed: int) -> set[str]:
-    """The held-out (test) entities: a seeded fraction of the distinct entities."""
-    ents = sorted(set(entities))
-    if test_fraction <= 0 or len(ents) < 2:
-        return set()
-    n_test = min(len(ents) - 1, max(1, round(test_fraction * len(ents))))
-    random.Random(f"split:{seed}").shuffle(ents)
-    return set(ents[:n_test])
-
-
-def split_of(test_entity: bool, held_out_phrasing: bool) -> str:
-    return {(False, False): "train", (True, False): "test_entity",
-            (False, True): "test_phrasing", (True, True): "test_both"}[(test_entity,
-                                                                        held_out_phrasing)]
 
 
 # ------------------------------------------------------------------------------- the items

@@ -65,7 +65,7 @@ def _spec_text(name: str, src: Path, fmt: str, n: int, sha: str, table: str,
             "split": {"test_fraction": test_fraction, "seed": seed,
                       "held_out_groups": list(held_out)},
             "filter": {"kind": "logit-diff", "margin": 0.0}}
-    if pairs:  # every row has a counterfactual prompt: keep the pairs patching can use
+    if pairs:  # keep only the pairs position-wise patching can use
         body["filter"]["equal_length_pairs"] = True
     head = (f"# Imported by `maskshare datasets import` from {src.name} ({fmt} format, {n} rows,\n"
             f"# sha256 {sha} of the file). Edit freely; `maskshare datasets build {name}`\n"
@@ -91,7 +91,8 @@ def _check_name(name: str, force: bool) -> None:
 
 def plan_import(path: str | Path, name: str, *, fmt: str = "auto",
                 held_out_groups: list[str] | tuple[str, ...] = (), force: bool = False,
-                test_fraction: float = 0.2, seed: int = 0) -> ImportPlan:
+                test_fraction: float = 0.2, seed: int = 0,
+                equal_length_pairs: bool = False) -> ImportPlan:
     """Read and check `path` and the name; UserError (one line naming the row) on bad input."""
     from maskshare.datasets.spec import parse_spec
 
@@ -109,8 +110,10 @@ def plan_import(path: str | Path, name: str, *, fmt: str = "auto",
     text = table_jsonl(df)
     table_name = f"{name}.jsonl"
     sha = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    pairs = "counterfactual_prompt" in df.columns and \
-        df["counterfactual_prompt"].null_count() == 0
+    pairs = equal_length_pairs
+    if pairs and df["counterfactual_prompt"].null_count() == df.height:
+        raise UserError(f"{path}: --equal-length-pairs needs counterfactual prompts "
+                        "(patch_prefix / counterfactual_prompt); this file has none")
     spec_text = _spec_text(name, path, fmt, df.height, sha, f"sources/{table_name}", held,
                            test_fraction, seed, pairs)
     spec = parse_spec(yaml.safe_load(spec_text), source=f"{name} (generated spec)")

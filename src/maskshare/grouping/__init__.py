@@ -21,11 +21,9 @@ from maskshare.grouping.base import (
     RolesGrouping,
     SingleGrouping,
     TemplateGrouping,
-    grouping_kinds,
-    load_grouping,
-    make_grouping,
 )
 from maskshare.grouping.quality import grouping_quality, purity, stability, template_positions
+from maskshare.grouping.registry import grouping_kinds, load_grouping, make_grouping
 
 __all__ = [
     "GROUPING_JSON", "GROUPING_SKOPS", "OOD_PERCENTILE", "Assignment", "AttentionGrouping",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from maskshare.config import GroupingConfig
-from maskshare.grouping.base import Assignment, Grouping, make_grouping, token_lists
+from maskshare.grouping.base import Assignment, Grouping, token_lists
 
 if TYPE_CHECKING:
     from maskshare.features import TokenFeatures
@@ -110,6 +110,8 @@ def stability(cfg: GroupingConfig, model, items, seeds: tuple[int, int] = (0, 1)
 
     labs = []
     for seed in seeds:
+        from maskshare.grouping.registry import make_grouping  # registry imports quality's peers
+
         g = make_grouping(cfg, seed).fit(model, items, features)
         a = g.assign(model, items, features)
         labs.append(np.concatenate([s[1:] for s in a.slots]))
