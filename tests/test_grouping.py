@@ -278,9 +278,12 @@ def test_predict_distances_match_brute_force(model, items):
     np.testing.assert_allclose(dist, d.min(1), atol=1e-6)
 
 
-def test_too_few_slots_is_a_user_error(model, items):
-    with pytest.raises(UserError, match="n_slots"):
-        make_grouping(cfg(n_slots=2), seed=0).fit(model, items)
+def test_too_few_slots_is_a_user_error():
+    # refused where the config enters (issue 15), before any grouping is fitted
+    from maskshare.config import parse_config
+
+    with pytest.raises(UserError, match="n_slots = 2 leaves no slot for clusters"):
+        parse_config({"grouping": {"n_slots": 2}})
 
 
 @pytest.mark.parametrize("kind", list(GroupingKind))

@@ -4,6 +4,11 @@ Every artifact lives under a directory named by a hash of its inputs and config,
 written atomically (temp file, fsync, rename) and carries `manifest.json` with its
 inputs, config, versions, seed, timings and the sha256 of each file it holds, so a
 truncated or corrupted file is detected and rebuilt rather than loaded.
+
+Files and folders get the permissions the process umask gives (`tempfile` would make them
+private), so a runs root can be shared with a team, a Prefect server or workers. Builders
+of the same directory take a lock beside it (`.NAME.lock`, see `stage_lock`), so two runs of
+one config never remove or overwrite each other's work.
 """
 
 from __future__ import annotations
@@ -14,12 +19,109 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+LOCK_SUFFIX = ".lock"
+
+
+def process_umask() -> int:
+    """The process umask, read without changing it (`os.umask` can only be read by setting
+    it, which races with threads creating files meanwhile)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # no /proc (not Linux): set and restore at once
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def file_mode() -> int:
+    """The mode `open()` would give a new file (0644 under umask 022)."""
+    return 0o666 & ~process_umask()
+
+
+def dir_mode() -> int:
+    """The mode `mkdir` would give a new folder (0755 under umask 022)."""
+    return 0o777 & ~process_umask()
+
+
+def make_temp_dir(final_dir: str | Path) -> Path:
+    """A dot-named temp folder beside `final_dir` (its parents created), with `dir_mode()`."""
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
+    os.chmod(tmp, dir_mode())  # mkdtemp makes it 0700
+    return tmp
+
+
+def lock_path(final_dir: str | Path) -> Path:
+    final_dir = Path(final_dir)
+    return final_dir.parent / f".{final_dir.name}{LOCK_SUFFIX}"
+
+
+def lock_is_held(final_dir: str | Path) -> bool:
+    """Whether a process holds `stage_lock(final_dir)` now. A read-only probe: it creates
+    and removes nothing (a lock file left by a killed holder is free)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock_path(final_dir), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def stage_lock(final_dir: str | Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock of `final_dir` (a file `.NAME.lock` beside it) across processes.
+
+    Wrap "check complete -> build -> rename" in it: a second builder waits, then finds the
+    first's complete result. Re-entrant within a process (the same path shares one lock
+    object; other threads wait). Yields True once held; with `wait=False` yields False at
+    once if another holder has it. The lock file is removed on the outermost release, while
+    still held: a waiter that then gets the unlinked file sees it is gone and retries on a
+    fresh one (filelock checks the link count after locking).
+    """
+    from filelock import FileLock, Timeout
+
+    path = lock_path(final_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, is_singleton=True)
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:
+            if lock.lock_counter == 1:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        finally:
+            lock.release()
 
 
 def stable_json(obj: Any) -> str:
@@ -58,7 +160,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, file_mode())  # mkstemp makes it 0600: readable by its owner only
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -162,23 +267,25 @@ def building(final_dir: str | Path) -> Iterator[Path]:
 
     Nothing is visible at `final_dir` until the body (which must write the manifest)
     succeeds. If another process finished the same artifact meanwhile, its result is kept.
+    The swap into place runs under `stage_lock(final_dir)`, so an incomplete `final_dir` is
+    only ever removed by the one builder holding the lock.
     """
     final_dir = Path(final_dir)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
+    tmp = make_temp_dir(final_dir)
     try:
         yield tmp
-        if final_dir.exists():
-            if is_complete(final_dir):
-                return  # a concurrent build of the same inputs won; keep it
-            shutil.rmtree(final_dir)
-        try:
-            os.replace(tmp, final_dir)
-        except OSError:
-            if is_complete(final_dir):
-                return  # a concurrent build finished between the check and the rename
-            raise
-        _fsync_dir(final_dir.parent)
+        with stage_lock(final_dir):
+            if final_dir.exists():
+                if is_complete(final_dir):
+                    return  # a concurrent build of the same inputs won; keep it
+                shutil.rmtree(final_dir)  # corrupt or partial: no builder is using it
+            try:
+                os.replace(tmp, final_dir)
+            except OSError:
+                if is_complete(final_dir):
+                    return  # a builder that takes no lock finished meanwhile
+                raise
+            _fsync_dir(final_dir.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -29,6 +29,7 @@ from maskshare.artifacts import (
     file_sha256,
     hash_config,
     is_complete,
+    stage_lock,
     write_json_atomic,
     write_manifest,
     write_text_atomic,
@@ -375,14 +376,17 @@ def stage_masks(run: Path, variant: Variant | str, lam: float, seed: int) -> Pat
     t0 = time.time()
     mm, batches, _, _ = _prepared(str(run), variant.name, "train", cfg.masks.max_train_prompts)
     ckpt = out.parent / f".{out.name}.checkpoint"
-    res = train_masks(mm, batches, cfg.masks, lam, seed=seed, checkpoint_dir=ckpt)
-    with building(out) as tmp:
-        res.save(tmp, extra={"variant": variant.name, "ablation": variant.ablation.value,
-                             "error": cfg.masks.error.value})
-        write_manifest(tmp, config=cfg.masks.model_dump(mode="json"), seed=seed,
-                       timings={"train_s": time.time() - t0},
-                       extra={"variant": variant.name, "lambda": lam})
-    shutil.rmtree(ckpt, ignore_errors=True)
+    with stage_lock(out):  # one trainer per mask (and checkpoint); a second waits, then reuses
+        if _cached(out, f"masks {variant.name} lambda={lam:g} seed={seed}"):
+            return out
+        res = train_masks(mm, batches, cfg.masks, lam, seed=seed, checkpoint_dir=ckpt)
+        with building(out) as tmp:
+            res.save(tmp, extra={"variant": variant.name, "ablation": variant.ablation.value,
+                                 "error": cfg.masks.error.value})
+            write_manifest(tmp, config=cfg.masks.model_dump(mode="json"), seed=seed,
+                           timings={"train_s": time.time() - t0},
+                           extra={"variant": variant.name, "lambda": lam})
+        shutil.rmtree(ckpt, ignore_errors=True)
     return out
 
 

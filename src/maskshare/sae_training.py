@@ -32,7 +32,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from maskshare.artifacts import _fsync_dir, atomic_path, hash_config, read_manifest, write_manifest
+from maskshare.artifacts import (
+    _fsync_dir,
+    atomic_path,
+    hash_config,
+    make_temp_dir,
+    read_manifest,
+    stage_lock,
+    write_manifest,
+)
 from maskshare.corpus import Corpus, CorpusConfig, build_corpus
 from maskshare.errors import UserError
 from maskshare.runtime import cache_dir, configure_threads
@@ -253,9 +261,7 @@ def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None 
     acts = cached_activations(model, corpus, cfg.hooks, cfg.forward_batch_rows)
     timings["activations_s"] = time.perf_counter() - t
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)
+    tmp = make_temp_dir(out_dir)
     try:
         saes = {}
         for i, h in enumerate(cfg.hooks):
@@ -277,7 +283,8 @@ def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None 
             timings["quality_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         write_set_manifest(tmp, cfg, corpus.description, timings, q)
-        _replace_dir(tmp, out_dir)
+        with stage_lock(out_dir):
+            _replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
