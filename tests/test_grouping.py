@@ -198,8 +198,12 @@ def test_attention_without_final_pin(model, items):
 
 
 def test_pin_bos_false_is_rejected():
-    with pytest.raises(UserError, match="slot 0 is BOS"):
-        make_grouping(cfg(pin_bos=False))
+    from maskshare.config import parse_config
+
+    with pytest.raises(UserError, match="grouping.pin_bos: .*slot 0 is BOS"):
+        parse_config({"grouping": {"pin_bos": False}})  # where the config enters (issue 15)
+    with pytest.raises(UserError, match="slot 0 is BOS"):  # and the grouping, if built anyway
+        make_grouping(GroupingConfig.model_construct(**{**cfg().__dict__, "pin_bos": False}))
 
 
 @pytest.mark.parametrize("clusterer", ["kmeans", "agglomerative", "gmm", "hdbscan"])

@@ -72,6 +72,8 @@ def stage_dirs(run: Path) -> list[Path]:
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
 def test_atomic_files_and_built_folders_get_the_umask_modes(tmp_path, umask):
+    from safetensors.torch import save_file
+
     old = os.umask(umask)
     try:
         f = tmp_path / "sub" / "a.txt"
@@ -79,11 +81,13 @@ def test_atomic_files_and_built_folders_get_the_umask_modes(tmp_path, umask):
             tmp.write_text("x")
         with building(tmp_path / "stage") as d:
             (d / "b.bin").write_bytes(b"y")
+            save_file({"w": torch.zeros(2)}, str(d / "w.safetensors"))  # always 0600 itself
             write_manifest(d)
     finally:
         os.umask(old)
     want_file, want_dir = 0o666 & ~umask, 0o777 & ~umask
-    for p in (f, tmp_path / "stage" / "b.bin", tmp_path / "stage" / "manifest.json"):
+    for p in (f, tmp_path / "stage" / "b.bin", tmp_path / "stage" / "manifest.json",
+              tmp_path / "stage" / "w.safetensors"):
         assert stat.S_IMODE(p.stat().st_mode) == want_file, (p, oct(p.stat().st_mode))
     for p in (f.parent, tmp_path / "stage"):
         assert stat.S_IMODE(p.stat().st_mode) == want_dir, (p, oct(p.stat().st_mode))

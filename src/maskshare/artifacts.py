@@ -67,6 +67,16 @@ def make_temp_dir(final_dir: str | Path) -> Path:
     return tmp
 
 
+def apply_umask_modes(directory: str | Path) -> None:
+    """Give `directory` and everything in it the modes the umask allows. Some writers make
+    private files whatever the umask (safetensors' `save_file`, so also sae_lens' and
+    transformers' `save_*`), which would hide them from the rest of a team."""
+    fmode, dmode = file_mode(), dir_mode()
+    for p in [Path(directory), *Path(directory).rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, dmode if p.is_dir() else fmode)
+
+
 def lock_path(final_dir: str | Path) -> Path:
     final_dir = Path(final_dir)
     return final_dir.parent / f".{final_dir.name}{LOCK_SUFFIX}"
@@ -160,15 +170,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())  # mkstemp makes it 0600: readable by its owner only
-    finally:
-        os.close(fd)
+    os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+            # mkstemp makes it 0600 (owner only), and a writer may have replaced the file
+            # with its own private temp (safetensors does): set the mode last
+            os.fchmod(f.fileno(), file_mode())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     finally:
@@ -274,6 +284,7 @@ def building(final_dir: str | Path) -> Iterator[Path]:
     tmp = make_temp_dir(final_dir)
     try:
         yield tmp
+        apply_umask_modes(tmp)
         with stage_lock(final_dir):
             if final_dir.exists():
                 if is_complete(final_dir):

@@ -27,6 +27,7 @@ import polars as pl
 
 from maskshare.artifacts import (
     _fsync_dir,
+    apply_umask_modes,
     make_temp_dir,
     stage_lock,
     write_json_atomic,
@@ -99,6 +100,7 @@ def write_group_artifacts(out_dir: str | Path, grouping: Grouping, assignment: A
                                                   title=f"groups: {grouping.kind}"))
         write_manifest(tmp, config=grouping.cfg.model_dump(mode="json"), seed=grouping.seed,
                        extra=manifest or {})
+        apply_umask_modes(tmp)
         old = None
         with stage_lock(out_dir):  # one swap at a time: another writer's folder stays whole
             if out_dir.exists():

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from maskshare.artifacts import (
     _fsync_dir,
+    apply_umask_modes,
     atomic_path,
     hash_config,
     make_temp_dir,
@@ -283,6 +284,7 @@ def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None 
             timings["quality_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         write_set_manifest(tmp, cfg, corpus.description, timings, q)
+        apply_umask_modes(tmp)  # sae_lens saves its files private
         with stage_lock(out_dir):
             _replace_dir(tmp, out_dir)
     finally:
