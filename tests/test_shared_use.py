@@ -19,11 +19,14 @@ import torch
 import yaml
 
 from maskshare.artifacts import (
+    LOCK_SUFFIX,
     atomic_path,
     building,
+    file_sha256,
     is_complete,
     lock_is_held,
     lock_path,
+    read_manifest,
     stage_lock,
     write_manifest,
 )
@@ -118,7 +121,7 @@ def _hold(final: str, entered, release) -> None:
         release.wait(30)
 
 
-def test_stage_lock_excludes_other_processes_and_leaves_no_lock_file(tmp_path):
+def test_stage_lock_excludes_other_processes_and_is_reentrant(tmp_path):
     final = tmp_path / "stage"
     ctx = multiprocessing.get_context("spawn")
     entered, release = ctx.Event(), ctx.Event()
@@ -132,14 +135,17 @@ def test_stage_lock_excludes_other_processes_and_leaves_no_lock_file(tmp_path):
     finally:
         release.set()
         p.join(30)
-    assert not lock_is_held(final) and not lock_path(final).exists()
-    with stage_lock(final) as got, stage_lock(final) as again:  # re-entrant in a process
-        assert got and again and lock_path(final).exists()
-        (final).mkdir()
+    assert not lock_is_held(final)  # the file stays (empty), the lock is free
+    with stage_lock(final) as got, stage_lock(final) as again:  # re-entrant in a thread
+        assert got and again and lock_is_held(final)
+        final.mkdir()
         (final / "x").write_text("x")
         write_manifest(final)
         assert is_complete(final)  # a lock file beside the folder does not count
-    assert not lock_path(final).exists() and is_complete(final)
+    assert not lock_is_held(final) and is_complete(final)
+    assert read_manifest(final)["files"] == {"x": file_sha256(final / "x")}
+    with stage_lock(final, wait=False) as got:
+        assert got
 
 
 def _build(final: str, value: str, delay: float, done) -> None:
@@ -175,7 +181,9 @@ def test_builders_of_one_stage_wait_and_reuse_the_first_result(tmp_path):
     assert [r[0] for r in results] == ["built", "reused", "reused"], results
     built = next(v for k, v in results if k == "built")
     assert is_complete(final) and (final / "value").read_text() == built
-    assert sorted(p.name for p in final.parent.iterdir()) == ["lam0.01_seed0"]
+    # no temp folder or checkpoint left; the lock file (empty) stays
+    assert sorted(p.name for p in final.parent.iterdir()) == [".lam0.01_seed0.lock",
+                                                              "lam0.01_seed0"]
 
 
 @pytest.mark.slow
@@ -194,8 +202,9 @@ def test_three_runs_of_the_same_config_at_once(tiny_config, tmp_path):
     assert {d.relative_to(run).parts[0] for d in dirs} == {"dataset", "groups", "stats",
                                                           "masks", "evaluate"}
     assert all(is_complete(d) for d in dirs)
-    leftovers = [p for root in (run, tmp_path / "cache") for p in root.rglob(".*")]
-    assert not leftovers, leftovers  # no temp folders, checkpoints or lock files
+    leftovers = [p for root in (run, tmp_path / "cache") for p in root.rglob(".*")
+                 if not (p.name.endswith(LOCK_SUFFIX) and p.stat().st_size == 0)]
+    assert not leftovers, leftovers  # no temp folders or checkpoints (empty locks stay)
     masks = sorted(p.relative_to(run) for p in (run / "masks").glob("*/*"))
     # each mask was trained once: the two other runs waited and found it complete
     for m in masks:

@@ -7,8 +7,8 @@ truncated or corrupted file is detected and rebuilt rather than loaded.
 
 Files and folders get the permissions the process umask gives (`tempfile` would make them
 private), so a runs root can be shared with a team, a Prefect server or workers. Builders
-of the same directory take a lock beside it (`.NAME.lock`, see `stage_lock`), so two runs of
-one config never remove or overwrite each other's work.
+of the same directory take a lock beside it (an empty `.NAME.lock`, see `stage_lock`), so
+two runs of one config never remove or overwrite each other's work.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def lock_path(final_dir: str | Path) -> Path:
 
 def lock_is_held(final_dir: str | Path) -> bool:
     """Whether a process holds `stage_lock(final_dir)` now. A read-only probe: it creates
-    and removes nothing (a lock file left by a killed holder is free)."""
+    and removes nothing (the lock file of a finished or killed holder is free)."""
     import fcntl
 
     try:
@@ -102,36 +102,45 @@ def lock_is_held(final_dir: str | Path) -> bool:
         os.close(fd)
 
 
+_held = threading.local()  # lock paths this thread holds -> depth (re-entrancy)
+
+
 @contextlib.contextmanager
 def stage_lock(final_dir: str | Path, *, wait: bool = True) -> Iterator[bool]:
-    """Hold the lock of `final_dir` (a file `.NAME.lock` beside it) across processes.
+    """Hold the lock of `final_dir` (an empty file `.NAME.lock` beside it) across processes.
 
     Wrap "check complete -> build -> rename" in it: a second builder waits, then finds the
-    first's complete result. Re-entrant within a process (the same path shares one lock
-    object; other threads wait). Yields True once held; with `wait=False` yields False at
-    once if another holder has it. The lock file is removed on the outermost release, while
-    still held: a waiter that then gets the unlinked file sees it is gone and retries on a
-    fresh one (filelock checks the link count after locking).
+    first's complete result. Re-entrant within a thread (stage_masks holds it around
+    `building`, which takes it again); other threads and processes wait. Yields True once
+    held; with `wait=False` yields False at once if someone else holds it. The lock file
+    stays after release: removing a lock's path lets a waiter that opened the old file and
+    a newcomer that creates a new one both "hold" it (flock locks the inode, not the name).
     """
     from filelock import FileLock, Timeout
 
     path = lock_path(final_dir)
+    depth: dict[str, int] = _held.__dict__.setdefault("depth", {})
+    key = str(path.absolute())
+    if depth.get(key):
+        depth[key] += 1
+        try:
+            yield True
+        finally:
+            depth[key] -= 1
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path, is_singleton=True)
+    lock = FileLock(path, mode=file_mode())
     try:
         lock.acquire(timeout=-1 if wait else 0)
     except Timeout:
         yield False
         return
+    depth[key] = 1
     try:
         yield True
     finally:
-        try:
-            if lock.lock_counter == 1:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-        finally:
-            lock.release()
+        depth.pop(key, None)
+        lock.release()
 
 
 def stable_json(obj: Any) -> str:
