@@ -23,7 +23,7 @@ from flows.pipeline import (
     stats_task,
 )
 from maskshare import pipeline as core
-from maskshare.config import GroupingKind, RunConfig, load_config
+from maskshare.config import GroupingKind, RunConfig, load_config, parse_config
 
 
 def sweep_configs(base: RunConfig, datasets: list[str] | None = None,
@@ -42,7 +42,8 @@ def sweep_configs(base: RunConfig, datasets: list[str] | None = None,
             cfg.evaluate.ablations = [a for a in ablations if a != cfg.masks.ablation.value]
         if lambdas is not None:
             cfg.masks.lambdas = list(lambdas)
-        out.append(RunConfig.model_validate(cfg.model_dump()))
+        # validated again: the overrides must stay inside each field's domain (UserError)
+        out.append(parse_config(cfg.model_dump(), f"sweep config for {name!r}"))
     return out
 
 
