@@ -532,3 +532,15 @@ def _get(data: dict, path: str):
     for p in path.split("."):
         data = data[p]
     return data
+
+
+def test_sweep_overrides_are_checked_against_the_domains():
+    from flows.sweep import sweep_configs
+    from maskshare.errors import UserError
+
+    with pytest.raises(UserError, match=r"masks\.lambdas\.0: Input should be greater than 0"):
+        sweep_configs(RunConfig(), lambdas=[-1.0])
+    with pytest.raises(UserError, match="name: must be a plain name"):
+        sweep_configs(RunConfig(), datasets=["../x"])
+    assert [c.masks.lambdas for c in sweep_configs(RunConfig(), lambdas=[0.1, 0.2])] == \
+        [[0.1, 0.2]]

@@ -19,7 +19,6 @@ import torch
 import yaml
 
 from maskshare.artifacts import (
-    LOCK_SUFFIX,
     atomic_path,
     building,
     file_sha256,
@@ -135,14 +134,14 @@ def test_stage_lock_excludes_other_processes_and_is_reentrant(tmp_path):
     finally:
         release.set()
         p.join(30)
-    assert not lock_is_held(final)  # the file stays (empty), the lock is free
+    assert not lock_is_held(final) and not lock_path(final).exists()
     with stage_lock(final) as got, stage_lock(final) as again:  # re-entrant in a thread
-        assert got and again and lock_is_held(final)
+        assert got and again and lock_is_held(final) and lock_path(final).exists()
         final.mkdir()
         (final / "x").write_text("x")
         write_manifest(final)
         assert is_complete(final)  # a lock file beside the folder does not count
-    assert not lock_is_held(final) and is_complete(final)
+    assert not lock_path(final).exists() and is_complete(final)
     assert read_manifest(final)["files"] == {"x": file_sha256(final / "x")}
     with stage_lock(final, wait=False) as got:
         assert got
@@ -181,9 +180,8 @@ def test_builders_of_one_stage_wait_and_reuse_the_first_result(tmp_path):
     assert [r[0] for r in results] == ["built", "reused", "reused"], results
     built = next(v for k, v in results if k == "built")
     assert is_complete(final) and (final / "value").read_text() == built
-    # no temp folder or checkpoint left; the lock file (empty) stays
-    assert sorted(p.name for p in final.parent.iterdir()) == [".lam0.01_seed0.lock",
-                                                              "lam0.01_seed0"]
+    # no temp folder, checkpoint or lock file left
+    assert sorted(p.name for p in final.parent.iterdir()) == ["lam0.01_seed0"]
 
 
 @pytest.mark.slow
@@ -202,9 +200,8 @@ def test_three_runs_of_the_same_config_at_once(tiny_config, tmp_path):
     assert {d.relative_to(run).parts[0] for d in dirs} == {"dataset", "groups", "stats",
                                                           "masks", "evaluate"}
     assert all(is_complete(d) for d in dirs)
-    leftovers = [p for root in (run, tmp_path / "cache") for p in root.rglob(".*")
-                 if not (p.name.endswith(LOCK_SUFFIX) and p.stat().st_size == 0)]
-    assert not leftovers, leftovers  # no temp folders or checkpoints (empty locks stay)
+    leftovers = [p for root in (run, tmp_path / "cache") for p in root.rglob(".*")]
+    assert not leftovers, leftovers  # no temp folders, checkpoints or lock files
     masks = sorted(p.relative_to(run) for p in (run / "masks").glob("*/*"))
     # each mask was trained once: the two other runs waited and found it complete
     for m in masks:
@@ -257,6 +254,8 @@ def runs_tree(finished_tiny_run, tmp_path):
     ckpt = done / "masks" / "attention__slot-mean" / ".lam0.5_seed0.checkpoint"
     ckpt.mkdir()
     (ckpt / "checkpoint.safetensors").write_bytes(b"c")
+    stale["lock"] = done / "stats" / ".single.lock"  # left by a killed holder
+    stale["lock"].touch()
     for p in (*stale.values(), ckpt):
         _age(p, 3 * 3600)
     return root, done, part, stale, fresh, ckpt
@@ -301,6 +300,7 @@ def test_runs_clean_is_a_dry_run_unless_told_and_spares_locked_and_fresh_temps(r
     out = capsys.readouterr().out
     assert stale["dir"].exists()  # its stage is locked: in use
     assert not stale["tmp"].exists() and not stale["old"].exists() and not ckpt.exists()
+    assert not stale["lock"].exists()
     assert fresh.exists()  # too recent to be stale
     assert is_complete(done / "dataset") and part.exists()
 

@@ -7,7 +7,7 @@ truncated or corrupted file is detected and rebuilt rather than loaded.
 
 Files and folders get the permissions the process umask gives (`tempfile` would make them
 private), so a runs root can be shared with a team, a Prefect server or workers. Builders
-of the same directory take a lock beside it (an empty `.NAME.lock`, see `stage_lock`), so
+of the same directory take a lock beside it (`.NAME.lock` while held, see `stage_lock`), so
 two runs of one config never remove or overwrite each other's work.
 """
 
@@ -84,7 +84,7 @@ def lock_path(final_dir: str | Path) -> Path:
 
 def lock_is_held(final_dir: str | Path) -> bool:
     """Whether a process holds `stage_lock(final_dir)` now. A read-only probe: it creates
-    and removes nothing (the lock file of a finished or killed holder is free)."""
+    and removes nothing (a lock file left by a killed holder is free)."""
     import fcntl
 
     try:
@@ -112,9 +112,12 @@ def stage_lock(final_dir: str | Path, *, wait: bool = True) -> Iterator[bool]:
     Wrap "check complete -> build -> rename" in it: a second builder waits, then finds the
     first's complete result. Re-entrant within a thread (stage_masks holds it around
     `building`, which takes it again); other threads and processes wait. Yields True once
-    held; with `wait=False` yields False at once if someone else holds it. The lock file
-    stays after release: removing a lock's path lets a waiter that opened the old file and
-    a newcomer that creates a new one both "hold" it (flock locks the inode, not the name).
+    held; with `wait=False` yields False at once if someone else holds it.
+
+    The lock file is removed on release, while still held, so listings of a run (`glob`)
+    never see it. That is safe because filelock (>= 4.3) checks after each flock that the
+    file it locked still has a name (st_nlink > 0) and otherwise retries on a fresh file: a
+    waiter that had opened the removed file cannot hold it alongside a newcomer.
     """
     from filelock import FileLock, Timeout
 
@@ -140,7 +143,11 @@ def stage_lock(final_dir: str | Path, *, wait: bool = True) -> Iterator[bool]:
         yield True
     finally:
         depth.pop(key, None)
-        lock.release()
+        try:
+            with contextlib.suppress(OSError):
+                path.unlink()  # while held: see the docstring
+        finally:
+            lock.release()
 
 
 def stable_json(obj: Any) -> str:

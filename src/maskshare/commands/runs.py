@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskshare.artifacts import LOCK_SUFFIX, MANIFEST, is_complete, lock_is_held
+from maskshare.artifacts import LOCK_SUFFIX, MANIFEST, is_complete, lock_is_held, stage_lock
 from maskshare.errors import UserError
 
 STAGES = ("dataset", "groups/*", "stats/*", "masks/*/*", "evaluate")
@@ -112,6 +112,11 @@ def _lock_held(entry: Path) -> bool:
     return False
 
 
+def _locked(lock_file: Path) -> Path:
+    """The folder a `.NAME.lock` file locks."""
+    return lock_file.with_name(lock_file.name[1:-len(LOCK_SUFFIX)])
+
+
 def stale_entries(root: Path, minutes: float, *, checkpoints: bool = False,
                   now: float | None = None) -> list[Path]:
     """Dot-named temporary files and folders under `root` (not inside another one) that
@@ -125,8 +130,12 @@ def stale_entries(root: Path, minutes: float, *, checkpoints: bool = False,
                 if p.is_dir() and not p.is_symlink():
                     walk(p)
                 continue
-            if p.name.endswith(LOCK_SUFFIX) or p.name == MANIFEST:
-                continue  # lock files are removed by their holders
+            if p.name == MANIFEST:
+                continue
+            if p.name.endswith(LOCK_SUFFIX):  # left by a killed holder if not held now
+                if now - last_written(p) > minutes * 60 and not lock_is_held(_locked(p)):
+                    found.append(p)
+                continue
             if p.name.endswith(CHECKPOINT_SUFFIX) and not checkpoints:
                 continue
             if now - last_written(p) > minutes * 60 and not _lock_held(p):
@@ -145,7 +154,7 @@ def old_runs(root: Path, days: float, now: float | None = None) -> list[Path]:
         if now - last_written(run) <= days * 86400:
             continue
         locks = run.rglob(f".*{LOCK_SUFFIX}")
-        if any(lock_is_held(p.with_name(p.name[1:-len(LOCK_SUFFIX)])) for p in locks):
+        if any(lock_is_held(_locked(p)) for p in locks):
             continue
         out.append(run)
     return out
@@ -176,7 +185,10 @@ def _clean(root: Path, args) -> int:
         n = size_of(p)
         total += n
         if args.yes:
-            if p.is_dir() and not p.is_symlink():
+            if p.name.endswith(LOCK_SUFFIX):
+                with stage_lock(_locked(p), wait=False):
+                    pass  # taken and released: stage_lock removes the file while holding it
+            elif p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
