@@ -101,7 +101,7 @@ class AttentionFeatures(Strict):
         if not (self.from_final or self.to_bos or self.to_self or self.to_prev
                 or self.position_from_end):
             raise bad("switch on at least one of from_final, to_bos, to_self, to_prev, "
-                             "position_from_end")
+                      "position_from_end")
         return self
 
 
@@ -173,10 +173,10 @@ class GroupingConfig(Strict):
             raise bad(f"n_slots_range {list(self.n_slots_range)}: low must be <= high")
         if self.n_slots == "auto" and hi < pinned + 2:
             raise bad(f"n_slots_range {list(self.n_slots_range)} leaves fewer than 2 "
-                             f"clusters after {pinned} pinned slot(s): use high >= {pinned + 2}")
+                      f"clusters after {pinned} pinned slot(s): use high >= {pinned + 2}")
         if self.n_slots != "auto" and self.n_slots < pinned + 1:
             raise bad(f"n_slots = {self.n_slots} leaves no slot for clusters after "
-                             f"{pinned} pinned slot(s): use at least {pinned + 1}")
+                      f"{pinned} pinned slot(s): use at least {pinned + 1}")
         return self
 
 
@@ -210,7 +210,7 @@ class MaskConfig(Strict):
     def _annealing_up(self):
         if self.temperature_end < self.temperature_start:
             raise bad(f"temperature_end ({self.temperature_end:g}) must be >= "
-                             f"temperature_start ({self.temperature_start:g})")
+                      f"temperature_start ({self.temperature_start:g})")
         return self
 
 
