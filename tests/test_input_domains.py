@@ -54,6 +54,8 @@ _nonneg = st.one_of(st.integers(max_value=-1), st.integers(min_value=2**31, max_
                     _bools, _junk_text, _nonfinite, _not_scalar)
 _positive = st.one_of(st.floats(max_value=0.0), st.integers(max_value=0), _nonfinite, _bools,
                       _junk_text, _not_scalar)
+_negative = st.one_of(st.floats(max_value=-1e-300), st.integers(max_value=-1), _nonfinite,
+                      _bools, _junk_text, _not_scalar)
 _finite = st.one_of(_nonfinite, _bools, _junk_text, _not_scalar)
 _fraction = st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0), _nonfinite, _bools,
                       _junk_text, _not_scalar)
@@ -129,7 +131,7 @@ CONFIG_FIELDS = {
     "masks.ablation": _enum("slot-mean", "global-mean", "zero"),
     "masks.error": _enum("clean", "mean", "drop"),
     "masks.relaxation": _enum("sigmoid", "hard-concrete"),
-    "masks.lambdas": st.one_of(_list_of(_positive.filter(lambda v: not isinstance(v, list))),
+    "masks.lambdas": st.one_of(_list_of(_negative.filter(lambda v: not isinstance(v, list))),
                                st.floats(0.001, 1).map(lambda x: [x, x]),
                                st.just([0.01, 0.0100000001])),
     "masks.steps": _count(), "masks.lr": _positive, "masks.batch_size": _count(),
@@ -310,7 +312,8 @@ def test_config_not_utf8_or_missing_is_one_line(config_env):
 def test_messages_name_the_field_and_what_is_allowed():
     from maskshare.errors import UserError
 
-    cases = [("name", "../../evil", "plain name"), ("masks.lambdas", [-1], "greater than 0"),
+    cases = [("name", "../../evil", "plain name"),
+             ("masks.lambdas", [-1], "greater than or equal to 0"),
              ("masks.lr", NAN, "greater than 0"), ("masks.init_logit", NAN, "finite"),
              ("masks.steps", True, "not true/false"),
              ("evaluate.seeds", [], "at least 1"), ("runs_dir", "", "non-empty"),
@@ -538,7 +541,7 @@ def test_sweep_overrides_are_checked_against_the_domains():
     from flows.sweep import sweep_configs
     from maskshare.errors import UserError
 
-    with pytest.raises(UserError, match=r"masks\.lambdas\.0: Input should be greater than 0"):
+    with pytest.raises(UserError, match=r"masks\.lambdas\.0: Input should be greater than or"):
         sweep_configs(RunConfig(), lambdas=[-1.0])
     with pytest.raises(UserError, match="name: must be a plain name"):
         sweep_configs(RunConfig(), datasets=["../x"])

@@ -17,6 +17,7 @@ from maskshare.domains import (
     Count,
     DatasetName,
     Finite,
+    NonNegFloat,
     NonNegInt,
     PositiveFloat,
     Seed,
@@ -185,8 +186,9 @@ class MaskConfig(Strict):
     ablation: Ablation = Ablation.SLOT_MEAN
     error: ErrorTerm = ErrorTerm.DROP
     relaxation: Relaxation = Relaxation.SIGMOID
-    lambdas: list[PositiveFloat] = Field(default_factory=lambda: [0.002, 0.005, 0.01, 0.02],
-                                         min_length=1)
+    # >= 0: lambda 0 (no sparsity penalty) is the full-mask reference
+    lambdas: list[NonNegFloat] = Field(default_factory=lambda: [0.002, 0.005, 0.01, 0.02],
+                                       min_length=1)
     steps: Count = 150
     lr: PositiveFloat = 0.05
     batch_size: Count = 32

@@ -10,7 +10,7 @@ directories are named by a hash of `model_dump`).
   dataset specs' stricter lowercase pattern.
 - `Count` (>= 1), `NonNegInt` (>= 0): integers that fit in int32 (they reach C code).
 - `Seed`: 0 <= seed < 2**32 (numpy and scikit-learn seeds).
-- `Finite`, `PositiveFloat`: finite floats (no NaN or infinity); the second > 0.
+- `Finite`, `PositiveFloat`, `NonNegFloat`: finite floats (no NaN or infinity); > 0; >= 0.
 - `Text`: a non-empty single-line string (model names, paths, hook names, column names).
 A boolean is never taken as a number (YAML `true` would otherwise count as 1).
 """
@@ -61,6 +61,7 @@ NonNegInt = Annotated[int, BeforeValidator(not_bool), Field(ge=0, le=INT32_MAX)]
 Seed = Annotated[int, BeforeValidator(not_bool), Field(ge=0, le=SEED_MAX)]
 Finite = Annotated[float, BeforeValidator(not_bool), Field(allow_inf_nan=False)]
 PositiveFloat = Annotated[float, BeforeValidator(not_bool), Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, BeforeValidator(not_bool), Field(ge=0, allow_inf_nan=False)]
 
 
 def distinct(values: list, what: str, key=lambda v: v) -> list:
