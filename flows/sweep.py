@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.pipeline import STAGE_TASKS, prepare_run_task, run_calls
-from maskshare.config import GroupingKind, RunConfig, load_config
+from maskshare.config import GroupingKind, RunConfig, load_config, parse_config
 from maskshare.stages.plan import phases, plan
 
 
@@ -35,7 +35,8 @@ def sweep_configs(base: RunConfig, datasets: list[str] | None = None,
             cfg.evaluate.ablations = [a for a in ablations if a != cfg.masks.ablation.value]
         if lambdas is not None:
             cfg.masks.lambdas = list(lambdas)
-        out.append(RunConfig.model_validate(cfg.model_dump()))
+        # validated again: the overrides must stay inside each field's domain (UserError)
+        out.append(parse_config(cfg.model_dump(), f"sweep config for {name!r}"))
     return out
 
 

@@ -50,8 +50,12 @@ def test_attention_without_final_pin(model, items):
 
 
 def test_pin_bos_false_is_rejected():
-    with pytest.raises(UserError, match="slot 0 is BOS"):
-        make_grouping(cfg(pin_bos=False))
+    from maskshare.config import parse_config
+
+    with pytest.raises(UserError, match="grouping.pin_bos: .*slot 0 is BOS"):
+        parse_config({"grouping": {"pin_bos": False}})  # where the config enters (issue 15)
+    with pytest.raises(UserError, match="slot 0 is BOS"):  # and the grouping, if built anyway
+        make_grouping(GroupingConfig.model_construct(**{**cfg().__dict__, "pin_bos": False}))
 
 
 def fitted_arrays(g) -> dict[str, np.ndarray]:
@@ -138,9 +142,12 @@ def test_predict_distances_match_brute_force(model, items):
     np.testing.assert_allclose(dist, d.min(1), atol=1e-6)
 
 
-def test_too_few_slots_is_a_user_error(model, items):
-    with pytest.raises(UserError, match="n_slots"):
-        make_grouping(cfg(n_slots=2), seed=0).fit(model, items)
+def test_too_few_slots_is_a_user_error():
+    # refused where the config enters (issue 15), before any grouping is fitted
+    from maskshare.config import parse_config
+
+    with pytest.raises(UserError, match="n_slots = 2 leaves no slot for clusters"):
+        parse_config({"grouping": {"n_slots": 2}})
 
 
 @pytest.mark.parametrize("kind", list(GroupingKind))

@@ -540,7 +540,7 @@ def test_building_keeps_a_concurrent_winner_that_lands_just_before_the_rename(tm
         (tmp / "x.txt").write_text("ours")
         write_manifest(tmp)
     assert is_complete(final) and (final / "x.txt").read_text() == "theirs"
-    assert [p.name for p in tmp_path.iterdir()] == ["stage"]  # our temp dir is gone
+    assert [p.name for p in tmp_path.iterdir()] == ["stage"]  # our temp dir and lock are gone
 
 
 # ============================================================================ reproducibility

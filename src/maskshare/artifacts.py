@@ -4,6 +4,11 @@ Every artifact lives under a directory named by a hash of its inputs and config,
 written atomically (temp file, fsync, rename) and carries `manifest.json` with its
 inputs, config, versions, seed, timings and the sha256 of each file it holds, so a
 truncated or corrupted file is detected and rebuilt rather than loaded.
+
+Files and folders get the permissions the process umask gives (`tempfile` would make them
+private), so a runs root can be shared with a team, a Prefect server or workers. Builders
+of the same directory take a lock beside it (`.NAME.lock` while held, see `stage_lock`), so
+two runs of one config never remove or overwrite each other's work.
 """
 
 from __future__ import annotations
@@ -14,12 +19,135 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+LOCK_SUFFIX = ".lock"
+
+
+def process_umask() -> int:
+    """The process umask, read without changing it (`os.umask` can only be read by setting
+    it, which races with threads creating files meanwhile)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # no /proc (not Linux): set and restore at once
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def file_mode() -> int:
+    """The mode `open()` would give a new file (0644 under umask 022)."""
+    return 0o666 & ~process_umask()
+
+
+def dir_mode() -> int:
+    """The mode `mkdir` would give a new folder (0755 under umask 022)."""
+    return 0o777 & ~process_umask()
+
+
+def make_temp_dir(final_dir: str | Path) -> Path:
+    """A dot-named temp folder beside `final_dir` (its parents created), with `dir_mode()`."""
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
+    os.chmod(tmp, dir_mode())  # mkdtemp makes it 0700
+    return tmp
+
+
+def apply_umask_modes(directory: str | Path) -> None:
+    """Give `directory` and everything in it the modes the umask allows. Some writers make
+    private files whatever the umask (safetensors' `save_file`, so also sae_lens' and
+    transformers' `save_*`), which would hide them from the rest of a team."""
+    fmode, dmode = file_mode(), dir_mode()
+    for p in [Path(directory), *Path(directory).rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, dmode if p.is_dir() else fmode)
+
+
+def lock_path(final_dir: str | Path) -> Path:
+    final_dir = Path(final_dir)
+    return final_dir.parent / f".{final_dir.name}{LOCK_SUFFIX}"
+
+
+def lock_is_held(final_dir: str | Path) -> bool:
+    """Whether a process holds `stage_lock(final_dir)` now. A read-only probe: it creates
+    and removes nothing (a lock file left by a killed holder is free)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock_path(final_dir), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+_held = threading.local()  # lock paths this thread holds -> depth (re-entrancy)
+
+
+@contextlib.contextmanager
+def stage_lock(final_dir: str | Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock of `final_dir` (an empty file `.NAME.lock` beside it) across processes.
+
+    Wrap "check complete -> build -> rename" in it: a second builder waits, then finds the
+    first's complete result. Re-entrant within a thread (stage_masks holds it around
+    `building`, which takes it again); other threads and processes wait. Yields True once
+    held; with `wait=False` yields False at once if someone else holds it.
+
+    The lock file is removed on release, while still held, so listings of a run (`glob`)
+    never see it. That is safe because filelock (>= 4.3) checks after each flock that the
+    file it locked still has a name (st_nlink > 0) and otherwise retries on a fresh file: a
+    waiter that had opened the removed file cannot hold it alongside a newcomer.
+    """
+    from filelock import FileLock, Timeout
+
+    path = lock_path(final_dir)
+    depth: dict[str, int] = _held.__dict__.setdefault("depth", {})
+    key = str(path.absolute())
+    if depth.get(key):
+        depth[key] += 1
+        try:
+            yield True
+        finally:
+            depth[key] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, mode=file_mode())
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        yield False
+        return
+    depth[key] = 1
+    try:
+        yield True
+    finally:
+        depth.pop(key, None)
+        try:
+            with contextlib.suppress(OSError):
+                path.unlink()  # while held: see the docstring
+        finally:
+            lock.release()
 
 
 def stable_json(obj: Any) -> str:
@@ -64,6 +192,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+            # mkstemp makes it 0600 (owner only), and a writer may have replaced the file
+            # with its own private temp (safetensors does): set the mode last
+            os.fchmod(f.fileno(), file_mode())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     finally:
@@ -162,23 +293,26 @@ def building(final_dir: str | Path) -> Iterator[Path]:
 
     Nothing is visible at `final_dir` until the body (which must write the manifest)
     succeeds. If another process finished the same artifact meanwhile, its result is kept.
+    The swap into place runs under `stage_lock(final_dir)`, so an incomplete `final_dir` is
+    only ever removed by the one builder holding the lock.
     """
     final_dir = Path(final_dir)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
+    tmp = make_temp_dir(final_dir)
     try:
         yield tmp
-        if final_dir.exists():
-            if is_complete(final_dir):
-                return  # a concurrent build of the same inputs won; keep it
-            shutil.rmtree(final_dir)
-        try:
-            os.replace(tmp, final_dir)
-        except OSError:
-            if is_complete(final_dir):
-                return  # a concurrent build finished between the check and the rename
-            raise
-        _fsync_dir(final_dir.parent)
+        apply_umask_modes(tmp)
+        with stage_lock(final_dir):
+            if final_dir.exists():
+                if is_complete(final_dir):
+                    return  # a concurrent build of the same inputs won; keep it
+                shutil.rmtree(final_dir)  # corrupt or partial: no builder is using it
+            try:
+                os.replace(tmp, final_dir)
+            except OSError:
+                if is_complete(final_dir):
+                    return  # a builder that takes no lock finished meanwhile
+                raise
+            _fsync_dir(final_dir.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep", "mask training over datasets x groupings x ablations x lambdas on Dask"),
     "train-saes": ("train_saes", "train the embedded model's SAE set offline"),
     "sae-quality": ("sae_quality", "measure the SAE set's quality table"),
+    "runs": ("runs", "list | clean: the runs under a runs root; stale temporary files"),
 }
 
 

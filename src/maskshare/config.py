@@ -8,11 +8,25 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from maskshare.domains import (
+    Count,
+    DatasetName,
+    Finite,
+    NonNegFloat,
+    NonNegInt,
+    PositiveFloat,
+    Seed,
+    Slug,
+    Text,
+    bad,
+    distinct,
+    not_bool,
+)
 from maskshare.errors import UserError
 from maskshare.saes import SAESetConfig
 from maskshare.validation import Strict, read_yaml_file, validation_message
@@ -57,10 +71,10 @@ class DatasetRef(Strict):
     its path (`name: path/to/spec.yaml`: ends in .yaml/.yml or holds a slash), and its
     variant (prompt datasets have one: `freeform`)."""
 
-    name: str = "elements-symbol"
+    name: DatasetName = "elements-symbol"
     variant: Literal["templated", "freeform"] = "freeform"
-    max_items: int | None = Field(default=None, ge=1, description="cap on items after filtering")
-    min_items: int = Field(default=20, ge=1, description="fail if fewer items pass the filter")
+    max_items: Count | None = Field(default=None, description="cap on items after filtering")
+    min_items: Count = Field(default=20, description="fail if fewer items pass the filter")
     # true stays the default (not a kind's name) so configs that leave it out keep their hash
     behaviour_filter: bool | Literal["top1", "logit-diff", "none"] = Field(
         default=True, description="which items to keep: top1 (the model's top token is the "
@@ -80,27 +94,97 @@ class AttentionFeatures(Strict):
     to_self: bool = False            # ... to itself
     to_prev: bool = False            # ... to its predecessor
     position_from_end: bool = False  # optionally, position counted from the end
-    layers: list[int] | None = None  # None: layers from layer_start_fraction x n_layers on
-    layer_start_fraction: float = Field(default=0.67, ge=0, lt=1)  # 0: every layer
+    # None: layers from layer_start_fraction x n_layers on
+    layers: list[NonNegInt] | None = Field(default=None, min_length=1)
+    layer_start_fraction: Finite = Field(default=0.67, ge=0, lt=1)  # 0: every layer
     log_scale: bool = True           # log(attn + eps) before standardising
     # "bfloat16": the feature forward pass runs under autocast, ~1.6x faster on CPUs with
     # AVX512-BF16 (this machine) and the same groups on elements-symbol; use "float32" on
     # CPUs without bfloat16 instructions (autocast is slower there) or for exact patterns
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
 
+    @model_validator(mode="after")
+    def _some_feature(self):
+        if not (self.from_final or self.to_bos or self.to_self or self.to_prev
+                or self.position_from_end):
+            raise bad("switch on at least one of from_final, to_bos, to_self, to_prev, "
+                      "position_from_end")
+        return self
+
+
+def _is_number(v, whole: bool = False) -> bool:
+    try:
+        x = float(v) if isinstance(v, (str, float)) else None
+    except ValueError:
+        return False
+    return x is not None and (x.is_integer() or not whole)
+
 
 class GroupingConfig(Strict):
     kind: GroupingKind = GroupingKind.ATTENTION
-    n_slots: int | Literal["auto"] = "auto"
-    n_slots_range: tuple[int, int] = (4, 12)  # searched when n_slots is "auto"
+    n_slots: int | Literal["auto"] = "auto"  # total slots, pinned ones included
+    n_slots_range: tuple[Count, Count] = (4, 12)  # searched when n_slots is "auto"
     score: Literal["silhouette", "bic"] = "silhouette"
     clusterer: Literal["kmeans", "agglomerative", "gmm", "hdbscan"] = "agglomerative"
     pca_components: int | float | None = 10  # int: components; float: variance kept
     pin_bos: bool = True
     pin_final: bool = True
-    from_end_k: int = Field(default=3, ge=1)  # for `from-end`
+    from_end_k: Count = 3  # for `from-end`
     features: AttentionFeatures = Field(default_factory=AttentionFeatures)
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: Count = 32
+
+    # these unions would otherwise report one error per member, none saying what is allowed
+    @field_validator("n_slots", mode="before")
+    @classmethod
+    def _n_slots_type(cls, v):
+        if not (v == "auto" or isinstance(not_bool(v), int) or _is_number(v, whole=True)):
+            raise bad('must be "auto" or a whole number from 2 to 4096')
+        return v
+
+    @field_validator("pca_components", mode="before")
+    @classmethod
+    def _pca_type(cls, v):
+        if not (v is None or isinstance(not_bool(v), int) or _is_number(v)):
+            raise bad("must be a number of components (1 to 4096), a fraction of variance "
+                      "kept (between 0 and 1), or null")
+        return v
+
+    @field_validator("n_slots")
+    @classmethod
+    def _n_slots(cls, v):
+        if v != "auto" and not 2 <= v <= 4096:
+            raise bad(f"must be \"auto\" or a whole number from 2 to 4096, got {v}")
+        return v
+
+    @field_validator("pca_components")
+    @classmethod
+    def _pca(cls, v):
+        if isinstance(v, int) and not 1 <= v <= 4096:
+            raise bad(f"a number of components must be from 1 to 4096, got {v}")
+        if isinstance(v, float) and not 0 < v < 1:  # NaN fails this too
+            raise bad(f"a fraction of variance kept must be between 0 and 1, got {v}")
+        return v
+
+    @field_validator("pin_bos")
+    @classmethod
+    def _bos_pinned(cls, v: bool) -> bool:
+        if not v:
+            raise bad("false is not supported: slot 0 is BOS in every grouping")
+        return v
+
+    @model_validator(mode="after")
+    def _slots_left(self):
+        pinned = 2 if self.pin_final else 1  # BOS, and the final token when pinned
+        lo, hi = self.n_slots_range
+        if lo > hi:
+            raise bad(f"n_slots_range {list(self.n_slots_range)}: low must be <= high")
+        if self.n_slots == "auto" and hi < pinned + 2:
+            raise bad(f"n_slots_range {list(self.n_slots_range)} leaves fewer than 2 "
+                      f"clusters after {pinned} pinned slot(s): use high >= {pinned + 2}")
+        if self.n_slots != "auto" and self.n_slots < pinned + 1:
+            raise bad(f"n_slots = {self.n_slots} leaves no slot for clusters after "
+                      f"{pinned} pinned slot(s): use at least {pinned + 1}")
+        return self
 
 
 class MaskConfig(Strict):
@@ -110,24 +194,37 @@ class MaskConfig(Strict):
     relaxation: Relaxation = Relaxation.SIGMOID
     # The sparsity sweep. "auto": AUTO_LAMBDAS, a grid in task-normalised units (see `scale`)
     # that spans circuits from dense to sparse on any task, so a new task needs no tuning.
-    lambdas: list[float] | Literal["auto"] = "auto"
+    # otherwise a list, each >= 0 (lambda 0, no sparsity penalty, is the full-mask reference)
+    lambdas: Annotated[list[NonNegFloat], Field(min_length=1)] | Literal["auto"] = "auto"
     # "task": the objective is divided by its value for the empty circuit (every latent
     # ablated; for logit-diff the task's own mean |ld(empty) - ld(M)|), so a lambda means
     # "share of the task's effect per latent kept per token" on every task; "none": raw units
     scale: Literal["task", "none"] = "task"
-    steps: int = Field(default=150, ge=1)
-    lr: float = Field(default=0.05, gt=0)
-    batch_size: int = Field(default=32, ge=1)
-    temperature_start: float = 1.0
-    temperature_end: float = 200.0
-    init_logit: float = 1.0    # theta at start (mask ~ on)
-    checkpoint_every: int = Field(default=25, ge=1)
-    max_train_prompts: int | None = None
+    steps: Count = 150
+    lr: PositiveFloat = 0.05
+    batch_size: Count = 32
+    temperature_start: PositiveFloat = 1.0
+    temperature_end: PositiveFloat = 200.0  # >= temperature_start
+    init_logit: Finite = 1.0    # theta at start (mask ~ on)
+    checkpoint_every: Count = 25
+    max_train_prompts: Count | None = None
     # stop once the binarised mask (theta > 0) has not changed for this many consecutive
     # steps, but not before `early_stop_min_steps`; None: always run `steps` (default)
-    early_stop_patience: int | None = Field(default=None, ge=1)
-    early_stop_min_steps: int = Field(default=50, ge=0)
+    early_stop_patience: Count | None = None
+    early_stop_min_steps: NonNegInt = 50
 
+    @field_validator("lambdas")
+    @classmethod
+    def _distinct_lambdas(cls, v):
+        # each lambda names a folder lam{lambda:g}: two that print alike would share it
+        return v if v == "auto" else distinct(v, "lambdas", key=lambda x: f"{x:g}")
+
+    @model_validator(mode="after")
+    def _annealing_up(self):
+        if self.temperature_end < self.temperature_start:
+            raise bad(f"temperature_end ({self.temperature_end:g}) must be >= "
+                      f"temperature_start ({self.temperature_start:g})")
+        return self
 
     @property
     def lambda_grid(self) -> list[float]:
@@ -142,17 +239,22 @@ AUTO_LAMBDAS = (0.002, 0.005, 0.012, 0.03)
 
 
 class EvalConfig(Strict):
-    seeds: list[int] = Field(default_factory=lambda: [0, 1])  # stability across seeds
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1], min_length=1)  # stability
     baselines: list[GroupingKind] = Field(
         default_factory=lambda: [GroupingKind.SINGLE, GroupingKind.FROM_END, GroupingKind.ROLES])
     ablations: list[Ablation] = Field(
         default_factory=lambda: [Ablation.GLOBAL_MEAN, Ablation.ZERO])
-    matched_latents_per_token: float | None = None  # None: chosen from the curves
+    matched_latents_per_token: PositiveFloat | None = None  # None: chosen from the curves
     # the run's lambda: the sparsest whose F on (a seeded sample of at most `select_limit`
     # prompts of) `select_split` reaches `target_f`; if none does, the one with the best F
-    select_split: str = "train"
-    select_limit: int | None = Field(default=64, ge=1)
-    target_f: float = 0.9
+    select_split: Slug = "train"
+    select_limit: Count | None = 64
+    target_f: PositiveFloat = 0.9
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        return distinct(v, "seeds")
 
 
 # fields added after run directories existed: left out of config.yaml and of the run's hash
@@ -161,17 +263,17 @@ _OMIT_AT_DEFAULT = {"evaluate": ("select_split", "select_limit", "target_f")}
 
 
 class RunConfig(Strict):
-    name: str = "default"
-    seed: int = 0
-    model: str = "smollm2-135m"
-    device: str = "cpu"
-    threads: int | None = None
+    name: Slug = "default"  # part of the run directory's name
+    seed: Seed = 0
+    model: Text = "smollm2-135m"  # a name, or a local Hugging Face folder
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda|mps|xpu)(:[0-9]+)?$")
+    threads: Annotated[Count, Field(le=4096)] | None = None
     saes: SAESetConfig = Field(default_factory=SAESetConfig)
     dataset: DatasetRef = Field(default_factory=DatasetRef)
     grouping: GroupingConfig = Field(default_factory=GroupingConfig)
     masks: MaskConfig = Field(default_factory=MaskConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
-    runs_dir: str = "data/runs"
+    runs_dir: Text = "data/runs"
 
 
 def parse_config(data: object, source: str = "config") -> RunConfig:

@@ -23,14 +23,19 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def thread_count(n: int | None = None) -> int:
+    """`n`, else `$MASKSHARE_THREADS`, else the available cores (at least 1)."""
+    if n is None:
+        env = os.environ.get("MASKSHARE_THREADS")
+        n = int(env) if env else available_cores()
+    return max(1, int(n))
+
+
 def configure_threads(n: int | None = None) -> int:
     """Set torch's intra-op threads to `n`, `$MASKSHARE_THREADS`, or the available cores."""
     import torch
 
-    if n is None:
-        env = os.environ.get("MASKSHARE_THREADS")
-        n = int(env) if env else available_cores()
-    n = max(1, int(n))
+    n = thread_count(n)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -31,7 +31,15 @@ from pydantic import Field
 from torch import Tensor
 
 from maskshare.activations import collect_activations
-from maskshare.artifacts import _fsync_dir, atomic_path, hash_config, write_manifest
+from maskshare.artifacts import (
+    _fsync_dir,
+    apply_umask_modes,
+    atomic_path,
+    hash_config,
+    make_temp_dir,
+    stage_lock,
+    write_manifest,
+)
 from maskshare.corpus import Corpus, CorpusConfig, build_corpus
 from maskshare.errors import UserError
 from maskshare.runtime import cache_dir, configure_threads
@@ -223,9 +231,7 @@ def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None 
     acts = cached_activations(model, corpus, cfg.hooks, cfg.forward_batch_rows)
     timings["activations_s"] = time.perf_counter() - t
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)
+    tmp = make_temp_dir(out_dir)
     try:
         saes = {}
         for i, h in enumerate(cfg.hooks):
@@ -247,7 +253,9 @@ def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None 
             timings["quality_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         write_set_manifest(tmp, cfg, corpus.description, timings, q)
-        _replace_dir(tmp, out_dir)
+        apply_umask_modes(tmp)  # sae_lens saves its files private
+        with stage_lock(out_dir):
+            _replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from maskshare.domains import Text, bad
 from maskshare.errors import UserError
 from maskshare.runtime import data_dir
 from maskshare.validation import Strict
@@ -21,6 +22,7 @@ from maskshare.validation import Strict
 logger = logging.getLogger(__name__)
 
 EMBEDDED_SAE_DIR = "saes"
+HOOK_RE = r"^blocks\.[0-9]+\.[A-Za-z0-9_.]+$"  # a per-layer hook point
 
 
 class SAESetConfig(Strict):
@@ -33,10 +35,18 @@ class SAESetConfig(Strict):
     """
 
     source: Literal["embedded", "local", "pretrained"] = "embedded"
-    paths: list[str] = Field(default_factory=list)
-    release: str | None = None
-    sae_ids: list[str] = Field(default_factory=list)
-    hooks: list[str] | None = None
+    paths: list[Text] = Field(default_factory=list)
+    release: Text | None = None
+    sae_ids: list[Text] = Field(default_factory=list)
+    hooks: list[Annotated[str, Field(pattern=HOOK_RE)]] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _source_complete(self):
+        if self.source == "local" and not self.paths:
+            raise bad("source 'local' needs paths: a list of sae_lens SAE folders")
+        if self.source == "pretrained" and (not self.release or not self.sae_ids):
+            raise bad("source 'pretrained' needs release and sae_ids")
+        return self
 
 
 def hook_layer(hook: str) -> int:

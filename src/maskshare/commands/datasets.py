@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("name")
     p.add_argument("--model", default="smollm2-135m", help="model name (default: %(default)s)")
     p.add_argument("--variant", choices=["templated", "freeform", "both"], default="both")
-    p.add_argument("--max-items", type=int, default=None)
-    p.add_argument("--min-items", type=int, default=None,
+    p.add_argument("--max-items", type=positive_int, default=None)
+    p.add_argument("--min-items", type=positive_int, default=None,
                    help="fail if fewer items pass (default: DatasetRef's, 20)")
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("import", help="make a dataset of a file of complete prompts, build it "
@@ -45,6 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--min-items", type=int, default=None,
                    help="fail if fewer items pass (default: DatasetRef's, 20)")
     p.add_argument("--no-progress", action="store_true")
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (argparse turns the ValueError into a one-line usage error)."""
+    n = int(text)
+    if n < 1:
+        raise ValueError(text)
+    return n
 
 
 def format_pass_table(table: pl.DataFrame) -> str:

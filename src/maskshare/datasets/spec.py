@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from maskshare.domains import DATASET_NAME_RE, Finite, NonNegInt, Seed, Text
 from maskshare.errors import UserError
 from maskshare.validation import Strict, read_yaml_file, validation_message
 
-NAME_RE = r"^[a-z0-9][a-z0-9_-]*$"
+NAME_RE = DATASET_NAME_RE
 ROLE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 RESERVED_ROLES = ("bos", "final")
 TRANSFORMS = {
@@ -34,9 +35,9 @@ _MARKUP = re.compile(r"\[\[(?P<span>[^\]|]+)(?:\|(?P<role>[^\]]+))?\]\]|(?P<lb>\
 class SourceSpec(Strict):
     """Where the rows come from: a CSV/parquet table or a built-in generator."""
 
-    table: str | None = Field(default=None, description="CSV or parquet path; relative paths "
+    table: Text | None = Field(default=None, description="CSV or parquet path; relative paths "
                               "are looked up beside the spec, then under the data dir")
-    generator: str | None = Field(default=None, description="a generator in sources.GENERATORS")
+    generator: Text | None = Field(default=None, description="a generator in sources.GENERATORS")
     params: dict[str, Any] = Field(default_factory=dict, description="generator parameters")
 
     @model_validator(mode="after")
@@ -49,35 +50,35 @@ class SourceSpec(Strict):
 
 
 class Phrasing(Strict):
-    id: int = Field(ge=0)
+    id: NonNegInt
     text: str = Field(min_length=1)
     held_out: bool = Field(default=False, description="free-form: a test phrasing")
-    where: dict[str, str] = Field(default_factory=dict,
+    where: dict[Text, str] = Field(default_factory=dict,
                                   description="use only rows whose columns equal these values")
 
 
 class SplitPolicy(Strict):
-    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0,
+    test_fraction: Finite = Field(default=0.2, ge=0.0, lt=1.0,
                                  description="fraction of entities held out (test_entity)")
-    seed: int = 0
+    seed: Seed = 0
 
 
 class DatasetSpec(Strict):
     name: str = Field(pattern=NAME_RE)
     description: str = ""
     source: SourceSpec
-    entity: str = Field(description="column naming the entity; the split is by entity")
-    answer: str = Field(description="column holding the answer text")
+    entity: Text = Field(description="column naming the entity; the split is by entity")
+    answer: Text = Field(description="column holding the answer text")
     answer_prefix: str = Field(default=" ", description="prepended to every answer")
     answer_mode: Literal["full", "first_token"] = Field(
         default="full", description="full: the answer is the whole text and items whose first "
         "token is shared with a different answer are dropped; first_token: the answer is its "
         "first token (authors: ' George')")
-    roles: dict[str, str] = Field(default_factory=dict, description="placeholder -> role")
+    roles: dict[Text, str] = Field(default_factory=dict, description="placeholder -> role")
     templated: Phrasing | None = None
     freeform: list[Phrasing] = Field(default_factory=list)
     split: SplitPolicy = Field(default_factory=SplitPolicy)
-    counterfactual_seed: int = 0
+    counterfactual_seed: Seed = 0
 
     @model_validator(mode="after")
     def _check(self):

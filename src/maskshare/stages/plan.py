@@ -15,7 +15,8 @@ declared data flow, checked by tests. Outputs are not located by key: the run di
 own hash covers the whole config and the input files, and the paths inside it stay those
 of `RunLayout`, so existing runs keep their bytes. Before building, the runner checks the call's
 output: complete (manifest present, file hashes matching) means skipped, logged once as
-"cached: <what>".
+"cached: <what>". A build holds the output's stage lock (one builder per output across
+processes) and this process's core slots (runs on one machine take turns).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maskshare.artifacts import hash_config, is_complete
+from maskshare.artifacts import hash_config, is_complete, stage_lock
 from maskshare.config import RunConfig
 from maskshare.layout import RunLayout
 from maskshare.stages import dataset, evaluate, groups, masks, stats
@@ -88,11 +89,31 @@ class StageCall:
             p.is_file() for p in self.spec.also_needs(RunLayout(run)))
 
     def run(self, run: str | Path) -> Path:
-        """Build the output unless it is complete; returns the output directory."""
+        """Build the output unless it is complete; returns the output directory.
+
+        One builder per output across processes (`stage_lock`): a second run of the same
+        config waits, then finds the output complete and reuses it. The build holds this
+        process's share of the machine's cores (`compute_slot`), so two runs on one machine
+        take turns instead of oversubscribing the cores."""
+        from maskshare.compute_slot import compute_slot
+        from maskshare.resources import load_run_config
+        from maskshare.runtime import thread_count
+
+        out = self.output(run)
+        if self._cached(run):
+            return out
+        with stage_lock(out):
+            if self._cached(run):  # built by another process while this one waited
+                return out
+            threads = thread_count(load_run_config(run).threads)
+            with compute_slot(threads, self.describe()):
+                return self.spec.build(Path(run), **self.params)
+
+    def _cached(self, run: str | Path) -> bool:
         if self.is_done(run):
             logger.info("cached: %s (%s)", self.describe(), self.output(run))
-            return self.output(run)
-        return self.spec.build(Path(run), **self.params)
+            return True
+        return False
 
 
 def _field(cfg: RunConfig, dotted: str) -> Any:
