@@ -12,6 +12,7 @@ from maskshare.comparison import (
     EvalRow,
     choose_lambda,
     compare_at_matched_size,
+    group_splits,
     headline_metrics,
     headline_split,
     heldout_splits,
@@ -100,6 +101,16 @@ def test_splits_and_headline():
     assert headline_split("freeform", ["test_phrasing", "test_entity"]) == "test_phrasing"
     assert headline_split("templated", ["test_phrasing", "test_entity"]) == "test_entity"
     assert headline_split("freeform", []) is None
+
+
+def test_prompt_datasets_are_also_scored_per_group_of_each_held_out_split():
+    items = pl.DataFrame({"split": ["train", "test_entity", "test_entity", "test_phrasing"],
+                          "phrasing": ["simple", "simple", "nounpp", "rc"]})
+    # test_phrasing has one group (nothing to break down); test_entity has two
+    assert group_splits(items, ["test_phrasing", "test_entity"]) == {
+        "test_entity": ["nounpp", "simple"]}
+    templated = items.with_columns(pl.lit("The {x} is").alias("phrasing"))
+    assert group_splits(templated, ["test_entity"]) == {}  # template phrasings: not groups
 
 
 def test_quality_metrics_keep_present_values_per_split():

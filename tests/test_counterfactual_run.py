@@ -65,6 +65,10 @@ def test_import_keeps_equal_length_pairs_and_a_run_compares_patching(dirs, tmp_p
     assert "attention__counterfactual" in set(curves["variant"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert "baseline_attention__counterfactual" in metrics
+    # the held-out rows of the trained groups, also scored per group
+    assert {"test_entity:question", "test_entity:statement"} <= set(curves["split"])
+    assert "faithfulness_test_entity:question" in metrics
+    assert "held-out entities: question" in (run / "report.html").read_text()
 
 
 def test_patching_needs_a_dataset_with_counterfactual_prompts():

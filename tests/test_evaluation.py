@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from maskshare.config import Ablation, ErrorTerm
-from maskshare.evaluation import curve_area, evaluate_masks, f_at_size, jaccard, size_metrics
+from maskshare.evaluation import (
+    curve_area,
+    evaluate_masks,
+    f_at_size,
+    jaccard,
+    size_metrics,
+    subset_metrics,
+)
 
 
 class FixedLD:
@@ -49,6 +56,20 @@ def test_faithfulness_completeness_and_vs_clean_formulas():
     assert out["n_prompts"] == 2 and "note" not in out
     # tokens 1 (slot 1) and 2 (slot 2), 1 (slot 1): 1 + 0 + 1 latents over 3 tokens
     assert out["latents_per_token"] == pytest.approx(2 / 3)
+
+
+def test_a_subset_of_the_prompts_is_scored_from_their_own_lds():
+    mm = FixedLD(full=[3.0, 5.0, 9.0], empty=[1.0, 1.0, 1.0], circuit=[2.0, 4.0, 1.0],
+                 complement=[1.5, 1.5, 1.5], clean=[6.0, 6.0, 6.0])
+    slots = [np.array([0, 1, 2]), np.array([0, 1]), np.array([0, 2, 2])]
+    full = evaluate_masks(mm, [[0, 1, 2]], CIRCUIT, slots=slots)
+    sub = subset_metrics(full, [0, 1], CIRCUIT, slots[:2])
+    alone = evaluate_masks(FixedLD(full=[3.0, 5.0], empty=[1.0, 1.0], circuit=[2.0, 4.0],
+                                   complement=[1.5, 1.5], clean=[6.0, 6.0]),
+                           [[0, 1]], CIRCUIT, slots=slots[:2])
+    alone.pop("per_prompt")
+    assert sub == alone  # the same as evaluating those two prompts on their own
+    assert sub["faithfulness"] == pytest.approx(2 / 3) != full["faithfulness"]
 
 
 def test_undefined_ratios_are_none_with_a_note():

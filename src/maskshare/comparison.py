@@ -100,6 +100,24 @@ def heldout_splits(items) -> list[str]:
     return [s for s in ("test_phrasing", "test_entity", "test_both") if s in present]
 
 
+MAX_GROUPS = 8  # per-group rows for at most this many groups in a split
+
+
+def group_splits(items, splits: list[str]) -> dict[str, list[str]]:
+    """{split: [groups]} for prompt datasets (whose `phrasing` is a group name, not a
+    template): each held-out split with more than one group is also reported per group, as
+    the split `<split>:<group>` (e.g. `test_entity:nounpp`, held-out rows of a structure
+    the mask was trained on), when it has at most MAX_GROUPS groups."""
+    if items["phrasing"].str.contains("{", literal=True).any():
+        return {}
+    out = {}
+    for split in splits:
+        groups = sorted(set(items.filter(items["split"] == split)["phrasing"].to_list()))
+        if 1 < len(groups) <= MAX_GROUPS:
+            out[split] = groups
+    return out
+
+
 def headline_split(dataset_variant: str, splits: list[str]) -> str | None:
     """Free-form data: held-out phrasings (the point of the project); else held-out entities."""
     if dataset_variant == "freeform" and "test_phrasing" in splits:

@@ -121,8 +121,16 @@ def evaluate_masks(mm: MaskedModel, batches: list[PreparedBatch], masks: Masks,
         "ld_circuit": mm.logit_diffs(batches, masks),
         "ld_complement": mm.logit_diffs(batches, complement(masks)),
     }
+    out.update(ld_metrics(ld))
+    out["per_prompt"] = {k: [float(x) for x in v] for k, v in ld.items()}
+    return out
+
+
+def ld_metrics(ld: dict[str, np.ndarray]) -> dict:
+    """Mean lds, F, F vs clean and completeness (with a `note` where a ratio is undefined)
+    from per-prompt lds (`evaluate_masks`'s `per_prompt`, or a subset of its prompts)."""
     means = {k: float(np.mean(v)) for k, v in ld.items()}
-    out.update(means)
+    out: dict = dict(means)
     e = means["ld_ablated"]
     out["faithfulness"] = _ratio(means["ld_circuit"] - e, means["ld_model"] - e)
     out["faithfulness_vs_clean"] = _ratio(means["ld_circuit"] - e, means["ld_model_clean"] - e)
@@ -134,7 +142,17 @@ def evaluate_masks(mm: MaskedModel, batches: list[PreparedBatch], masks: Masks,
         notes.append("ld(M_clean) equals ld(empty): faithfulness vs clean undefined")
     if notes:
         out["note"] = "; ".join(notes)
-    out["per_prompt"] = {k: [float(x) for x in v] for k, v in ld.items()}
+    return out
+
+
+def subset_metrics(result: dict, idx: list[int], masks: Masks,
+                   slots: list[np.ndarray]) -> dict:
+    """`evaluate_masks`'s metrics restricted to the prompts `idx` (positions in its prompt
+    order; `slots`: theirs), from its per-prompt lds: no further forward pass."""
+    ld = {k: np.asarray(v)[idx] for k, v in result["per_prompt"].items()}
+    out = {"n_prompts": len(idx), "n_scored": len(idx), "ablation": result["ablation"],
+           "error": result["error"], **size_metrics(masks, slots)}
+    out.update(ld_metrics(ld))
     return out
 
 

@@ -73,6 +73,9 @@ class RunView:
         return int(seeds[0])
 
     def split_name(self, split: str) -> str:
+        if ":" in split:  # a prompt dataset's split restricted to one group
+            base, group = split.split(":", 1)
+            return f"{self.split_name(base)}: {group}"
         # prompt datasets carry a group name where phrasings carry a template
         if split in ("test_phrasing", "test_both") and self.items is not None and \
                 not self.items["phrasing"].str.contains("{", literal=True).any():
@@ -82,7 +85,9 @@ class RunView:
     @property
     def heldout(self) -> list[str]:
         present = set(self.curves["split"].unique().to_list()) if self.curves.height else set()
-        return [s for s in HELDOUT if s in present]
+        # each held-out split, then its per-group splits (prompt datasets: `<split>:<group>`)
+        return [x for s in HELDOUT if s in present
+                for x in [s, *sorted(p for p in present if p.startswith(f"{s}:"))]]
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -19,6 +19,7 @@ from maskshare.comparison import (
     EvalRow,
     choose_lambda,
     compare_at_matched_size,
+    group_splits,
     headline_metrics,
     headline_split,
     heldout_splits,
@@ -41,11 +42,13 @@ from maskshare.variants import Variant, main_variant, run_seeds, variants
 
 
 def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits: list[str],
-                 clean: dict[str, np.ndarray] | None = None) -> list[EvalRow]:
+                 clean: dict[str, np.ndarray] | None = None,
+                 groups: dict[str, list[str]] | None = None) -> list[EvalRow]:
     """Rows (one per lambda x split, the selection split first) for a variant's masks at
     `seed`. `clean`: per split, the clean model's per-prompt ld (the same for every
-    variant), filled in when missing."""
-    from maskshare.evaluation import evaluate_masks, reference_lds
+    variant), filled in when missing. `groups`: {split: [group]} also scored per group
+    (split `<split>:<group>`) from the split's per-prompt lds."""
+    from maskshare.evaluation import evaluate_masks, reference_lds, subset_metrics
 
     rule = cfg.evaluate
     clean = {} if clean is None else clean
@@ -57,9 +60,14 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
         if split not in clean:
             clean[split] = prep.mm.clean_logit_diffs(prep.batches)
         ref = reference_lds(prep.mm, prep.batches, clean=clean[split])
+        by_group = {g: [i for i, p in enumerate(prep.items["phrasing"].to_list()) if p == g]
+                    for g in (groups or {}).get(split, [])}
         for lam, m in masks.items():
             res = evaluate_masks(prep.mm, prep.batches, m, prep.slots, reference=ref)
             rows.append(EvalRow.of(variant, lam, seed, split, res))
+            for g, idx in by_group.items():
+                sub = subset_metrics(res, idx, m, [prep.slots[i] for i in idx])
+                rows.append(EvalRow.of(variant, lam, seed, f"{split}:{g}", sub))
     return rows
 
 
@@ -77,8 +85,10 @@ def build(run: Path) -> Path:
     seeds, main = run_seeds(cfg), main_variant(cfg)
     rows: list[EvalRow] = []
     clean: dict[str, np.ndarray] = {}  # shared by every variant
+    groups = group_splits(items, splits)
     for v in variants(cfg):
-        rows += eval_variant(run, cfg, v, seeds[0], splits, clean)
+        rows += eval_variant(run, cfg, v, seeds[0], splits, clean, groups)
+    splits = [*splits, *(f"{s}:{g}" for s in splits for g in groups.get(s, []))]
     lam = choose_lambda(rows, main.name, cfg.evaluate)
     metrics: dict = {"run": run.name, "dataset": cfg.dataset.name,
                      "variant": cfg.dataset.variant, "headline_split": head, "lambda": lam,
