@@ -50,8 +50,11 @@ def test_position_from_end_linear_and_log(model, tokens):
 
 
 def test_refused_inputs(model, tokens):
-    off = AttentionFeatures(from_final=False)
-    with pytest.raises(UserError, match="every feature is switched off"):
+    with pytest.raises(ValueError, match="switch on at least one"):  # where configs enter
+        AttentionFeatures(from_final=False)
+    off = AttentionFeatures.model_construct(**{**AttentionFeatures().__dict__,
+                                               "from_final": False})
+    with pytest.raises(UserError, match="every feature is switched off"):  # built anyway
         attention_features(model, tokens, off)
     with pytest.raises(UserError, match="no tokens"):
         attention_features(model, [tokens[0], []])
