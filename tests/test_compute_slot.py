@@ -55,3 +55,26 @@ def test_a_killed_holder_does_not_block_the_next_run(tmp_path):
     t0 = time.time()
     nxt = _interval(_spawn(tmp_path, 2, 2, 0.1))
     assert nxt["waited"] < 5 and time.time() - t0 < 30
+
+
+FAIR = """
+import json, sys, time
+from maskshare.compute_slot import compute_slot
+t_end = time.time() + float(sys.argv[1])
+n = 0
+while time.time() < t_end:   # many short stages, one after the other, all cores each
+    with compute_slot(2, "stage", total=2):
+        time.sleep(0.05)
+    n += 1
+print(json.dumps({"stages": n}), flush=True)
+"""
+
+
+def test_a_run_of_many_short_stages_does_not_starve_another_run(tmp_path):
+    env = {**os.environ, "MASKSHARE_SLOTS_DIR": str(tmp_path / "slots")}
+    busy = subprocess.Popen([sys.executable, "-c", FAIR, "6"], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    time.sleep(1.5)  # the busy run holds the slots most of the time now
+    other = _interval(_spawn(tmp_path, 2, 2, 0.1))
+    assert other["waited"] < 3.0  # served between two of the busy run's stages
+    busy.communicate(timeout=60)

@@ -30,6 +30,7 @@ from maskshare.runtime import available_cores
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
+YIELD_S = 1.0  # > POLL_S: a waiter polls at least once before the releaser goes on
 
 
 def slots_dir() -> Path:
@@ -58,23 +59,66 @@ def _try_take(locks: list[FileLock], want: int) -> list[FileLock]:
     return held
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def others_waiting(d: Path) -> bool:
+    """True if another live process announced that it waits for slots (`wait-<pid>` files;
+    those of dead processes are removed)."""
+    found = False
+    for f in d.glob("wait-*"):
+        try:
+            pid = int(f.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid():
+            continue
+        if _alive(pid):
+            found = True
+        else:
+            with contextlib.suppress(OSError):
+                f.unlink()
+    return found
+
+
+def _wait_for(locks: list[FileLock], want: int, d: Path, what: str) -> list[FileLock]:
+    logger.info("%s: waiting for %d of %d core slot(s) held by another maskshare process "
+                "(%s)", what, want, len(locks), d)
+    marker = d / f"wait-{os.getpid()}-{time.monotonic_ns()}"
+    marker.touch()
+    try:
+        while not (held := _try_take(locks, want)):
+            time.sleep(POLL_S)
+        return held
+    finally:
+        with contextlib.suppress(OSError):
+            marker.unlink()
+
+
 @contextlib.contextmanager
 def compute_slot(threads: int, what: str = "compute",
                  total: int | None = None) -> Iterator[float]:
     """Hold `threads` core slots (at most `total`, default the available cores) for the body;
-    yields the seconds spent waiting for them."""
+    yields the seconds spent waiting for them.
+
+    Fairness: a process that waits leaves a `wait-<pid>` marker; one that gives its slots
+    back while another waits pauses (YIELD_S) before it may take slots again, so a run of
+    many short stages cannot starve another run's next stage."""
     total = available_cores() if total is None else max(1, total)
     want = max(1, min(int(threads), total))
     d = slots_dir()
     locks = [FileLock(str(d / f"core-{i}.lock"), mode=0o666) for i in range(total)]
     t0 = time.monotonic()
-    held = _try_take(locks, want)
+    held = _try_take(locks, want) if not others_waiting(d) else []
     if not held:
-        logger.info("%s: waiting for %d of %d core slot(s) held by another maskshare process "
-                    "(%s)", what, want, total, d)
-        while not held:
-            time.sleep(POLL_S)
-            held = _try_take(locks, want)
+        held = _wait_for(locks, want, d, what)
     waited = time.monotonic() - t0
     if waited > 1:
         logger.info("%s: got %d core slot(s) after waiting %.1f s", what, want, waited)
@@ -83,3 +127,5 @@ def compute_slot(threads: int, what: str = "compute",
     finally:
         for lk in held:
             lk.release()
+        if others_waiting(d):
+            time.sleep(YIELD_S)
