@@ -15,13 +15,8 @@ from maskshare.circuit import circuit_summary, kept_latents, top_activating_toke
 from maskshare.config import Ablation, ErrorTerm, MaskConfig, Relaxation
 from maskshare.evaluation import curve_area, evaluate_masks, f_at_size, jaccard, size_metrics
 from maskshare.mask_training import MaskTrainingError, TrainResult, train_masks, train_sweep
-from maskshare.masking import (
-    MaskedModel,
-    binarize,
-    clean_logit_diffs,
-    empty_masks,
-    full_masks,
-)
+from maskshare.masking import MaskedModel, binarize, empty_masks, full_masks
+from maskshare.prepared import clean_logit_diffs
 from maskshare.slot_stats import SlotStats, compute_slot_stats
 from maskshare.testing import tiny_model, tiny_saes
 
@@ -323,7 +318,7 @@ def test_padding_does_not_change_any_prompt(data, split):
 
 
 def test_length_parts_minimise_padding():
-    from maskshare.masking import length_parts
+    from maskshare.activations import length_parts
 
     assert length_parts([7] * 8 + [10] * 8 + [12] * 8 + [16] * 8) == [(0, 24), (24, 32)]
     assert length_parts([9] * 6) == [(0, 6)]
