@@ -18,7 +18,7 @@ from maskshare.mask_training import MaskTrainingError, TrainResult, train_masks,
 from maskshare.masking import MaskedModel, binarize, empty_masks, full_masks
 from maskshare.prepared import clean_logit_diffs
 from maskshare.slot_stats import SlotStats, compute_slot_stats
-from maskshare.testing import tiny_model, tiny_saes
+from maskshare.testing import tiny_model, tiny_saes, tiny_task
 
 PROMPTS = [
     "The chemical symbol for gold is",
@@ -46,13 +46,8 @@ def _slots_for(n: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def data(tiny):
     model, saes = tiny
-    tok = model.tokenizer
-    tokens = [[tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    slots = [_slots_for(len(t)) for t in tokens]
-    g = np.random.default_rng(0)
-    ans = [int(x) for x in g.integers(2, len(tok), len(tokens))]
-    cf = [int(x) for x in g.integers(2, len(tok), len(tokens))]
-    strs = [tok.convert_ids_to_tokens(t) for t in tokens]
+    tokens, slots, ans, cf = tiny_task(model, PROMPTS, _slots_for, seed=0)
+    strs = [model.tokenizer.convert_ids_to_tokens(t) for t in tokens]
     stats = compute_slot_stats(model, saes, tokens, slots, N_SLOTS, batch_size=3)
     return dict(model=model, saes=saes, tokens=tokens, slots=slots, ans=ans, cf=cf, strs=strs,
                 stats=stats)
