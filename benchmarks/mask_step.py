@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 # the same 32 prompts as bench.py's fallback set (run as a script: benchmarks/ is on sys.path)
-from bench import FALLBACK_ELEMENTS as ELEMENTS
-from bench import FALLBACK_PHRASINGS as PHRASINGS
+from bench_common import FALLBACK_ELEMENTS as ELEMENTS
+from bench_common import FALLBACK_PHRASINGS as PHRASINGS
 
 
 def main() -> None:
