@@ -29,8 +29,9 @@ Reproducibility: the batch of step t is drawn from a permutation seeded by (seed
 hard-concrete noise by (seed, t), so a run depends only on its seed and inputs. A
 checkpoint (theta, Adam state, history; safetensors written atomically) every
 `checkpoint_every` steps lets an interrupted run resume and end with the masks an
-uninterrupted run would have (`maskshare.mask_checkpoints`). A non-finite loss or gradient stops training with an error
-naming the step and, where found, the hook and slot.
+uninterrupted run would have (what is saved, and how: `maskshare.mask_checkpoints`). A
+non-finite loss or gradient stops training with an error naming the step and, where found,
+the hook and slot.
 """
 
 from __future__ import annotations
