@@ -77,8 +77,7 @@ def bench_grouping(model, feats, tokens: list[list[int]], sizes=(20_000, 100_000
 def bench_pipeline(config: Path, device: str, threads: int) -> dict:
     """run_pipeline(config) twice in child processes: cold (fresh runs_dir and a fresh cache
     dir holding only a link to the converted model), then cached."""
-    import yaml
-
+    from maskshare.config import config_data, dump_config, load_config, parse_config
     from maskshare.runtime import cache_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="maskshare-bench-"))
@@ -87,10 +86,10 @@ def bench_pipeline(config: Path, device: str, threads: int) -> dict:
     models = cache_dir() / "models"
     if models.is_dir():
         (cache / "models").symlink_to(models)
-    data = yaml.safe_load(Path(config).read_text()) or {}
-    data.update({"runs_dir": str(tmp / "runs"), "device": device})
+    cfg = parse_config({**config_data(load_config(config)), "runs_dir": str(tmp / "runs"),
+                        "device": device}, str(config))
     cfg_path = tmp / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    cfg_path.write_text(dump_config(cfg))
     env = dict(os.environ, MASKSHARE_CACHE=str(cache), MASKSHARE_THREADS=str(threads),
                HF_HUB_OFFLINE="1")
     out = {"config": str(config), "runner": "maskshare.pipeline.run_pipeline (no Prefect)",

@@ -24,14 +24,13 @@ def bench_collection(model, saes: dict, tokens: list[list[int]], device: str = "
                      repeats: int = 2, batch_size: int = 32, feature_cfg=None) -> dict:
     """Tokens/s: attention features (every layer by default), every SAE's latents, and both in
     one pass; each stops after the deepest hook it needs. Returns the features too (`_features`)."""
+    from maskshare.activations import padded_batches, stop_layer
     from maskshare.config import AttentionFeatures
     from maskshare.features import attention_features, selected_layers
-    from maskshare.saes import hook_layer
-    from maskshare.slot_stats import length_batches, pad_batch
 
     cfg = feature_cfg or AttentionFeatures()
     n_tok = sum(len(t) for t in tokens)
-    stop = max(hook_layer(h) for h in saes) + 1
+    stop = stop_layer(list(saes))
     kept: list = []
 
     def encode_hook(h):
@@ -47,9 +46,8 @@ def bench_collection(model, saes: dict, tokens: list[list[int]], device: str = "
 
     def latents_only():
         with torch.inference_mode():
-            for idx in length_batches([len(t) for t in tokens], batch_size):
-                toks, att, _ = pad_batch(tokens, idx)
-                model.run_with_hooks(toks.to(device), attention_mask=att.to(device),
+            for b in padded_batches(tokens, batch_size, device=device):
+                model.run_with_hooks(b.tokens, attention_mask=b.attention_mask,
                                      stop_at_layer=stop, fwd_hooks=enc)
         kept.clear()
 
@@ -79,7 +77,8 @@ def bench_collection(model, saes: dict, tokens: list[list[int]], device: str = "
 def _plain_fwd_bwd(model, mm, batch) -> None:
     """The floor: the same layers (start_layer .. last) forward + backward on the same batch,
     same length groups, logits at the final positions, no SAEs and no masks."""
-    from maskshare.masking import final_logits_from_resid, length_parts, sub_batch
+    from maskshare.activations import at_final, length_parts, logit_diff, unembed_final
+    from maskshare.prepared import sub_batch
 
     parts = length_parts(batch.lengths.tolist(), mm.max_parts, mm.min_saving) \
         if mm.split_by_length else [(0, len(batch))]
@@ -89,10 +88,9 @@ def _plain_fwd_bwd(model, mm, batch) -> None:
         x = sb.resid.detach().requires_grad_(True)
         res = model(x, start_at_layer=mm.start_layer, stop_at_layer=model.cfg.n_layers,
                     attention_mask=sb.attention_mask)
-        outs.append(res[torch.arange(len(sb)), sb.lengths - 1])
-    logits = final_logits_from_resid(model, torch.cat(outs))
-    r = torch.arange(len(batch))
-    (logits[r, batch.answer] - logits[r, batch.counterfactual]).abs().mean().backward()
+        outs.append(at_final(res, sb.lengths))
+    logits = unembed_final(model, torch.cat(outs))
+    logit_diff(logits, batch.answer, batch.counterfactual).abs().mean().backward()
 
 
 class _StepRunner:
@@ -128,9 +126,9 @@ class _StepRunner:
 
 
 def _frozen(model, saes):
-    from maskshare.mask_training import _Frozen
+    from maskshare.mask_training import FrozenWeights
 
-    return _Frozen(model, *saes.values())
+    return FrozenWeights(model, *saes.values())
 
 
 def bench_mask_step(model, saes: dict, tokens, answers, counterfactuals, n_slots: int = 12,

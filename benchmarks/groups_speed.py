@@ -25,8 +25,9 @@ import numpy as np
 import polars as pl
 import torch
 
+from maskshare.activations import padded_batches
 from maskshare.config import DatasetRef, GroupingConfig
-from maskshare.features import TokenFeatures, _length_batches, items_features
+from maskshare.features import TokenFeatures, items_features
 from maskshare.grouping import make_grouping
 
 
@@ -51,15 +52,11 @@ def subset(f: TokenFeatures, mask: np.ndarray) -> TokenFeatures:
 
 
 def plain_forward_s(model, tokens: list[list[int]], batch_size: int) -> float:
-    lengths = np.asarray([len(t) for t in tokens])
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for chunk in _length_batches(lengths, batch_size, 2048):
-            T = int(lengths[chunk].max())
-            b = torch.zeros(len(chunk), T, dtype=torch.long)
-            for i, j in enumerate(chunk):
-                b[i, :lengths[j]] = torch.as_tensor(tokens[j])
-            model(b, return_type=None)
+        # batched as attention_features batches (longest first, at most 2048 padded tokens)
+        for b in padded_batches(tokens, batch_size, order="longest", max_tokens=2048):
+            model(b.tokens, return_type=None)
     return time.perf_counter() - t0
 
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 # the same 32 prompts as bench.py's fallback set (run as a script: benchmarks/ is on sys.path)
-from bench import FALLBACK_ELEMENTS as ELEMENTS
-from bench import FALLBACK_PHRASINGS as PHRASINGS
+from bench_common import FALLBACK_ELEMENTS as ELEMENTS
+from bench_common import FALLBACK_PHRASINGS as PHRASINGS
 
 
 def main() -> None:
@@ -37,9 +37,10 @@ def main() -> None:
     ap.add_argument("--n-slots", type=int, default=12)
     args = ap.parse_args()
 
+    from maskshare.activations import unembed_final
     from maskshare.config import MaskConfig
     from maskshare.mask_training import compute_targets, train_masks
-    from maskshare.masking import MaskedModel, final_logits_from_resid
+    from maskshare.masking import MaskedModel
     from maskshare.models import load_model, tokenize_prompt
     from maskshare.runtime import configure_threads
     from maskshare.saes import SAESetConfig, load_saes
@@ -120,7 +121,7 @@ def main() -> None:
         ts = []
         for _ in range(4):
             t0 = time.perf_counter()
-            out = final_logits_from_resid(model, inp) if final_only else \
+            out = unembed_final(model, inp) if final_only else \
                 model.unembed(model.ln_final(inp))
             out.sum().backward()
             ts.append(time.perf_counter() - t0)

@@ -10,8 +10,8 @@ each held-out split. Everything is read from the run's metrics.json and evaluate
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -56,8 +56,10 @@ def tables(run: Path) -> str:
 
 
 def main() -> None:
-    for arg in sys.argv[1:]:
-        print(tables(Path(arg)))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="a finished run directory")
+    for run in ap.parse_args().runs:
+        print(tables(run))
         print()
 
 

@@ -16,7 +16,7 @@ from maskshare.config import Ablation
 from maskshare.evaluation import size_metrics
 from maskshare.masking import MaskedModel, empty_masks, full_masks
 from maskshare.slot_stats import compute_slot_stats
-from maskshare.testing import tiny_model, tiny_saes, tiny_tokenizer
+from maskshare.testing import tiny_model, tiny_saes, tiny_task, tiny_tokenizer
 
 PROMPTS = ["The chemical symbol for gold is", "Element: Gold\nSymbol:", "gold Au 79",
            "The chemical symbol for iron is", "x = [1, 2, 3]"]
@@ -31,12 +31,7 @@ def _slots(n: int) -> np.ndarray:
 
 
 def _setup(model, saes, ablation=Ablation.SLOT_MEAN, error="clean"):
-    tok = model.tokenizer
-    tokens = [[tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    slots = [_slots(len(t)) for t in tokens]
-    g = np.random.default_rng(1)
-    ans = [int(x) for x in g.integers(2, len(tok), len(tokens))]
-    cf = [int(x) for x in g.integers(2, len(tok), len(tokens))]
+    tokens, slots, ans, cf = tiny_task(model, PROMPTS, _slots, seed=1)
     stats = compute_slot_stats(model, saes, tokens, slots, N_SLOTS, batch_size=2)
     mm = MaskedModel(model, saes, stats, N_SLOTS, ablation=ablation, error=error)
     return mm, mm.prepare(tokens, slots, ans, cf, batch_size=2), slots, ans, cf

@@ -237,11 +237,38 @@ def run_cli(argv: list[str]) -> tuple[int, list[str], str]:
 
 
 class Tally(Counter):
+    """Counts of generated bad inputs: cases, refused in one line, tracebacks, files written;
+    `kinds` counts the cases by kind of mutation."""
+
+    def __init__(self):
+        super().__init__()
+        self.kinds = Counter()
+
     def record(self, code, lines, tb, written) -> None:
         self["cases"] += 1
         self["refused"] += code == 2 and len(lines) == 1
         self["tracebacks"] += bool(tb)
         self["written"] += bool(written)
+
+    def refused_in_one_line(self, argv: list[str], watched, kind: str, text: str) -> list[str]:
+        """Run the CLI on one bad input: it must exit 2 with one line and write nothing
+        under `watched`; returns the line(s)."""
+        before = tree(*watched)
+        code, lines, tb = run_cli(argv)
+        written = tree(*watched) ^ before
+        self.record(code, lines, tb, written)
+        self.kinds[kind.split()[0]] += 1
+        assert not tb, tb
+        assert code == 2 and len(lines) == 1, (kind, text, code, lines)
+        assert not written
+        return lines
+
+    def check_all_refused(self, what: str, at_least: int) -> None:
+        print(f"\nrefused {self['refused']}/{self['cases']} generated {what} with one line "
+              f"and exit 2 ({dict(self.kinds)}); {self['written']} wrote files, "
+              f"{self['tracebacks']} tracebacks")
+        assert self["cases"] >= at_least and self["refused"] == self["cases"]
+        assert self["written"] == self["tracebacks"] == 0
 
 
 # ------------------------------------------------------------------ configs
@@ -272,7 +299,7 @@ def test_generator_covers_every_config_field():
 def test_generated_bad_configs_are_refused_in_one_line_and_write_nothing(config_env):
     root, base = config_env
     watched = (root / "runs", root / "cache", root / "data")
-    tally, kinds = Tally(), Counter()
+    tally = Tally()
 
     @settings(max_examples=600, **SETTINGS)
     @given(case=bad_config_texts(base))
@@ -280,22 +307,12 @@ def test_generated_bad_configs_are_refused_in_one_line_and_write_nothing(config_
         kind, text = case
         p = root / "bad.yaml"
         p.write_text(text, encoding="utf-8")
-        before = tree(*watched)
-        code, lines, tb = run_cli(["run", "--config", str(p), "--no-prefect"])
-        written = tree(*watched) ^ before
-        tally.record(code, lines, tb, written)
-        kinds[kind.split()[0]] += 1
-        assert not tb, tb
-        assert code == 2 and len(lines) == 1, (kind, text, code, lines)
+        lines = tally.refused_in_one_line(["run", "--config", str(p), "--no-prefect"],
+                                          watched, kind, text)
         assert lines[0].startswith("maskshare run: ") and str(p) in lines[0]
-        assert not written
 
     check()
-    print(f"\nrefused {tally['refused']}/{tally['cases']} generated configs with one line "
-          f"and exit 2 ({dict(kinds)}); {tally['written']} wrote files, "
-          f"{tally['tracebacks']} tracebacks")
-    assert tally["cases"] >= 300 and tally["refused"] == tally["cases"]
-    assert tally["written"] == tally["tracebacks"] == 0
+    tally.check_all_refused("configs", at_least=300)
 
 
 def test_config_not_utf8_or_missing_is_one_line(config_env):
@@ -411,7 +428,7 @@ def test_generated_bad_dataset_specs_are_refused_by_datasets_add(tmp_path, monke
     (src / "metals.csv").write_text("element,sym\ngold,Au\nsilver,Ag\ncopper,Cu\niron,Fe\n")
     monkeypatch.setenv("MASKSHARE_DATA", str(data_dir))
     monkeypatch.setenv("MASKSHARE_CACHE", str(tmp_path / "cache"))
-    tally, kinds = Tally(), Counter()
+    tally = Tally()
 
     @settings(max_examples=300, **SETTINGS)
     @given(case=bad_spec_texts())
@@ -419,21 +436,11 @@ def test_generated_bad_dataset_specs_are_refused_by_datasets_add(tmp_path, monke
         kind, text = case
         p = src / "spec.yaml"
         p.write_text(text, encoding="utf-8")
-        before = tree(data_dir, tmp_path / "cache")
-        code, lines, tb = run_cli(["datasets", "add", str(p)])
-        written = tree(data_dir, tmp_path / "cache") ^ before
-        tally.record(code, lines, tb, written)
-        kinds[kind.split()[0]] += 1
-        assert not tb, tb
-        assert code == 2 and len(lines) == 1, (kind, text, code, lines)
-        assert not written
+        tally.refused_in_one_line(["datasets", "add", str(p)], (data_dir, tmp_path / "cache"),
+                                  kind, text)
 
     check()
-    print(f"\nrefused {tally['refused']}/{tally['cases']} generated dataset specs with one "
-          f"line and exit 2 ({dict(kinds)}); {tally['written']} wrote files, "
-          f"{tally['tracebacks']} tracebacks")
-    assert tally["cases"] >= 150 and tally["refused"] == tally["cases"]
-    assert tally["written"] == tally["tracebacks"] == 0
+    tally.check_all_refused("dataset specs", at_least=150)
     # the unmutated spec is accepted: the refusals were the mutations' doing
     (src / "spec.yaml").write_text(yaml.safe_dump(BASE_SPEC))
     code, lines, tb = run_cli(["datasets", "add", str(src / "spec.yaml")])

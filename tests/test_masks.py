@@ -15,15 +15,10 @@ from maskshare.circuit import circuit_summary, kept_latents, top_activating_toke
 from maskshare.config import Ablation, ErrorTerm, MaskConfig, Relaxation
 from maskshare.evaluation import curve_area, evaluate_masks, f_at_size, jaccard, size_metrics
 from maskshare.mask_training import MaskTrainingError, TrainResult, train_masks, train_sweep
-from maskshare.masking import (
-    MaskedModel,
-    binarize,
-    clean_logit_diffs,
-    empty_masks,
-    full_masks,
-)
+from maskshare.masking import MaskedModel, binarize, empty_masks, full_masks
+from maskshare.prepared import clean_logit_diffs
 from maskshare.slot_stats import SlotStats, compute_slot_stats
-from maskshare.testing import tiny_model, tiny_saes
+from maskshare.testing import tiny_model, tiny_saes, tiny_task
 
 PROMPTS = [
     "The chemical symbol for gold is",
@@ -51,13 +46,8 @@ def _slots_for(n: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def data(tiny):
     model, saes = tiny
-    tok = model.tokenizer
-    tokens = [[tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    slots = [_slots_for(len(t)) for t in tokens]
-    g = np.random.default_rng(0)
-    ans = [int(x) for x in g.integers(2, len(tok), len(tokens))]
-    cf = [int(x) for x in g.integers(2, len(tok), len(tokens))]
-    strs = [tok.convert_ids_to_tokens(t) for t in tokens]
+    tokens, slots, ans, cf = tiny_task(model, PROMPTS, _slots_for, seed=0)
+    strs = [model.tokenizer.convert_ids_to_tokens(t) for t in tokens]
     stats = compute_slot_stats(model, saes, tokens, slots, N_SLOTS, batch_size=3)
     return dict(model=model, saes=saes, tokens=tokens, slots=slots, ans=ans, cf=cf, strs=strs,
                 stats=stats)
@@ -323,7 +313,7 @@ def test_padding_does_not_change_any_prompt(data, split):
 
 
 def test_length_parts_minimise_padding():
-    from maskshare.masking import length_parts
+    from maskshare.activations import length_parts
 
     assert length_parts([7] * 8 + [10] * 8 + [12] * 8 + [16] * 8) == [(0, 24), (24, 32)]
     assert length_parts([9] * 6) == [(0, 6)]

@@ -11,7 +11,7 @@ from maskshare.errors import UserError
 from maskshare.mask_training import compute_targets, train_masks
 from maskshare.masking import MaskedModel, empty_masks, full_masks
 from maskshare.slot_stats import compute_slot_stats
-from maskshare.testing import tiny_model, tiny_saes
+from maskshare.testing import tiny_model, tiny_saes, tiny_task
 
 PROMPTS = ["The chemical symbol for gold is", "The chemical symbol for iron is",
            "Element: Gold\nSymbol:", "gold Au 79", "The chemical symbol for oxygen is"]
@@ -25,12 +25,8 @@ def _masked(unembed_scale: float = 1.0):
         model.W_U.mul_(unembed_scale)
         model.b_U.mul_(unembed_scale)
     saes = tiny_saes(model, seed=0)
-    tok = model.tokenizer
-    tokens = [[tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    slots = [np.array([0] + [1 + (i % 2) for i in range(len(t) - 1)]) for t in tokens]
-    g = np.random.default_rng(0)
-    ans = [int(x) for x in g.integers(2, len(tok), len(tokens))]
-    cf = [int(x) for x in g.integers(2, len(tok), len(tokens))]
+    tokens, slots, ans, cf = tiny_task(
+        model, PROMPTS, lambda n: np.array([0] + [1 + (i % 2) for i in range(n - 1)]), seed=0)
     stats = compute_slot_stats(model, saes, tokens, slots, 3, batch_size=2)
     mm = MaskedModel(model, saes, stats, 3)
     return mm, mm.prepare(tokens, slots, ans, cf, batch_size=2)

@@ -262,6 +262,55 @@ def _items_frame(checked: list[_Checked], grouping_kind: str):
                                          else {})})
 
 
+def _check_prompts(model, raw: list, skipped: list[Skipped],
+                   template_length: int | None) -> tuple[list[_Checked], int]:
+    """The usable prompts of `raw` (the others join `skipped`, sorted by line) and how many
+    were read (malformed lines already in `skipped` included); UserError when none is."""
+    n_unparsed = len(skipped)  # lines that never became prompts (malformed)
+    checked: list[_Checked] = []
+    for i, x in enumerate(raw):
+        line = x.line if isinstance(x, Prompt) else i + 1
+        try:
+            checked.append(check_prompt(model, _as_prompt(x, i), template_length=template_length))
+        except ValueError as e:
+            skipped.append(Skipped(line, str(e)))
+    n_read = len(raw) + n_unparsed
+    skipped.sort(key=lambda s: (s.line is None, s.line or 0))
+    if not checked:
+        first = f" (first: {skipped[0]})" if skipped else ""
+        raise UserError(f"no usable prompts: {n_read} read, {len(skipped)} skipped{first}")
+    return checked, n_read
+
+
+def _counterfactual_ids(model, checked: list[_Checked]) -> tuple[list[int], dict[int, int]]:
+    """Each prompt's counterfactual id: the file's, else the clean model's top other token
+    (those picked by the model: {prompt index: id})."""
+    tokens = [c.tokens for c in checked]
+    answers = [c.answer_id for c in checked]
+    need = [i for i, c in enumerate(checked) if c.counterfactual_id is None]
+    picked = dict(zip(need, model_counterfactuals(model, [tokens[i] for i in need],
+                                                  [answers[i] for i in need]), strict=True)) \
+        if need else {}
+    cfs = [c.counterfactual_id if c.counterfactual_id is not None else picked[i]
+           for i, c in enumerate(checked)]
+    return cfs, picked
+
+
+def _per_prompt_rows(tokenizer, checked: list[_Checked], cfs: list[int],
+                     picked: dict[int, int], slots: list[np.ndarray],
+                     per: dict[str, Any]) -> list[dict]:
+    rows = []
+    for i, c in enumerate(checked):
+        row = {"line": c.prompt.line, "prompt": c.prompt.prompt, "answer": c.prompt.answer,
+               "counterfactual": tokenizer.decode([cfs[i]]),
+               "counterfactual_source": CF_MODEL if i in picked else CF_FILE,
+               "slots": [int(s) for s in slots[i]]}
+        for k, vals in per.items():
+            row[k] = float(vals[i])
+        rows.append(row)
+    return rows
+
+
 def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
                      variant: str | None = None, lam: float | None = None,
                      seed: int | None = None, skipped: Iterable[Skipped] = (),
@@ -287,58 +336,24 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
     run = Path(run)
     cfg, v, lam, seed, mdir = resolve_circuit(run, variant, lam, seed)
     skipped = list(skipped)
-    n_unparsed = len(skipped)  # lines that never became prompts (malformed)
-    raw = list(prompts)
     model = get_model(cfg)
     grouping = load_grouping(RunLayout(run).groups(v.grouping))
     tlen = len(grouping.slot_names) if v.grouping.value == "template" else None
-    checked: list[_Checked] = []
-    for i, x in enumerate(raw):
-        line = x.line if isinstance(x, Prompt) else i + 1
-        try:
-            checked.append(check_prompt(model, _as_prompt(x, i), template_length=tlen))
-        except ValueError as e:
-            skipped.append(Skipped(line, str(e)))
-    n_read = len(raw) + n_unparsed
-    skipped.sort(key=lambda s: (s.line is None, s.line or 0))
-    if not checked:
-        first = f" (first: {skipped[0]})" if skipped else ""
-        raise UserError(f"no usable prompts: {n_read} read, {len(skipped)} skipped{first}")
+    checked, n_read = _check_prompts(model, list(prompts), skipped, tlen)
+    cfs, picked = _counterfactual_ids(model, checked)
 
-    tokens = [c.tokens for c in checked]
-    answers = [c.answer_id for c in checked]
-    need = [i for i, c in enumerate(checked) if c.counterfactual_id is None]
-    picked = dict(zip(need, model_counterfactuals(model, [tokens[i] for i in need],
-                                                  [answers[i] for i in need]), strict=True)) \
-        if need else {}
-    cfs = [c.counterfactual_id if c.counterfactual_id is not None else picked[i]
-           for i, c in enumerate(checked)]
-
-    items = _items_frame(checked, v.grouping.value)
-    assignment = grouping.assign(model, items)
+    assignment = grouping.assign(model, _items_frame(checked, v.grouping.value))
     slots = [np.asarray(s, dtype=np.int64) for s in assignment.slots]
     stats = SlotStats.load(RunLayout(run).slot_stats(v.grouping))
     mm = MaskedModel(model, get_saes(cfg), stats, grouping.n_slots, ablation=v.ablation,
                      error=cfg.masks.error)
-    batches = mm.prepare(tokens, slots, answers, cfs,
-                         batch_size=batch_size or cfg.masks.batch_size)
-    masks = TrainResult.load(mdir).masks()
-    m = evaluate_masks(mm, batches, masks, slots)
+    batches = mm.prepare([c.tokens for c in checked], slots, [c.answer_id for c in checked],
+                         cfs, batch_size=batch_size or cfg.masks.batch_size)
+    m = evaluate_masks(mm, batches, TrainResult.load(mdir).masks(), slots)
     per = m.pop("per_prompt", {})
     m.pop("kept_per_hook", None)
-
-    tok = model.tokenizer
-    source = CF_FILE if not need else CF_MODEL if len(need) == len(checked) else "mixed"
-    per_prompt = []
-    for i, c in enumerate(checked):
-        row = {"line": c.prompt.line, "prompt": c.prompt.prompt, "answer": c.prompt.answer,
-               "counterfactual": tok.decode([cfs[i]]),
-               "counterfactual_source": CF_MODEL if i in picked else CF_FILE,
-               "slots": [int(s) for s in slots[i]]}
-        for k, vals in per.items():
-            row[k] = float(vals[i])
-        per_prompt.append(row)
-    out = {
+    source = CF_FILE if not picked else CF_MODEL if len(picked) == len(checked) else "mixed"
+    return {
         "run": str(run), "variant": v.name, "lambda": lam, "seed": seed,
         "grouping": v.grouping.value, "ablation": v.ablation.value,
         "error_term": cfg.masks.error.value,
@@ -346,7 +361,6 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
         "n_prompts": n_read, "n_scored": len(checked), "n_skipped": len(skipped),
         "skipped": [s.as_dict() for s in skipped],
         "ood_fraction": float(assignment.ood_fraction),
-        "counterfactual_source": source, "n_counterfactual_from_model": len(need),
-        "per_prompt": per_prompt,
+        "counterfactual_source": source, "n_counterfactual_from_model": len(picked),
+        "per_prompt": _per_prompt_rows(model.tokenizer, checked, cfs, picked, slots, per),
     }
-    return out

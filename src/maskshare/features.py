@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from maskshare.activations import hook_name, length_batches, pad_batch, pad_id
 from maskshare.config import AttentionFeatures
@@ -92,9 +93,61 @@ class _StopForward(Exception):
     """Raised by the deepest needed hook: the rest of the forward pass is not needed."""
 
 
-def _length_batches(lengths: np.ndarray, batch_size: int, max_batch_tokens: int | None):
-    """The old name (benchmarks/groups_speed.py calls it): `length_batches`, longest first."""
-    return length_batches(lengths, batch_size, order="longest", max_tokens=max_batch_tokens)
+def _attention_groups(cfg: AttentionFeatures) -> list[str]:
+    return [g for g, on in (("from_final", cfg.from_final), ("to_bos", cfg.to_bos),
+                            ("to_self", cfg.to_self), ("to_prev", cfg.to_prev)) if on]
+
+
+def _check_prompts(model, tokens: list[list[int]], prompt_ids: list[int] | None) -> list[int]:
+    """The prompt ids (0.. by default); UserError for an empty or over-long prompt."""
+    if prompt_ids is None:
+        prompt_ids = list(range(len(tokens)))
+    if len(prompt_ids) != len(tokens):
+        raise ValueError("prompt_ids and tokens differ in length")
+    if any(len(t) == 0 for t in tokens):
+        raise UserError("a prompt has no tokens")
+    n_ctx = model.cfg.n_ctx
+    if any(len(t) > n_ctx for t in tokens):
+        raise UserError(f"a prompt is longer than the model's context ({n_ctx} tokens)")
+    return prompt_ids
+
+
+def _pattern_values(model, batch: Tensor, lens: Tensor, layers: list[int], groups: list[str],
+                    dtype: str) -> Tensor:
+    """[B, T, group, layer, head]: what each selected layer's pattern hook keeps of one
+    right-padded batch (no attention mask: causal attention keeps padding out); the pass
+    stops at the deepest selected layer."""
+    B, T = batch.shape
+    out = torch.zeros(B, T, len(groups), len(layers), model.cfg.n_heads)
+    bi = torch.arange(B)
+    layer_index = {layer: i for i, layer in enumerate(layers)}
+    deepest = hook_name("pattern", max(layers))
+
+    def keep(pattern, hook):
+        li = layer_index[int(hook.name.split(".")[1])]
+        p = pattern.detach().float().cpu()  # [B, H, q, k]
+        for g, name in enumerate(groups):
+            if name == "from_final":
+                v = p[bi, :, lens - 1, :]                      # [B, H, k]
+            elif name == "to_bos":
+                v = p[..., 0]                                  # [B, H, q]
+            elif name == "to_self":
+                v = p.diagonal(0, -2, -1)                      # [B, H, q]
+            else:  # to_prev: 0 for t = 0
+                v = torch.nn.functional.pad(p.diagonal(-1, -2, -1), (1, 0))
+            out[:, :, g, li, :] = v.transpose(1, 2)
+        if hook.name == deepest:
+            raise _StopForward
+
+    autocast = torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16,
+                              enabled=dtype == "bfloat16")
+    with torch.inference_mode(), autocast:
+        try:
+            model.run_with_hooks(batch, fwd_hooks=[(hook_name("pattern", layer), keep)
+                                                   for layer in layers])
+        except _StopForward:
+            pass
+    return out
 
 
 def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | None = None,
@@ -115,21 +168,10 @@ def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | 
     cfg = cfg or AttentionFeatures()
     layers = selected_layers(model, cfg)
     names = feature_names(model, cfg)
-    if prompt_ids is None:
-        prompt_ids = list(range(len(tokens)))
-    if len(prompt_ids) != len(tokens):
-        raise ValueError("prompt_ids and tokens differ in length")
-    if any(len(t) == 0 for t in tokens):
-        raise UserError("a prompt has no tokens")
-    n_ctx = model.cfg.n_ctx
-    if any(len(t) > n_ctx for t in tokens):
-        raise UserError(f"a prompt is longer than the model's context ({n_ctx} tokens)")
+    prompt_ids = _check_prompts(model, tokens, prompt_ids)
     pad = pad_id(model)
-    groups = [g for g, on in (("from_final", cfg.from_final), ("to_bos", cfg.to_bos),
-                              ("to_self", cfg.to_self), ("to_prev", cfg.to_prev)) if on]
+    groups = _attention_groups(cfg)
     n_att = len(groups) * len(layers) * model.cfg.n_heads
-    layer_index = {layer: i for i, layer in enumerate(layers)}
-    deepest = hook_name("pattern", max(layers))
 
     lengths = np.asarray([len(t) for t in tokens], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)])
@@ -141,37 +183,9 @@ def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | 
         from tqdm import tqdm
         batches = tqdm(batches, desc="attention features", unit="batch")
     for chunk in batches:
-        # right-padded and run with no attention mask: causal attention keeps padding out
         batch, _, lens = pad_batch(tokens, chunk, pad, device=model.cfg.device)
         B, T = batch.shape
-        # [B, T, group, layer, head]: what each hook keeps
-        out = torch.zeros(B, T, len(groups), len(layers), model.cfg.n_heads)
-        bi = torch.arange(B)
-
-        def keep(pattern, hook, out=out, lens=lens, bi=bi):
-            li = layer_index[int(hook.name.split(".")[1])]
-            p = pattern.detach().float().cpu()  # [B, H, q, k]
-            for g, name in enumerate(groups):
-                if name == "from_final":
-                    v = p[bi, :, lens - 1, :]                      # [B, H, k]
-                elif name == "to_bos":
-                    v = p[..., 0]                                  # [B, H, q]
-                elif name == "to_self":
-                    v = p.diagonal(0, -2, -1)                      # [B, H, q]
-                else:  # to_prev: 0 for t = 0
-                    v = torch.nn.functional.pad(p.diagonal(-1, -2, -1), (1, 0))
-                out[:, :, g, li, :] = v.transpose(1, 2)
-            if hook.name == deepest:
-                raise _StopForward
-
-        autocast = torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16,
-                                  enabled=cfg.dtype == "bfloat16")
-        with torch.inference_mode(), autocast:
-            try:
-                model.run_with_hooks(batch, fwd_hooks=[(hook_name("pattern", layer), keep)
-                                                       for layer in layers])
-            except _StopForward:
-                pass
+        out = _pattern_values(model, batch, lens, layers, groups, cfg.dtype)
         real = torch.arange(T)[None, :] < lens[:, None]          # [B, T]
         vals = out.reshape(B, T, n_att)[real]                    # prompt by prompt, in order
         if cfg.log_scale:

@@ -34,8 +34,10 @@ from maskshare.artifacts import (
     write_manifest,
     write_text_atomic,
 )
+from maskshare.config import GroupingKind
 from maskshare.errors import UserError
 from maskshare.grouping import Assignment, Grouping, grouping_quality, load_grouping
+from maskshare.layout import RunLayout
 from maskshare.slot_names import display_token, slot_labels
 
 TOKENS = "tokens.parquet"
@@ -122,10 +124,18 @@ def read_group_dir(path: str | Path, kind: str = "attention") -> tuple[Path, pl.
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p} does not exist")
-    d = p if (p / TOKENS).is_file() else p / "groups" / kind
+    layout = RunLayout(p)
+    if (p / TOKENS).is_file():
+        d = p
+    elif kind in set(GroupingKind):
+        d = layout.groups(kind)
+    else:
+        raise UserError(f"unknown grouping kind {kind!r}; use one of: "
+                        + ", ".join(k.value for k in GroupingKind))
     if not (d / TOKENS).is_file():
-        have = sorted(x.name for x in (p / "groups").iterdir() if x.is_dir()
-                      and not x.name.startswith(".")) if (p / "groups").is_dir() else []
+        root = layout.groups_root
+        have = sorted(x.name for x in root.iterdir() if x.is_dir()
+                      and not x.name.startswith(".")) if root.is_dir() else []
         hint = f" (this run has: {', '.join(have)}; pick one with --kind)" if have else \
             " (is it a run directory?)"
         raise UserError(f"{d} holds no groups{hint}")

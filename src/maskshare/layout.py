@@ -65,8 +65,13 @@ class RunLayout:
         return self.dataset / "pass_table.parquet"
 
     # ------------------------------------------------------------------ groups, stats
+    @property
+    def groups_root(self) -> Path:
+        """RUN/groups: a folder a grouping kind."""
+        return self.root / "groups"
+
     def groups(self, kind: GroupingKind | str) -> Path:
-        return self.root / "groups" / _kind(kind)
+        return self.groups_root / _kind(kind)
 
     def tokens(self, kind: GroupingKind | str) -> Path:
         return self.groups(kind) / "tokens.parquet"

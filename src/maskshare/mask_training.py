@@ -29,17 +29,17 @@ Reproducibility: the batch of step t is drawn from a permutation seeded by (seed
 hard-concrete noise by (seed, t), so a run depends only on its seed and inputs. A
 checkpoint (theta, Adam state, history; safetensors written atomically) every
 `checkpoint_every` steps lets an interrupted run resume and end with the masks an
-uninterrupted run would have. A non-finite loss or gradient stops training with an error
-naming the step and, where found, the hook and slot.
+uninterrupted run would have (what is saved, and how: `maskshare.mask_checkpoints`). A
+non-finite loss or gradient stops training with an error naming the step and, where found,
+the hook and slot.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,21 +48,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from maskshare.activations import logit_diff
-from maskshare.artifacts import hash_config, save_tensors, write_json_atomic
 from maskshare.config import MaskConfig, Objective, Relaxation
-from maskshare.masking import (
-    MaskedModel,
-    Masks,
-    PreparedBatch,
-    binarize,
-    empty_masks,
-    full_masks,
+from maskshare.mask_checkpoints import (
+    CHECKPOINT,
+    TrainResult,
+    load_checkpoint,
+    run_key,
+    save_checkpoint,
 )
+from maskshare.masking import MaskedModel, Masks, empty_masks, full_masks
+from maskshare.prepared import PreparedBatch
 
 logger = logging.getLogger(__name__)
 
 HC_BETA, HC_GAMMA, HC_ZETA = 2.0 / 3.0, -0.1, 1.1
-CHECKPOINT = "checkpoint.safetensors"
 
 
 class MaskTrainingError(RuntimeError):
@@ -76,47 +75,6 @@ class Targets:
     ld: list[Tensor]                       # [B] ld(M) per batch
     logprobs: list[Tensor] | None = None   # [B, d_vocab] log p_M at the final position (kl)
     scale: float = 1.0                     # the objective is divided by this (MaskConfig.scale)
-
-
-@dataclass
-class TrainResult:
-    theta: dict[str, Tensor]
-    lam: float
-    seed: int
-    history: list[dict] = field(default_factory=list)
-    key: str | None = None  # hash of everything that determines the result (see _run_key)
-
-    def masks(self) -> Masks:
-        return binarize(self.theta)
-
-    def kept(self) -> dict[str, int]:
-        return {h: int((t > 0).sum()) for h, t in self.theta.items()}
-
-    def save(self, directory: str | Path, extra: dict | None = None) -> None:
-        """masks.safetensors (theta per hook) and summary.json."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_tensors(self.theta, directory / "masks.safetensors",
-                     metadata={"hooks": ",".join(self.theta), "lambda": repr(self.lam),
-                               "seed": str(self.seed)})
-        last = self.history[-1] if self.history else {}
-        write_json_atomic(directory / "summary.json", {
-            "lambda": self.lam, "seed": self.seed, "steps": len(self.history),
-            "kept_per_hook": self.kept(), "kept_total": sum(self.kept().values()),
-            "final": last, "history": self.history, "key": self.key, **(extra or {})})
-
-    @classmethod
-    def load(cls, directory: str | Path) -> TrainResult:
-        from safetensors import safe_open
-
-        directory = Path(directory)
-        with safe_open(str(directory / "masks.safetensors"), framework="pt") as f:
-            meta = f.metadata() or {}
-            hooks = [h for h in meta.get("hooks", "").split(",") if h]
-            theta = {h: f.get_tensor(h) for h in hooks}
-        summary = json.loads((directory / "summary.json").read_text())
-        return cls(theta=theta, lam=float(summary["lambda"]), seed=int(summary["seed"]),
-                   history=summary.get("history", []), key=summary.get("key"))
 
 
 @torch.no_grad()
@@ -228,57 +186,9 @@ def _batch_for_step(n_batches: int, step: int, seed: int) -> int:
     return int(np.random.default_rng([seed, epoch]).permutation(n_batches)[k])
 
 
-def _run_key(cfg: MaskConfig, lam: float, seed: int, mm: MaskedModel, n_prompts: int,
-             init: dict[str, Tensor] | None) -> str:
-    init_h = None if init is None else hash_config(
-        {h: float(t.double().sum()) for h, t in init.items()})
-    exclude = {"lambdas", "checkpoint_every"}
-    if cfg.early_stop_patience is None:  # off: keys stay those of runs before the option
-        exclude |= {"early_stop_patience", "early_stop_min_steps"}
-    return hash_config(cfg.model_dump(mode="json", exclude=exclude), lam, seed, str(mm.ablation), str(mm.error),
-                       mm.hooks, mm.n_slots, n_prompts, init_h)
-
-
-def _save_checkpoint(path: Path, step: int, theta: dict[str, Tensor], opt: torch.optim.Adam,
-                     history: list[dict], key: str) -> None:
-    tensors, steps = {}, {}
-    params = list(theta.values())
-    for h, p in zip(theta, params, strict=True):
-        tensors[f"theta::{h}"] = p.detach().clone().contiguous()
-        st = opt.state.get(p, {})
-        if st:
-            tensors[f"exp_avg::{h}"] = st["exp_avg"].contiguous()
-            tensors[f"exp_avg_sq::{h}"] = st["exp_avg_sq"].contiguous()
-            steps[h] = float(st["step"])
-    meta = {"step": str(step), "key": key, "history": json.dumps(history),
-            "adam_steps": json.dumps(steps), "hooks": json.dumps(list(theta))}
-    save_tensors(tensors, path, metadata=meta)
-
-
-def _load_checkpoint(path: Path, theta: dict[str, Tensor], opt: torch.optim.Adam,
-                     key: str) -> tuple[int, list[dict]] | None:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("key") != key:
-            logger.warning("ignoring checkpoint %s: it belongs to a different run", path)
-            return None
-        steps = json.loads(meta["adam_steps"])
-        with torch.no_grad():
-            for h, p in theta.items():
-                p.copy_(f.get_tensor(f"theta::{h}"))
-                if h in steps:
-                    opt.state[p] = {"step": torch.tensor(steps[h]),
-                                    "exp_avg": f.get_tensor(f"exp_avg::{h}"),
-                                    "exp_avg_sq": f.get_tensor(f"exp_avg_sq::{h}")}
-        return int(meta["step"]), json.loads(meta["history"])
-
-
-class _Frozen:
-    """Model and SAE weights need no gradients while masks train."""
+class FrozenWeights:
+    """Context: the modules' weights need no gradients (while masks train); restores each
+    parameter's `requires_grad` on exit."""
 
     def __init__(self, *modules):
         self.params = [p for m in modules for p in m.parameters()]
@@ -291,6 +201,84 @@ class _Frozen:
     def __exit__(self, *exc):
         for p, w in zip(self.params, self.was, strict=True):
             p.requires_grad_(w)
+
+
+def _initial_theta(mm: MaskedModel, cfg: MaskConfig,
+                   init_theta: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    """The trained parameters: `init_theta` (warm start) or `cfg.init_logit` everywhere."""
+    theta = {h: (init_theta[h].detach().clone() if init_theta is not None else
+                 torch.full((mm.n_slots, s.cfg.d_sae), float(cfg.init_logit)))
+             for h, s in mm.saes.items()}
+    for t in theta.values():
+        t.requires_grad_(True)
+    return theta
+
+
+def _resume(ckpt: Path | None, theta: dict[str, Tensor], opt: torch.optim.Adam, key: str,
+            lam: float) -> tuple[int, list[dict]]:
+    """(first step to run, history so far): from the run's checkpoint when there is one."""
+    loaded = load_checkpoint(ckpt, theta, opt, key) if ckpt is not None else None
+    if loaded is None:
+        return 0, []
+    logger.info("resuming lambda=%g from step %d (%s)", lam, loaded[0], ckpt)
+    return loaded
+
+
+class _EarlyStop:
+    """`cfg.early_stop_patience = K`: stop once the binarised mask has not changed for K
+    consecutive steps (and at least `cfg.early_stop_min_steps` steps ran). The count of
+    unchanged steps is rebuilt from the history, so a resumed run stops where it would
+    have."""
+
+    def __init__(self, cfg: MaskConfig, theta: dict[str, Tensor], history: list[dict]):
+        self.patience, self.min_steps = cfg.early_stop_patience, cfg.early_stop_min_steps
+        self.prev = {h: t.detach() > 0 for h, t in theta.items()} if self.patience else None
+        self.unchanged = 0
+        for r in reversed(history):
+            if not self.patience or r.get("changed", True):
+                break
+            self.unchanged += 1
+
+    def done(self, start: int) -> bool:
+        """The resumed run had already stopped."""
+        return (bool(self.patience) and self.unchanged >= self.patience
+                and start >= self.min_steps)
+
+    def update(self, theta: dict[str, Tensor], rec: dict, step: int) -> bool:
+        """Record in `rec` whether step `step` changed the binarised mask; True to stop."""
+        if not self.patience:
+            return False
+        now = {h: t.detach() > 0 for h, t in theta.items()}
+        rec["changed"] = any(bool((now[h] != self.prev[h]).any()) for h in theta)
+        self.prev = now
+        self.unchanged = 0 if rec["changed"] else self.unchanged + 1
+        return self.unchanged >= self.patience and step + 1 >= self.min_steps
+
+
+def _step_loss(mm: MaskedModel, batch: PreparedBatch, bi: int, theta: dict[str, Tensor],
+               cfg: MaskConfig, targets: Targets, w: Tensor, lam: float, step: int,
+               seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, objective, relaxed size) of one step; MaskTrainingError when not finite."""
+    masks, probs = relaxed_masks(theta, cfg, step, seed)
+    obj = objective_loss(mm, batch, masks, targets, bi, Objective(cfg.objective)) / targets.scale
+    size = sum((w[:, None] * p).sum() for p in probs.values())
+    loss = obj + lam * size
+    if not torch.isfinite(loss):
+        where = mm.locate_nonfinite(batch, {h: m.detach() for h, m in masks.items()})
+        raise MaskTrainingError(
+            f"non-finite loss ({loss.item()}) at step {step} (lambda {lam:g})"
+            + (f": first at {where}" if where else "")
+            + "; check the slot statistics and SAE weights there")
+    return loss, obj, size
+
+
+def _check_gradients(theta: dict[str, Tensor], step: int, lam: float) -> None:
+    for h, t in theta.items():
+        bad = ~torch.isfinite(t.grad)
+        if bad.any():
+            slots = sorted(set(bad.nonzero()[:, 0].tolist()))
+            raise MaskTrainingError(f"non-finite gradient at step {step} (lambda "
+                                    f"{lam:g}): hook {h}, slot(s) {slots}")
 
 
 def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, lam: float, *,
@@ -308,80 +296,43 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
 
     if not batches:
         raise ValueError("no training prompts")
-    objective = Objective(cfg.objective)
     if targets is None:
-        targets = compute_targets(mm, batches, objective, cfg.scale)
+        targets = compute_targets(mm, batches, Objective(cfg.objective), cfg.scale)
     w = slot_weights(batches, mm.n_slots)
-    theta = {h: (init_theta[h].detach().clone() if init_theta is not None else
-                 torch.full((mm.n_slots, s.cfg.d_sae), float(cfg.init_logit)))
-             for h, s in mm.saes.items()}
-    for t in theta.values():
-        t.requires_grad_(True)
+    theta = _initial_theta(mm, cfg, init_theta)
     opt = torch.optim.Adam(list(theta.values()), lr=cfg.lr)
-    n_prompts = sum(len(b) for b in batches)
-    key = _run_key(cfg, lam, seed, mm, n_prompts, init_theta)
+    key = run_key(cfg, lam, seed, mm, sum(len(b) for b in batches), init_theta)
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
-    start, history = 0, []
-    if ckpt is not None:
-        loaded = _load_checkpoint(ckpt, theta, opt, key)
-        if loaded is not None:
-            start, history = loaded
-            logger.info("resuming lambda=%g from step %d (%s)", lam, start, ckpt)
-    patience = cfg.early_stop_patience
-    prev_bin = {h: t.detach() > 0 for h, t in theta.items()} if patience else None
-    unchanged = 0  # consecutive steps without a change of the binarised mask (from history)
-    for r in reversed(history):
-        if not patience or r.get("changed", True):
-            break
-        unchanged += 1
-    done = bool(patience) and unchanged >= patience and start >= cfg.early_stop_min_steps
-    bar = tqdm(range(start, start if done else cfg.steps), desc=f"masks lambda={lam:g}",
-               disable=not progress, initial=start, total=cfg.steps, leave=False)
+    start, history = _resume(ckpt, theta, opt, key, lam)
+    early = _EarlyStop(cfg, theta, history)
+    bar = tqdm(range(start, start if early.done(start) else cfg.steps),
+               desc=f"masks lambda={lam:g}", disable=not progress, initial=start,
+               total=cfg.steps, leave=False)
     # gradients reach theta only; enabled here whatever the caller's grad mode
-    with _Frozen(mm.model, *mm.saes.values()), torch.enable_grad():
+    with FrozenWeights(mm.model, *mm.saes.values()), torch.enable_grad():
         for step in bar:
             bi = _batch_for_step(len(batches), step, seed)
-            batch = batches[bi]
-            masks, probs = relaxed_masks(theta, cfg, step, seed)
-            obj = objective_loss(mm, batch, masks, targets, bi, objective) / targets.scale
-            size = sum((w[:, None] * p).sum() for p in probs.values())
-            loss = obj + lam * size
-            if not torch.isfinite(loss):
-                where = mm.locate_nonfinite(batch, {h: m.detach() for h, m in masks.items()})
-                raise MaskTrainingError(
-                    f"non-finite loss ({loss.item()}) at step {step} (lambda {lam:g})"
-                    + (f": first at {where}" if where else "")
-                    + "; check the slot statistics and SAE weights there")
+            loss, obj, size = _step_loss(mm, batches[bi], bi, theta, cfg, targets, w, lam,
+                                         step, seed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            for h, t in theta.items():
-                bad = ~torch.isfinite(t.grad)
-                if bad.any():
-                    slots = sorted(set(bad.nonzero()[:, 0].tolist()))
-                    raise MaskTrainingError(f"non-finite gradient at step {step} (lambda "
-                                            f"{lam:g}): hook {h}, slot(s) {slots}")
+            _check_gradients(theta, step, lam)
             opt.step()
             rec = {"step": step, "loss": loss.item(), "objective": obj.item(),
                    "size": size.item(), "temperature": temperature(cfg, step)
                    if cfg.relaxation == Relaxation.SIGMOID else None,
                    "kept": int(sum((t > 0).sum() for t in theta.values()))}
-            stop = False
-            if patience:
-                now_bin = {h: t.detach() > 0 for h, t in theta.items()}
-                rec["changed"] = any(bool((now_bin[h] != prev_bin[h]).any()) for h in theta)
-                prev_bin = now_bin
-                unchanged = 0 if rec["changed"] else unchanged + 1
-                stop = unchanged >= patience and step + 1 >= cfg.early_stop_min_steps
+            stop = early.update(theta, rec, step)
             history.append(rec)
             bar.set_postfix(obj=f"{rec['objective']:.3f}", size=f"{rec['size']:.1f}", refresh=False)
             if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0
                                      or step + 1 == cfg.steps or stop):
-                _save_checkpoint(ckpt, step + 1, theta, opt, history, key)
+                save_checkpoint(ckpt, step + 1, theta, opt, history, key)
             if callback is not None:
                 callback(step, rec)
             if stop:
                 logger.info("lambda=%g: mask unchanged for %d steps, stopping at step %d of %d",
-                            lam, patience, step + 1, cfg.steps)
+                            lam, early.patience, step + 1, cfg.steps)
                 break
     bar.close()
     return TrainResult(theta={h: t.detach().clone() for h, t in theta.items()}, lam=lam,
@@ -406,7 +357,7 @@ def train_sweep(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
         res = None
         if d is not None and (d / "summary.json").is_file() and (d / "masks.safetensors").is_file():
             res = TrainResult.load(d)
-            key = _run_key(cfg, lam, seed, mm, n_prompts, prev if warm_start else None)
+            key = run_key(cfg, lam, seed, mm, n_prompts, prev if warm_start else None)
             if res.key != key:
                 logger.warning("retraining lambda=%g: %s was trained with other settings", lam, d)
                 res = None

@@ -195,6 +195,36 @@ def hook_dirname(hook: str) -> str:
     return hook
 
 
+def _check_hooks(cfg: SAETrainingConfig, model) -> None:
+    for h in cfg.hooks:
+        hook_layer(h)
+        if h not in model.hook_dict:
+            raise UserError(f"hook {h!r} does not exist in model {cfg.model!r}")
+
+
+def _train_each(tmp: Path, acts: dict[str, Tensor], cfg: SAETrainingConfig,
+                timings: dict[str, float]) -> None:
+    """One SAE a hook (seed `cfg.seed + i`), saved for inference under `tmp`."""
+    for i, h in enumerate(cfg.hooks):
+        t = time.perf_counter()
+        logger.info("training SAE %d/%d at %s", i + 1, len(cfg.hooks), h)
+        trained = train_sae(acts[h], h, cfg, seed=cfg.seed + i)
+        save_inference_sae(trained, tmp / hook_dirname(h), cfg.save_dtype)
+        timings[f"train_{h}_s"] = time.perf_counter() - t
+
+
+def _measure_set_quality(tmp: Path, model, corpus: Corpus, timings: dict[str, float]) -> dict:
+    """Quality of the saved set on the held-out corpus, written next to it."""
+    from maskshare.sae_quality import load_sae_dir, measure_quality, write_quality
+
+    t = time.perf_counter()
+    q = measure_quality(model, load_sae_dir(tmp, model), corpus.heldout)
+    q["corpus_sha256"] = corpus.sha256
+    write_quality(tmp, q)
+    timings["quality_s"] = time.perf_counter() - t
+    return q
+
+
 def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None = None,
                model=None, quality: bool = True) -> Path:
     """Train the SAE set of `cfg` and write it (plus manifest and quality) to `out_dir`.
@@ -215,10 +245,7 @@ def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None 
     if model is None:
         model = load_model(cfg.model, threads=cfg.threads)
     timings["load_model_s"] = time.perf_counter() - t0
-    for h in cfg.hooks:
-        hook_layer(h)
-        if h not in model.hook_dict:
-            raise UserError(f"hook {h!r} does not exist in model {cfg.model!r}")
+    _check_hooks(cfg, model)
     out_dir = Path(out_dir) if out_dir is not None else embedded_sae_root(cfg.model)
 
     t = time.perf_counter()
@@ -233,24 +260,9 @@ def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None 
 
     tmp = make_temp_dir(out_dir)
     try:
-        saes = {}
-        for i, h in enumerate(cfg.hooks):
-            t = time.perf_counter()
-            logger.info("training SAE %d/%d at %s", i + 1, len(cfg.hooks), h)
-            trained = train_sae(acts[h], h, cfg, seed=cfg.seed + i)
-            save_inference_sae(trained, tmp / hook_dirname(h), cfg.save_dtype)
-            saes[h] = trained
-            timings[f"train_{h}_s"] = time.perf_counter() - t
-        del acts
-        q = None
-        if quality:
-            from maskshare.sae_quality import load_sae_dir, measure_quality, write_quality
-
-            t = time.perf_counter()
-            q = measure_quality(model, load_sae_dir(tmp, model), corpus.heldout)
-            q["corpus_sha256"] = corpus.sha256
-            write_quality(tmp, q)
-            timings["quality_s"] = time.perf_counter() - t
+        _train_each(tmp, acts, cfg, timings)
+        del acts  # the activations are the largest thing held: free them before quality
+        q = _measure_set_quality(tmp, model, corpus, timings) if quality else None
         timings["total_s"] = time.perf_counter() - t0
         write_set_manifest(tmp, cfg, corpus.description, timings, q)
         apply_umask_modes(tmp)  # sae_lens saves its files private

@@ -22,13 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from maskshare.activations import (  # noqa: F401 - length_batches, pad_batch: old home
-    length_batches,
-    pad_batch,
-    pad_slots,
-    padded_batches,
-    run_to_deepest,
-)
+from maskshare.activations import pad_slots, padded_batches, run_to_deepest
 from maskshare.errors import UserError
 
 _SEP = "::"

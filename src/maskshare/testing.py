@@ -95,6 +95,22 @@ def tiny_saes(model, hooks: list[str] | None = None, d_sae: int = 64, seed: int 
     return out
 
 
+def tiny_task(model, prompts: list[str], slots_for, seed: int = 0):
+    """A task for tests of the masked pass that need no dataset: per prompt its token ids
+    (BOS first), its slots `slots_for(n_tokens)`, and random answer and counterfactual ids
+    (never 0 or 1) drawn with `seed`. Returns (tokens, slots, answer_ids, counterfactual_ids).
+    """
+    import numpy as np
+
+    tok = model.tokenizer
+    tokens = [[tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    slots = [slots_for(len(t)) for t in tokens]
+    g = np.random.default_rng(seed)
+    ans = [int(x) for x in g.integers(2, len(tok), len(tokens))]
+    cf = [int(x) for x in g.integers(2, len(tok), len(tokens))]
+    return tokens, slots, ans, cf
+
+
 def write_tiny_run_setup(root, *, dataset: str = "elements-symbol", variant: str = "freeform",
                          steps: int = 6, lambdas: tuple[float, ...] = (0.01, 0.1)):
     """Save tiny SAEs as sae_lens folders under `root` and write a run config using them
