@@ -100,7 +100,10 @@ CONFIG_FIELDS = {
                             _not_scalar.map(lambda v: [v])),
     "saes.release": _one_line, "saes.sae_ids": st.one_of(st.just([""]), st.integers()),
     "saes.hooks": _hooks,
-    "dataset.name": _path_names.filter(lambda v: v != "x" * 129) | st.just("Elements"),
+    # names with a '/' or a .yaml suffix are spec paths (refused later if no such file)
+    "dataset.name": _path_names.filter(
+        lambda v: not isinstance(v, str) or (v != "x" * 129 and "/" not in v and "\\" not in v)
+    ) | st.just("Elements"),
     "dataset.variant": _enum("templated", "freeform"),
     "dataset.max_items": _count(), "dataset.min_items": _count(),
     "dataset.behaviour_filter": _flag,
@@ -128,9 +131,10 @@ CONFIG_FIELDS = {
     "grouping.features.layer_start_fraction": _fraction,
     "grouping.features.dtype": _enum("float32", "bfloat16"),
     "masks.objective": _enum("logit-diff", "kl", "ce"),
-    "masks.ablation": _enum("slot-mean", "global-mean", "zero"),
+    "masks.ablation": _enum("slot-mean", "global-mean", "zero", "counterfactual"),
     "masks.error": _enum("clean", "mean", "drop"),
     "masks.relaxation": _enum("sigmoid", "hard-concrete"),
+    "masks.scale": _enum("task", "none"),
     "masks.lambdas": st.one_of(_list_of(_negative.filter(lambda v: not isinstance(v, list))),
                                st.floats(0.001, 1).map(lambda x: [x, x]),
                                st.just([0.01, 0.0100000001])),
@@ -143,8 +147,11 @@ CONFIG_FIELDS = {
                                 st.integers(0, 9).map(lambda s: [s, s])),
     "evaluate.baselines": _list_of(_enum("attention", "template", "single", "from-end",
                                          "roles"), empty_ok=True),
-    "evaluate.ablations": _list_of(_enum("slot-mean", "global-mean", "zero"), empty_ok=True),
+    "evaluate.ablations": _list_of(_enum("slot-mean", "global-mean", "zero", "counterfactual"),
+                                   empty_ok=True),
     "evaluate.matched_latents_per_token": _positive,
+    "evaluate.select_split": _enum("train", "test_phrasing", "test_entity", "test_both"),
+    "evaluate.select_limit": _count(), "evaluate.target_f": _positive,
 }
 # out of domain only together: annealing downwards; every attention feature off
 CONFIG_COMBOS = [
@@ -548,7 +555,7 @@ def test_sweep_overrides_are_checked_against_the_domains():
     from flows.sweep import sweep_configs
     from maskshare.errors import UserError
 
-    with pytest.raises(UserError, match=r"masks\.lambdas\.0: Input should be greater than or"):
+    with pytest.raises(UserError, match=r"masks\.lambdas: item 0: Input should be greater than or"):
         sweep_configs(RunConfig(), lambdas=[-1.0])
     with pytest.raises(UserError, match="name: must be a plain name"):
         sweep_configs(RunConfig(), datasets=["../x"])

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from maskshare.domains import (
     Count,
@@ -187,6 +187,18 @@ class GroupingConfig(Strict):
         return self
 
 
+# The "auto" sweep, in task-normalised units (MaskConfig.scale = "task"): a lambda is the
+# share of the task's effect (mean |ld(empty) - ld(M)|) one latent per token must carry to be
+# kept. Placed from the embedded model: its earlier hand-calibrated sweep on elements-symbol
+# (0.02 / 0.05 / 0.12 logit units, ~150 / ~95 / ~50 latents per token) over that task's scale
+# (~8.2 logit units, measured) is 0.0024 / 0.006 / 0.015 in these units; the grid extends it
+# a factor ~3 each side, to sparse circuits (README, "Sparsity without tuning").
+AUTO_LAMBDAS = (0.003, 0.01, 0.03, 0.1)
+
+
+_LAMBDA_LIST = TypeAdapter(Annotated[list[NonNegFloat], Field(min_length=1)])
+
+
 class MaskConfig(Strict):
     objective: Objective = Objective.LOGIT_DIFF
     ablation: Ablation = Ablation.SLOT_MEAN
@@ -194,10 +206,10 @@ class MaskConfig(Strict):
     # model itself); the embedded SAEs keep only 0.27 of the logit difference without it
     error: ErrorTerm = ErrorTerm.CLEAN
     relaxation: Relaxation = Relaxation.SIGMOID
-    # The sparsity sweep. "auto": AUTO_LAMBDAS, a grid in task-normalised units (see `scale`)
-    # that spans circuits from dense to sparse on any task, so a new task needs no tuning.
-    # otherwise a list, each >= 0 (lambda 0, no sparsity penalty, is the full-mask reference)
-    lambdas: Annotated[list[NonNegFloat], Field(min_length=1)] | Literal["auto"] = "auto"
+    # The sparsity sweep: `auto` (the default) is AUTO_LAMBDAS, a grid in task-normalised
+    # units (see `scale`) spanning dense to sparse circuits on any task, so a new task needs
+    # no tuning; or a list, each >= 0 (lambda 0, no sparsity penalty, is the full mask)
+    lambdas: list[float] | Literal["auto"] = "auto"
     # "task": the objective is divided by its value for the empty circuit (every latent
     # ablated; for logit-diff the task's own mean |ld(empty) - ld(M)|), so a lambda means
     # "share of the task's effect per latent kept per token" on every task; "none": raw units
@@ -217,11 +229,19 @@ class MaskConfig(Strict):
     early_stop_patience: Count | None = None
     early_stop_min_steps: NonNegInt = 50
 
-    @field_validator("lambdas")
+    @field_validator("lambdas", mode="wrap")
     @classmethod
-    def _distinct_lambdas(cls, v):
+    def _lambdas(cls, v, handler):
+        if v == "auto":
+            return "auto"
+        try:
+            lams = _LAMBDA_LIST.validate_python(v)
+        except ValidationError as e:  # one line naming the item, not the union's two branches
+            err = e.errors()[0]
+            item = ".".join(str(x) for x in err["loc"])
+            raise bad(f"{'item ' + item + ': ' if item else ''}{err['msg']} (or: auto)") from None
         # each lambda names a folder lam{lambda:g}: two that print alike would share it
-        return v if v == "auto" else distinct(v, "lambdas", key=lambda x: f"{x:g}")
+        return distinct(lams, "lambdas", key=lambda x: f"{x:g}")
 
     @model_validator(mode="after")
     def _annealing_up(self):
@@ -232,17 +252,8 @@ class MaskConfig(Strict):
 
     @property
     def lambda_grid(self) -> list[float]:
-        """The lambdas to train: the configured list, or AUTO_LAMBDAS for "auto"."""
+        """The lambdas to train: the configured list, or AUTO_LAMBDAS for `auto`."""
         return list(AUTO_LAMBDAS) if self.lambdas == "auto" else list(self.lambdas)
-
-
-# The "auto" sweep, in task-normalised units (MaskConfig.scale = "task"): a lambda is the
-# share of the task's effect (mean |ld(empty) - ld(M)|) one latent per token must carry to be
-# kept. Placed from the embedded model: its earlier hand-calibrated sweep on elements-symbol
-# (0.02 / 0.05 / 0.12 logit units, ~150 / ~95 / ~50 latents per token) over that task's scale
-# (~8.2 logit units, measured) is 0.0024 / 0.006 / 0.015 in these units; the grid extends it
-# a factor ~3 each side, to sparse circuits (README, "Sparsity without tuning").
-AUTO_LAMBDAS = (0.003, 0.01, 0.03, 0.1)
 
 
 class EvalConfig(Strict):
@@ -254,7 +265,7 @@ class EvalConfig(Strict):
     matched_latents_per_token: PositiveFloat | None = None  # None: chosen from the curves
     # the run's lambda: the sparsest whose F on (a seeded sample of at most `select_limit`
     # prompts of) `select_split` reaches `target_f`; if none does, the one with the best F
-    select_split: Slug = "train"
+    select_split: Literal["train", "test_phrasing", "test_entity", "test_both"] = "train"
     select_limit: Count | None = 64
     target_f: PositiveFloat = 0.9
 

@@ -7,7 +7,7 @@ directories are named by a hash of `model_dump`).
 
 - `Slug`: a name that becomes a file or folder name (run names): letters, digits, `_`, `.`,
   `-`, starting with a letter or digit, no `..`, at most 128 characters. `DatasetName` is the
-  dataset specs' stricter lowercase pattern.
+  dataset specs' stricter lowercase pattern, or a spec file's path (`.yaml`, or with a `/`).
 - `Count` (>= 1), `NonNegInt` (>= 0): integers that fit in int32 (they reach C code).
 - `Seed`: 0 <= seed < 2**32 (numpy and scikit-learn seeds).
 - `Finite`, `PositiveFloat`, `NonNegFloat`: finite floats (no NaN or infinity); > 0; >= 0.
@@ -54,7 +54,18 @@ def _one_line(v: str) -> str:
 
 
 Slug = Annotated[str, AfterValidator(_slug)]
-DatasetName = Annotated[str, Field(pattern=DATASET_NAME_RE)]
+def _dataset_name(v: str) -> str:
+    # a spec file named by its path (ends in .yaml/.yml or holds a slash: registry.is_spec_path)
+    # or a registered name in the specs' lowercase pattern
+    if v.endswith((".yaml", ".yml")) or "/" in v or "\\" in v:
+        return _one_line(v)
+    if not re.match(DATASET_NAME_RE, v):
+        raise bad(f"must be a dataset name (lowercase letters, digits, '_' or '-', starting "
+                  f"with a letter or digit) or a spec file's path ending in .yaml; got {v[:40]!r}")
+    return v
+
+
+DatasetName = Annotated[str, AfterValidator(_dataset_name)]
 Text = Annotated[str, AfterValidator(_one_line)]
 Count = Annotated[int, BeforeValidator(not_bool), Field(ge=1, le=INT32_MAX)]
 NonNegInt = Annotated[int, BeforeValidator(not_bool), Field(ge=0, le=INT32_MAX)]
