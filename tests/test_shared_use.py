@@ -30,6 +30,7 @@ from maskshare.artifacts import (
     write_manifest,
 )
 from maskshare.cli import main
+from run_helpers import stage_dirs, subprocess_env
 
 MINIMAL = {"evaluate": {"seeds": [0], "baselines": [], "ablations": []}}
 
@@ -50,10 +51,8 @@ def write_config(path: Path, cfg: dict, **changes) -> Path:
 
 
 def cli(config: Path, cache: Path, umask: int | None = None) -> subprocess.Popen:
-    env = {**os.environ, "MASKSHARE_CACHE": str(cache), "MASKSHARE_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "maskshare.cli", "run", "--config",
-                             str(config), "--no-prefect"], env=env, text=True,
+                             str(config), "--no-prefect"], env=subprocess_env(cache), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
@@ -62,11 +61,6 @@ def finished(proc: subprocess.Popen) -> tuple[Path, str]:
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     return Path(out.strip().splitlines()[-1]), err
-
-
-def stage_dirs(run: Path) -> list[Path]:
-    return [p for pat in ("dataset", "groups/*", "stats/*", "masks/*/*", "evaluate")
-            for p in run.glob(pat) if p.is_dir() and not p.name.startswith(".")]
 
 
 # ============================================================================ permissions
