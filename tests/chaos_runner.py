@@ -1,6 +1,7 @@
 """Runs a run config's pipeline in this process, counting moments of interest per stage call
-or SIGKILLing itself at one of them; the subprocess of tests/test_chaos.py. No test hook
-lives in library code: the moments are seen by wrapping what the library calls.
+or SIGKILLing itself at one of them; the process tests/test_chaos.py starts (forked from a
+forkserver through `child`, or from the command line). No test hook lives in library code:
+the moments are seen by wrapping what the library calls.
 
     python tests/chaos_runner.py CONFIG count EVENTS.json SNAPSHOTS
         uninterrupted; writes {call: {event: count}} and, before each stage call builds,
@@ -115,6 +116,22 @@ def install(chaos: Chaos) -> None:
             chaos.event("step")
         return train_masks(*args, callback=step, **kwargs)
     mask_training.train_masks = chaos_train_masks  # masks.build imports it at call time
+
+
+# imported once by the forkserver the test starts runs from: each run is a fresh fork that
+# has not run anything, without paying ~9 s of imports (torch, transformer_lens, sae_lens)
+PRELOAD = ["torch", "polars", "transformer_lens", "sae_lens", "maskshare.pipeline",
+           "maskshare.mask_training", "maskshare.testing", "maskshare.stages.evaluate",
+           "maskshare.report", "maskshare.datasets"]
+
+
+def child(argv: list[str], env: dict[str, str], log: str) -> None:
+    """A forked run (multiprocessing target): its environment, its output to `log`, `main`."""
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.exit(main(argv))
 
 
 def main(argv: list[str]) -> int:

@@ -1,14 +1,16 @@
 """Chaos test: `kill -9` at random moments of every stage of the tiny pipeline, rerun, and
 compare every artifact (run directory and dataset cache) with an uninterrupted run.
 
-The pipeline runs in subprocesses (tests/chaos_runner.py) that SIGKILL themselves at a
+The pipeline runs in processes (tests/chaos_runner.py, forked from a forkserver that has
+imported the libraries once) that SIGKILL themselves at a
 chosen moment: the N-th event (build start, temp folder made, parquet written, atomic file
 or folder rename before/after, mask training step) of one stage call. The uninterrupted
 reference run counts the events per call and snapshots the runs root and cache before each
 call builds, so a kill in a late stage starts from the state that stage would see.
 
 Kills come in chains: kill at a moment, rerun and kill that rerun at a later call, ..., then
-one uninterrupted rerun; every kill's state is thus picked up by a rerun. After the final
+one uninterrupted rerun; every kill's state is thus picked up by a rerun (and after each
+kill every visible stage folder and built dataset is complete). After the final
 rerun, whatever dot-named leftovers remain (temp folders of killed builders, stale lock
 files, checkpoints of finished masks) must be what `maskshare runs clean --stale-minutes 0
 --yes` deletes (in the runs root and in the cache); then every file must equal the
@@ -18,20 +20,20 @@ reference's, ignoring only fields that record time (scripts/compare_runs.py).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import random
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+import chaos_runner
+from maskshare.artifacts import is_complete
 from maskshare.cli import main
-from run_helpers import compare_runs, dot_entries, subprocess_env
+from run_helpers import compare_runs, dot_entries, stage_dirs, subprocess_env
 
-RUNNER = Path(__file__).with_name("chaos_runner.py")
 STAGE_OF = {"prepare": "prepare", "dataset": "dataset", "groups": "groups",
             "slot": "stats", "masks": "masks", "evaluation": "evaluate"}
 KILLS = int(os.environ.get("MASKSHARE_CHAOS_KILLS", "32"))
@@ -42,12 +44,28 @@ def stage(call: str) -> str:
     return STAGE_OF[call.split()[0]]
 
 
-def runner(config: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
-    # core slots of their own: the test's runs take turns with each other, not with
-    # whatever else runs on the machine
-    env = {**subprocess_env(cache), "MASKSHARE_SLOTS_DIR": str(cache.parent / "slots")}
-    return subprocess.run([sys.executable, str(RUNNER), str(config), *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+class Runner:
+    """Starts tests/chaos_runner.py runs as forks of one forkserver that has imported the
+    libraries: each run is a fresh process that has run nothing before."""
+
+    def __init__(self, config: Path, cache: Path):
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(chaos_runner.PRELOAD)
+        self.config, self.log = config, cache.parent / "runner.log"
+        # core slots of their own: the test's runs take turns with each other, not with
+        # whatever else runs on the machine
+        self.env = {**subprocess_env(cache), "MASKSHARE_SLOTS_DIR": str(cache.parent / "slots")}
+
+    def __call__(self, *args: str) -> tuple[int, str]:
+        """(exit status, -9 when killed; the run's output)."""
+        p = self.ctx.Process(target=chaos_runner.child,
+                             args=([str(self.config), *args], self.env, str(self.log)))
+        p.start()
+        p.join(600)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+        return p.exitcode, self.log.read_text()[-3000:]
 
 
 def restore(snapshot: Path, work: Path) -> None:
@@ -60,9 +78,10 @@ def restore(snapshot: Path, work: Path) -> None:
 
 def draw_chains(rng: random.Random, events: dict, order: list[str], kills: int,
                 forced: list[tuple[str, str, int]]) -> list[list[tuple[str, str, int]]]:
-    """Chains of 1-3 kill moments (call, event, n) at strictly later calls of the plan
-    (`order`), `kills` moments in all: the `forced` ones first, then the stages in turn
-    (so each gets its share), a random call of the stage, event and count."""
+    """Chains of 1-4 kill moments (call, event, n) at strictly later calls of the plan
+    (`order`), `kills` moments in all: the `forced` ones, then the stages in turn (so each
+    gets its share): a random call of the stage, event and count. A chain starts at the
+    first moment not yet used and goes on with the nearest later ones."""
     by_stage: dict[str, list[str]] = {}
     for call in order:
         by_stage.setdefault(stage(call), []).append(call)
@@ -72,16 +91,24 @@ def draw_chains(rng: random.Random, events: dict, order: list[str], kills: int,
         call = rng.choice(by_stage[stages[len(moments) % len(stages)]])
         event = rng.choice(sorted(events[call]))
         moments.append((call, event, rng.randint(1, events[call][event])))
-    chains, i = [], 0
-    while i < len(moments):
-        chain = [moments[i]]
-        i += 1
-        for _ in range(rng.randint(0, 2)):  # extend with later calls only
-            if i < len(moments) and order.index(moments[i][0]) > order.index(chain[-1][0]):
-                chain.append(moments[i])
-                i += 1
+    chains = []
+    while moments:
+        chain, want = [moments.pop(0)], rng.randint(1, 4)
+        for m in sorted(moments, key=lambda m: order.index(m[0])):
+            if len(chain) < want and order.index(m[0]) > order.index(chain[-1][0]):
+                chain.append(m)
+                moments.remove(m)
         chains.append(chain)
     return chains
+
+
+def assert_visible_folders_complete(work: Path) -> None:
+    """A kill leaves every stage folder and built dataset either complete or absent."""
+    for run in (work / "runs").glob("*"):
+        for d in stage_dirs(run):
+            assert is_complete(d), d
+    for d in (work / "cache" / "datasets").glob("[!.]*"):
+        assert is_complete(d), d
 
 
 def clean_leftovers(work: Path) -> Counter:
@@ -105,8 +132,9 @@ def test_random_kills_in_every_stage_rerun_to_the_uninterrupted_artifacts(tmp_pa
     work, snaps, ref = tmp_path / "work", tmp_path / "snapshots", tmp_path / "reference"
     config = write_tiny_run_setup(work)  # runs root work/runs; the cache is work/cache
     cache = work / "cache"
-    done = runner(config, cache, "count", str(tmp_path / "events.json"), str(snaps))
-    assert done.returncode == 0, done.stderr[-3000:]
+    runner = Runner(config, cache)
+    rc, out = runner("count", str(tmp_path / "events.json"), str(snaps))
+    assert rc == 0, out
     assert not dot_entries(work / "runs") and not dot_entries(cache)
     for name in ("runs", "cache"):
         shutil.copytree(work / name, ref / name)
@@ -130,11 +158,12 @@ def test_random_kills_in_every_stage_rerun_to_the_uninterrupted_artifacts(tmp_pa
     for chain in chains:
         restore(snapshot[chain[0][0]], work)
         for call, event, n in chain:
-            proc = runner(config, cache, "kill", call, event, str(n))
-            assert proc.returncode == -9, (call, event, n, proc.returncode, proc.stderr[-3000:])
+            rc, out = runner("kill", call, event, str(n))
+            assert rc == -9, (call, event, n, rc, out)
             killed[stage(call)] += 1
-        proc = runner(config, cache, "run")
-        assert proc.returncode == 0, (chain, proc.stderr[-3000:])
+            assert_visible_folders_complete(work)
+        rc, out = runner("run")
+        assert rc == 0, (chain, out)
         leftovers += clean_leftovers(work)
         for name in ("runs", "cache"):
             assert compare(ref / name, work / name) == [], (chain, name)

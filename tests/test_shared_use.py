@@ -299,6 +299,27 @@ def test_runs_clean_is_a_dry_run_unless_told_and_spares_locked_and_fresh_temps(r
     assert is_complete(done / "dataset") and part.exists()
 
 
+def test_runs_clean_removes_the_checkpoint_of_a_finished_mask_without_being_told(tmp_path):
+    """A kill between a mask's rename and its checkpoint's removal leaves a checkpoint
+    nothing resumes from: stale like a temp folder. A checkpoint of an unfinished mask
+    stays unless `--checkpoints`."""
+    from maskshare.commands.runs import stale_entries
+
+    masks = tmp_path / "run" / "masks" / "attention__slot-mean"
+    done = masks / "lam0.01_seed0"
+    done.mkdir(parents=True)
+    (done / "masks.safetensors").write_bytes(b"m")
+    write_manifest(done)
+    finished, unfinished = masks / ".lam0.01_seed0.checkpoint", masks / ".lam0.1_seed0.checkpoint"
+    for c in (finished, unfinished):
+        c.mkdir()
+        (c / "checkpoint.safetensors").write_bytes(b"c")
+    later = time.time() + 3600
+    assert stale_entries(tmp_path, 1, now=later) == [finished]
+    assert stale_entries(tmp_path, 1, checkpoints=True, now=later) == [finished, unfinished]
+    assert stale_entries(tmp_path, 120, now=later) == []  # not stale yet
+
+
 def test_runs_clean_older_than_deletes_old_runs_only_with_yes(runs_tree, capsys):
     root, done, part, *_ = runs_tree
     _age(part, 10 * 86400)
