@@ -83,7 +83,7 @@ def test_a_complete_stage_is_skipped_and_an_incomplete_one_rebuilt(finished_tiny
     assert call.is_done(run)
 
 
-def test_evaluate_is_not_done_without_metrics(finished_tiny_run, tmp_path):
+def test_evaluate_is_not_done_without_metrics_or_report(finished_tiny_run, tmp_path):
     from maskshare.resources import load_run_config
 
     _, run0, _ = finished_tiny_run
@@ -91,6 +91,8 @@ def test_evaluate_is_not_done_without_metrics(finished_tiny_run, tmp_path):
     shutil.copytree(run0, run)
     call = make_call(load_run_config(run), "evaluate")
     assert call.is_done(run)
+    RunLayout(run).report.unlink()  # killed between metrics.json and report.html
+    assert not call.is_done(run)
     RunLayout(run).metrics.unlink()
     assert not call.is_done(run)
 

@@ -31,6 +31,7 @@ from maskshare.artifacts import MANIFEST, file_sha256, is_complete, read_manifes
 from maskshare.cli import main
 from maskshare.config import load_config
 from maskshare.errors import UserError
+from run_helpers import stage_dirs, subprocess_env
 
 # the smallest run: the main variant only, one lambda, one seed
 MINIMAL = {"evaluate": {"seeds": [0], "baselines": [], "ablations": []},
@@ -66,23 +67,10 @@ def env(tmp_path, monkeypatch):
     return tmp_path
 
 
-def stage_dirs(run: Path) -> list[Path]:
-    """Every visible (not dot-named) stage directory of a run."""
-    out = []
-    for pattern in ("dataset", "groups/*", "stats/*", "masks/*/*", "evaluate"):
-        out += [p for p in run.glob(pattern) if p.is_dir() and not p.name.startswith(".")]
-    return out
-
-
 def files_under(root: Path) -> list[str]:
     """Every file under `root` (empty folders, such as a cache root, do not count)."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) \
         if root.exists() else []
-
-
-def subprocess_env(cache: Path) -> dict:
-    return {**os.environ, "MASKSHARE_CACHE": str(cache), "MASKSHARE_THREADS": "1",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def cli_run(config: Path, cache: Path) -> subprocess.Popen:

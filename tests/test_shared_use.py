@@ -30,6 +30,7 @@ from maskshare.artifacts import (
     write_manifest,
 )
 from maskshare.cli import main
+from run_helpers import stage_dirs, subprocess_env
 
 MINIMAL = {"evaluate": {"seeds": [0], "baselines": [], "ablations": []}}
 
@@ -50,10 +51,8 @@ def write_config(path: Path, cfg: dict, **changes) -> Path:
 
 
 def cli(config: Path, cache: Path, umask: int | None = None) -> subprocess.Popen:
-    env = {**os.environ, "MASKSHARE_CACHE": str(cache), "MASKSHARE_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "maskshare.cli", "run", "--config",
-                             str(config), "--no-prefect"], env=env, text=True,
+                             str(config), "--no-prefect"], env=subprocess_env(cache), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
@@ -62,11 +61,6 @@ def finished(proc: subprocess.Popen) -> tuple[Path, str]:
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     return Path(out.strip().splitlines()[-1]), err
-
-
-def stage_dirs(run: Path) -> list[Path]:
-    return [p for pat in ("dataset", "groups/*", "stats/*", "masks/*/*", "evaluate")
-            for p in run.glob(pat) if p.is_dir() and not p.name.startswith(".")]
 
 
 # ============================================================================ permissions
@@ -303,6 +297,27 @@ def test_runs_clean_is_a_dry_run_unless_told_and_spares_locked_and_fresh_temps(r
     assert not stale["lock"].exists()
     assert fresh.exists()  # too recent to be stale
     assert is_complete(done / "dataset") and part.exists()
+
+
+def test_runs_clean_removes_the_checkpoint_of_a_finished_mask_without_being_told(tmp_path):
+    """A kill between a mask's rename and its checkpoint's removal leaves a checkpoint
+    nothing resumes from: stale like a temp folder. A checkpoint of an unfinished mask
+    stays unless `--checkpoints`."""
+    from maskshare.commands.runs import stale_entries
+
+    masks = tmp_path / "run" / "masks" / "attention__slot-mean"
+    done = masks / "lam0.01_seed0"
+    done.mkdir(parents=True)
+    (done / "masks.safetensors").write_bytes(b"m")
+    write_manifest(done)
+    finished, unfinished = masks / ".lam0.01_seed0.checkpoint", masks / ".lam0.1_seed0.checkpoint"
+    for c in (finished, unfinished):
+        c.mkdir()
+        (c / "checkpoint.safetensors").write_bytes(b"c")
+    later = time.time() + 3600
+    assert stale_entries(tmp_path, 1, now=later) == [finished]
+    assert stale_entries(tmp_path, 1, checkpoints=True, now=later) == [finished, unfinished]
+    assert stale_entries(tmp_path, 120, now=later) == []  # not stale yet
 
 
 def test_runs_clean_older_than_deletes_old_runs_only_with_yes(runs_tree, capsys):

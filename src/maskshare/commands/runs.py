@@ -3,7 +3,9 @@
 `list` shows each run (a folder with a config.yaml): when it was created, its size, whether
 every stage is complete, and its headline F. `clean` finds what a killed process leaves
 behind (dot-named temporary files and folders, `.NAME.*`, older than `--stale-minutes` and
-whose stage nobody holds the lock of; mask checkpoints only with `--checkpoints`) and, with
+whose stage nobody holds the lock of; mask checkpoints only with `--checkpoints`, or once
+their mask is complete: a kill between the mask's rename and the checkpoint's removal
+leaves one nothing resumes from) and, with
 `--older-than N`, runs not written to for N days. It only prints what it would delete
 unless given `--yes`.
 """
@@ -37,7 +39,8 @@ def add_arguments(parser) -> None:
                    help="also delete runs not written to for this many days")
     p.add_argument("--checkpoints", action="store_true",
                    help="also delete stale mask-training checkpoints (a rerun then trains "
-                        "that mask from the start instead of resuming)")
+                        "that mask from the start instead of resuming); those of "
+                        "finished masks are deleted anyway")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", default=True,
                       help="only print what would be deleted (the default)")
@@ -117,6 +120,11 @@ def _locked(lock_file: Path) -> Path:
     return lock_file.with_name(lock_file.name[1:-len(LOCK_SUFFIX)])
 
 
+def _mask_done(checkpoint: Path) -> bool:
+    """Whether the mask a `.NAME.checkpoint` folder trains is complete (nothing resumes it)."""
+    return is_complete(checkpoint.with_name(checkpoint.name[1:-len(CHECKPOINT_SUFFIX)]))
+
+
 def stale_entries(root: Path, minutes: float, *, checkpoints: bool = False,
                   now: float | None = None) -> list[Path]:
     """Dot-named temporary files and folders under `root` (not inside another one) that
@@ -136,7 +144,7 @@ def stale_entries(root: Path, minutes: float, *, checkpoints: bool = False,
                 if now - last_written(p) > minutes * 60 and not lock_is_held(_locked(p)):
                     found.append(p)
                 continue
-            if p.name.endswith(CHECKPOINT_SUFFIX) and not checkpoints:
+            if p.name.endswith(CHECKPOINT_SUFFIX) and not (checkpoints or _mask_done(p)):
                 continue
             if now - last_written(p) > minutes * 60 and not _lock_held(p):
                 found.append(p)

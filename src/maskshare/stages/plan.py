@@ -61,7 +61,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           inputs=("saes", "masks"), fan_out=True),
     Stage("evaluate", evaluate.build, lambda lo: lo.evaluate, lambda: "evaluation",
           inputs=("saes", "evaluate", "masks.lambdas", "masks.error"),
-          also_needs=lambda lo: [lo.metrics]),
+          # written after the folder, in this order: a kill between them leaves the
+          # folder complete, and the rerun must still write both
+          also_needs=lambda lo: [lo.metrics, lo.report]),
 ]}
 
 
