@@ -221,3 +221,23 @@ def test_shipped_sae_set_loads_with_its_hooks_and_widths(real_model):
     assert is_complete(root)
     q = json.loads((root / "quality.json").read_text())
     assert set(q["per_sae"]) == set(DEFAULT_HOOKS)
+
+
+def test_activation_cache_is_a_manifest_checked_artifact(model, corpus, tmp_cache, monkeypatch):
+    import maskshare.sae_training as st
+    from maskshare.artifacts import is_complete
+
+    calls = []
+    real = st.collect_activations
+    monkeypatch.setattr(st, "collect_activations",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    hooks = ["blocks.0.hook_resid_post"]
+    first = st.cached_activations(model, corpus, hooks)
+    (d,) = list((tmp_cache / "activations").iterdir())
+    assert is_complete(d) and len(calls) == 1
+    again = st.cached_activations(model, corpus, hooks)
+    assert len(calls) == 1 and torch.equal(first[hooks[0]], again[hooks[0]])  # reused
+    f = d / st.ACTS_FILE
+    f.write_bytes(f.read_bytes()[:100])  # truncated: rebuilt, never trusted
+    rebuilt = st.cached_activations(model, corpus, hooks)
+    assert len(calls) == 2 and torch.equal(first[hooks[0]], rebuilt[hooks[0]])

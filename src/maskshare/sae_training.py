@@ -34,8 +34,9 @@ from maskshare.activations import collect_activations
 from maskshare.artifacts import (
     _fsync_dir,
     apply_umask_modes,
-    atomic_path,
+    building,
     hash_config,
+    is_complete,
     make_temp_dir,
     stage_lock,
     write_manifest,
@@ -76,26 +77,28 @@ class SAETrainingConfig(Strict):
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
 
 
+ACTS_FILE = "acts.safetensors"
+
+
 def cached_activations(model, corpus: Corpus, hooks: list[str], batch_rows: int = 16
                        ) -> dict[str, Tensor]:
-    """Training activations, read from the disk cache or collected once and cached."""
+    """Training activations, read from the disk cache or collected once and cached: a
+    content-addressed folder (model, corpus hash, hooks) written atomically with a manifest,
+    like every other artifact, so a truncated file is rebuilt, never trusted."""
     from safetensors.torch import load_file, save_file
 
     key = hash_config(model.cfg.model_name, corpus.sha256, sorted(hooks))
     d = cache_dir() / "activations" / key
-    f = d / "acts.safetensors"
-    if f.is_file():
-        try:
-            acts = load_file(str(f))
-            if set(acts) >= set(hooks):
-                logger.info("using cached activations %s", f)
-                return {h: acts[h] for h in hooks}
-        except Exception as e:  # a truncated cache is rebuilt, never trusted
-            logger.warning("ignoring unreadable activation cache %s: %s", f, e)
+    if is_complete(d):
+        logger.info("using cached activations %s", d)
+        acts = load_file(str(d / ACTS_FILE))
+        return {h: acts[h] for h in hooks}
     acts = collect_activations(model, corpus.train, hooks, batch_rows, desc="train activations")
-    d.mkdir(parents=True, exist_ok=True)
-    with atomic_path(f) as tmp:
-        save_file({h: a.contiguous() for h, a in acts.items()}, str(tmp))
+    with building(d) as tmp:
+        save_file({h: a.contiguous() for h, a in acts.items()}, str(tmp / ACTS_FILE))
+        write_manifest(tmp, inputs={"model": model.cfg.model_name,
+                                    "corpus_sha256": corpus.sha256},
+                       config={"hooks": sorted(hooks), "batch_rows": batch_rows})
     return acts
 
 
