@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+from grouping_items import cfg
 
-from grouping_items import cfg, make_items, templated_items
 from maskshare.errors import UserError
 from maskshare.grouping import make_grouping
-
-
-@pytest.fixture(scope="module")
-def model(tiny):
-    return tiny[0]
-
-
-@pytest.fixture(scope="module")
-def items(model):
-    return make_items(model)
-
-
-@pytest.fixture(scope="module")
-def templated(model):
-    return templated_items(model)
-
 
 # ---------------------------------------------------------------- other kinds
 

@@ -12,29 +12,13 @@ import re
 import numpy as np
 import polars as pl
 import pytest
+from grouping_items import ELEMENTS, cfg, every_feature, make_items
 
-from grouping_items import ELEMENTS, cfg, every_feature, make_items, templated_items
 from maskshare.config import AttentionFeatures
 from maskshare.errors import UserError
 from maskshare.features import attention_features, items_features
 from maskshare.grouping import grouping_quality, load_grouping, make_grouping
 from maskshare.models import tokenize_prompt
-
-
-@pytest.fixture(scope="module")
-def model(tiny):
-    return tiny[0]
-
-
-@pytest.fixture(scope="module")
-def items(model):
-    return make_items(model)
-
-
-@pytest.fixture(scope="module")
-def templated(model):
-    return templated_items(model)
-
 
 # ---------------------------------------------------------------- features
 

@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from grouping_items import cfg, make_items
 
-from grouping_items import cfg, make_items, templated_items
 from maskshare.config import GroupingConfig, GroupingKind
 from maskshare.errors import UserError
 from maskshare.features import items_features
 from maskshare.grouping import load_grouping, make_grouping
-
-
-@pytest.fixture(scope="module")
-def model(tiny):
-    return tiny[0]
-
-
-@pytest.fixture(scope="module")
-def items(model):
-    return make_items(model)
-
-
-@pytest.fixture(scope="module")
-def templated(model):
-    return templated_items(model)
-
 
 # ---------------------------------------------------------------- attention grouping
 

@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from grouping_items import cfg, make_items
 
-from grouping_items import cfg, make_items, templated_items
 from maskshare.config import AttentionFeatures
 from maskshare.grouping import grouping_quality, make_grouping, stability
-
-
-@pytest.fixture(scope="module")
-def model(tiny):
-    return tiny[0]
-
-
-@pytest.fixture(scope="module")
-def items(model):
-    return make_items(model)
-
-
-@pytest.fixture(scope="module")
-def templated(model):
-    return templated_items(model)
-
 
 # ---------------------------------------------------------------- quality
 
