@@ -114,13 +114,10 @@ def unknown_fields(text: str) -> list[str]:
 
 def read_prompts(path: str | Path) -> tuple[list[Prompt], list[Skipped]]:
     """Prompts of a JSON-lines file and the lines skipped; UserError if it cannot be read."""
+    from maskshare.validation import read_text_file
+
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise UserError(f"cannot read prompts {p}: {e.strerror or e}") from None
+    text = read_text_file(p, "prompts")
     prompts, skipped = [], []
     extra_fields: Counter = Counter()
     for i, raw in enumerate(text.splitlines(), start=1):

@@ -39,16 +39,23 @@ def validation_message(e: ValidationError, source: str) -> str:
     return f"{source}: {loc}: {msg}{more}" if loc else f"{source}: {msg}{more}"
 
 
+def read_text_file(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of a file the user named; a one-line UserError when it cannot be read
+    or is not UTF-8."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
 def read_yaml_file(path: str | Path, what: str = "file") -> Any:
     """The parsed YAML of `path` (None for an empty file); a one-line UserError when it
     cannot be read, is not UTF-8 or is not YAML."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    text = read_text_file(path, what)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

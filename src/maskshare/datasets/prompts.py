@@ -26,7 +26,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from maskshare.errors import UserError
-from maskshare.validation import Strict
+from maskshare.validation import Strict, read_text_file
 
 NAME_RE = r"^[a-z0-9][a-z0-9_-]*$"
 REQUIRED = ("prompt", "answer", "counterfactual")
@@ -121,11 +121,7 @@ def read_rows(path: Path) -> list[tuple[str, Any]]:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     if suffix in (".json", ".jsonl"):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        rows = read_rows_text(text, suffix, str(path))
+        rows = read_rows_text(read_text_file(path, "prompt table"), suffix, str(path))
     else:
         try:
             df = (pl.read_csv(path, infer_schema=False) if suffix == ".csv"
