@@ -472,9 +472,9 @@ _bad_line = st.one_of(
                      '{"prompt": 5, "answer": " Au"}', '{"prompt": "", "answer": " Au"}',
                      '{"prompt": "   ", "answer": " Au"}', '{"prompt": "gold is"}',
                      '{"prompt": "gold is", "answer": ""}',
-                     '{"prompt": "gold is", "answer": " Goldilocks"}',
+                     '{"prompt": "gold is", "answer": " Goldilocks", "counterfactual": " Gold"}',
                      '{"prompt": "gold is", "answer": " Au", "counterfactual": " Au"}',
-                     '{"prompt": "gold is", "answer": " Au", "counterfactual": " zzqx"}',
+                     '{"prompt": "gold is", "answer": " Au", "counterfactual": ""}',
                      json.dumps({"prompt": "gold " * 100, "answer": " Au"}),
                      '{"prompt": "gold is", "answer": [" Au"]}']),
     st.text(max_size=30).filter(lambda s: s.strip() and len(s.splitlines()) == 1

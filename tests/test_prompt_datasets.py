@@ -455,11 +455,12 @@ def test_real_model_agreement_pairs_pass_the_logit_diff_filter(dirs, tmp_path, c
                          "patch_answer": " is" if plural else " are",
                          "case": "plural" if plural else "singular"})
     f = write_rows(tmp_path / "agreement.json", rows)
-    rc, out, err = run_cli(["datasets", "import", str(f), "--name", "agreement",
+    rc, out, err = run_cli(["datasets", "import", str(f), "--name", "agreement-pairs",
                             "--held-out-group", "singular", "--min-items", "1",
                             "--no-progress"], capsys)
     assert rc == 0, err
-    items = build_dataset(DatasetRef(name="agreement", min_items=1, behaviour_filter="none"),
+    items = build_dataset(DatasetRef(name="agreement-pairs", min_items=1,
+                                     behaviour_filter="none"),
                           real_model, progress=False).items
     teachers = items.filter(pl.col("prompt") == "The teachers near the desk")
     assert teachers["answer"].item() == " are" and teachers["logit_diff"].item() > 0

@@ -68,3 +68,18 @@ def test_auto_lambdas_resolve_to_the_documented_grid_and_lists_stay_lists():
     assert parse_config({"masks": {"lambdas": "auto"}}).masks.lambda_grid == list(AUTO_LAMBDAS)
     with pytest.raises(UserError, match="masks.lambdas"):
         parse_config({"masks": {"lambdas": "often"}})
+
+
+def test_without_a_task_signal_the_objective_stays_in_raw_units(caplog):
+    """Patching each prompt with itself (error clean): ablating everything changes nothing, so
+    there is no scale to divide by; training goes on in raw units and says so."""
+    model = tiny_model(seed=0)
+    saes = tiny_saes(model, seed=0)
+    tok = model.tokenizer
+    tokens = [[tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    slots = [np.array([0] + [1] * (len(t) - 1)) for t in tokens]
+    mm = MaskedModel(model, saes, None, 2, ablation="counterfactual", error="clean")
+    batches = mm.prepare(tokens, slots, [5] * len(tokens), [6] * len(tokens), batch_size=2,
+                         counterfactual_tokens=tokens)
+    t = compute_targets(mm, batches, "logit-diff", scale="task")
+    assert t.scale == 1.0 and "raw units" in caplog.text

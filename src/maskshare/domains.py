@@ -26,7 +26,7 @@ from pydantic_core import PydanticCustomError
 INT32_MAX = 2**31 - 1
 SEED_MAX = 2**32 - 1
 SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-DATASET_NAME_RE = r"^[a-z0-9][a-z0-9_-]*$"
+DATASET_NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # at most 64 characters
 
 
 def bad(message: str) -> PydanticCustomError:
@@ -60,8 +60,8 @@ def _dataset_name(v: str) -> str:
     if v.endswith((".yaml", ".yml")) or "/" in v or "\\" in v:
         return _one_line(v)
     if not re.match(DATASET_NAME_RE, v):
-        raise bad(f"must be a dataset name (lowercase letters, digits, '_' or '-', starting "
-                  f"with a letter or digit) or a spec file's path ending in .yaml; got {v[:40]!r}")
+        raise bad(f"must be a dataset name (at most 64 lowercase letters, digits, '_' or '-', "
+                  f"starting with a letter or digit) or a spec file's path ending in .yaml; got {v[:40]!r}")
     return v
 
 

@@ -120,10 +120,10 @@ def task_scale(mm: MaskedModel, batches: list[PreparedBatch], targets: Targets,
             "non-finite objective of the empty circuit before step 0 (task scale)"
             + (f": first at {where}" if where else "")
             + "; check the slot statistics and SAE weights there")
-    if gap <= 1e-6:
-        raise MaskTrainingError(
-            f"the empty circuit scores the same as the full model (objective gap {gap:.3g}): "
-            "the prompts carry no task signal to normalise by; use masks.scale: none")
+    if gap <= 1e-6:  # ablating everything changes nothing: no scale to read, raw units
+        logger.warning("the empty circuit scores like the full model on these prompts "
+                       "(objective gap %.3g): the objective is left in raw units", gap)
+        return 1.0
     return gap
 
 

@@ -65,7 +65,7 @@ class FilterSpec(Strict):
 
 class PromptDatasetSpec(Strict):
     kind: Literal["prompts"]
-    name: str = Field(pattern=NAME_RE)
+    name: str = Field(pattern=NAME_RE, max_length=64)  # a file and folder name
     description: str = ""
     source: PromptSource
     columns: dict[str, str] = Field(default_factory=dict,

@@ -64,7 +64,7 @@ class SplitPolicy(Strict):
 
 
 class DatasetSpec(Strict):
-    name: str = Field(pattern=NAME_RE)
+    name: str = Field(pattern=NAME_RE, max_length=64)  # a file and folder name
     description: str = ""
     source: SourceSpec
     entity: Text = Field(description="column naming the entity; the split is by entity")
