@@ -29,7 +29,9 @@ from maskshare.sae_training import (
 from maskshare.saes import SAESetConfig, load_saes
 from maskshare.testing import tiny_model, tiny_saes, tiny_tokenizer
 
-SMALL = CorpusConfig(context_size=32, train_tokens=4000, heldout_tokens=640)
+# package text only: sampled text needs a Hugging Face model (tests/test_corpus_sampling.py)
+SMALL = CorpusConfig(context_size=32, train_tokens=4000, heldout_tokens=640,
+                     mix={"doc": 0.25, "docstring": 0.25, "code": 0.3, "elements": 0.2})
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +119,7 @@ def test_train_saes_writes_the_set_with_manifest(model, tmp_path, tmp_cache):
 
     hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     cfg = SAETrainingConfig(model="tiny", hooks=hooks, d_sae=64, k=8, epochs=2, batch_size=256,
-                            corpus=SMALL)
+                            corpus=SMALL, activations="model")
     out = train_saes(cfg, out_dir=tmp_path / "set", model=model, quality=True)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == hooks
     assert is_complete(out)
@@ -223,21 +225,56 @@ def test_shipped_sae_set_loads_with_its_hooks_and_widths(real_model):
     assert set(q["per_sae"]) == set(DEFAULT_HOOKS)
 
 
-def test_activation_cache_is_a_manifest_checked_artifact(model, corpus, tmp_cache, monkeypatch):
+def test_activation_store_is_a_manifest_checked_resumable_artifact(model, corpus, tmp_cache,
+                                                                  monkeypatch):
+    import maskshare.activation_store as store_mod
     import maskshare.sae_training as st
     from maskshare.artifacts import is_complete
 
+    cfg = SAETrainingConfig(model="tiny", hooks=["blocks.0.hook_resid_post"], corpus=SMALL,
+                            activations="model", forward_batch_rows=4)
     calls = []
-    real = st.collect_activations
-    monkeypatch.setattr(st, "collect_activations",
+    real = store_mod._collect_shard
+    monkeypatch.setattr(store_mod, "_collect_shard",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
-    hooks = ["blocks.0.hook_resid_post"]
-    first = st.cached_activations(model, corpus, hooks)
-    (d,) = list((tmp_cache / "activations").iterdir())
-    assert is_complete(d) and len(calls) == 1
-    again = st.cached_activations(model, corpus, hooks)
-    assert len(calls) == 1 and torch.equal(first[hooks[0]], again[hooks[0]])  # reused
-    f = d / st.ACTS_FILE
-    f.write_bytes(f.read_bytes()[:100])  # truncated: rebuilt, never trusted
-    rebuilt = st.cached_activations(model, corpus, hooks)
-    assert len(calls) == 2 and torch.equal(first[hooks[0]], rebuilt[hooks[0]])
+    monkeypatch.setattr(store_mod, "SHARD_ROWS", 40)
+    small = type(corpus)(train=corpus.train[:100], heldout=corpus.heldout,
+                         description=corpus.description)
+    d = st.activation_store(model, small, cfg)
+    n_shards = 3
+    assert is_complete(d) and len(calls) == n_shards
+    first = store_mod.load_hook(d, "blocks.0.hook_resid_post")
+    assert first.shape == (100 * (SMALL.context_size - 1), model.cfg.d_model)
+    st.activation_store(model, small, cfg)
+    assert len(calls) == n_shards  # reused
+    shard = sorted(d.glob("shard-*"))[1]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated: rebuilt, never trusted
+    st.activation_store(model, small, cfg)
+    assert len(calls) == 2 * n_shards
+    assert torch.equal(store_mod.load_hook(d, "blocks.0.hook_resid_post"), first)
+
+    # killed after one shard: the rerun collects only the missing shards
+    import shutil
+    shutil.rmtree(d)
+    def dies_after_one(*a, **k):
+        if len(calls) >= 2 * n_shards + 1:
+            raise KeyboardInterrupt
+        return calls.append(1) or real(*a, **k)
+    monkeypatch.setattr(store_mod, "_collect_shard", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        st.activation_store(model, small, cfg)
+    assert not d.exists()
+    monkeypatch.setattr(store_mod, "_collect_shard",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    st.activation_store(model, small, cfg)
+    assert len(calls) == 3 * n_shards
+    assert torch.equal(store_mod.load_hook(d, "blocks.0.hook_resid_post"), first)
+
+
+def test_outlier_positions_are_dropped_from_training(model, corpus, tmp_cache):
+    from maskshare.activation_store import outlier_mask
+
+    x = torch.randn(1000, 8)
+    x[[3, 500]] *= 50
+    keep = outlier_mask(x, 10.0)
+    assert keep.sum() == 998 and not keep[3] and not keep[500]

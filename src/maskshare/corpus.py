@@ -1,8 +1,10 @@
 """Offline training text for the embedded SAE set, assembled from what is on the machine.
 
 No public text corpus ships with any package and the hub is unreachable, so the text is
-built from three sources, all read locally:
+built from these sources, all made locally:
 
+- `sampled`: text the embedded model writes itself from varied openings
+  (`maskshare.corpus_sampling`): the most in-distribution text there is.
 - `doc`: prose documentation of installed distributions: the long description in each
   `*.dist-info/METADATA` (the package's README) and every `*.md` / `*.rst` file.
 - `docstring`: module, class and function docstrings of the distributions' `*.py` files
@@ -36,18 +38,21 @@ import sysconfig
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
+from maskshare.corpus_sampling import SamplingConfig, sampling_recipe
 from maskshare.errors import UserError
 from maskshare.validation import Strict
 
 logger = logging.getLogger(__name__)
 
 Split = Literal["train", "heldout"]
-SOURCES = ("doc", "docstring", "code", "elements")
+SOURCES = ("sampled", "doc", "docstring", "code", "elements")
+Sampler = Callable[[str, int], "torch.Tensor"]  # (split, n_rows) -> token rows
 
 # sentence templates about elements; training and held-out text use disjoint templates
 TRAIN_TEMPLATES = (
@@ -77,13 +82,15 @@ class CorpusConfig(Strict):
 
     seed: int = 0
     context_size: int = Field(default=128, ge=8)
-    train_tokens: int = Field(default=144_000, ge=1)
-    heldout_tokens: int = Field(default=16_384, ge=1)
+    train_tokens: int = Field(default=2_100_000, ge=1)
+    heldout_tokens: int = Field(default=32_768, ge=1)
     heldout_fraction: float = Field(default=0.2, gt=0, lt=1,
                                     description="fraction of distributions held out")
     mix: dict[str, float] = Field(
-        default_factory=lambda: {"doc": 0.25, "docstring": 0.25, "code": 0.3, "elements": 0.2},
+        default_factory=lambda: {"sampled": 0.58, "doc": 0.12, "docstring": 0.12, "code": 0.12,
+                                 "elements": 0.06},
         description="share of tokens per source")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     max_doc_chars: int = Field(default=6000, ge=100)
     min_doc_chars: int = Field(default=200, ge=1)
     site_packages: list[str] | None = Field(
@@ -218,9 +225,15 @@ def _pack(docs: list[list[int]], sep: list[int], bos: int, ctx: int, n_rows: int
 
 
 def _source_rows(kind: str, split: Split, files: list[SourceFile], tokenizer, cfg: CorpusConfig,
-                 n_rows: int, used: list[str]) -> list[list[int]]:
+                 n_rows: int, used: list[str], sampler: Sampler | None = None
+                 ) -> list[list[int]]:
     if n_rows <= 0:
         return []
+    if kind == "sampled":
+        if sampler is None:
+            raise UserError("corpus.mix has 'sampled' text but no model to sample from")
+        used.append(f"sampled:{split} x{n_rows} rows")
+        return sampler(split, n_rows).tolist()
     bos = tokenizer.bos_token_id
     sep = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
     need = n_rows * (cfg.context_size - 1)
@@ -257,7 +270,7 @@ def _source_rows(kind: str, split: Split, files: list[SourceFile], tokenizer, cf
 
 
 def _split_rows(split: Split, files: list[SourceFile], tokenizer, cfg: CorpusConfig,
-                n_tokens: int, used: list[str]) -> torch.Tensor:
+                n_tokens: int, used: list[str], sampler: Sampler | None = None) -> torch.Tensor:
     n_rows = max(1, -(-n_tokens // cfg.context_size))
     unknown = set(cfg.mix) - set(SOURCES)
     if unknown:
@@ -269,15 +282,17 @@ def _split_rows(split: Split, files: list[SourceFile], tokenizer, cfg: CorpusCon
     kinds = [k for k in SOURCES if cfg.mix.get(k, 0) > 0]
     for i, kind in enumerate(kinds):
         n = round(n_rows * cfg.mix[kind] / total_w) if i < len(kinds) - 1 else n_rows - len(rows)
-        rows += _source_rows(kind, split, files, tokenizer, cfg, n, used)
+        rows += _source_rows(kind, split, files, tokenizer, cfg, n, used, sampler)
     random.Random(f"rows-{split}-{cfg.seed}").shuffle(rows)
     if not rows:
         raise UserError(f"no {split} text could be assembled: check corpus.site_packages")
     return torch.tensor(rows, dtype=torch.long)
 
 
-def build_corpus(tokenizer, cfg: CorpusConfig | None = None) -> Corpus:
-    """Assemble training and held-out token rows (deterministic given `cfg.seed`)."""
+def build_corpus(tokenizer, cfg: CorpusConfig | None = None, sampler: Sampler | None = None
+                 ) -> Corpus:
+    """Assemble training and held-out token rows (deterministic given `cfg.seed`; the
+    `sampled` rows come from `sampler(split, n_rows)`, needed when the mix has them)."""
     cfg = cfg or CorpusConfig()
     if tokenizer.bos_token_id is None:
         raise UserError("the tokenizer has no BOS token")
@@ -290,9 +305,9 @@ def build_corpus(tokenizer, cfg: CorpusConfig | None = None) -> Corpus:
     used_train: list[str] = []
     used_held: list[str] = []
     train = _split_rows("train", [f for f in files if f.dist not in held_set], tokenizer, cfg,
-                        cfg.train_tokens, used_train)
+                        cfg.train_tokens, used_train, sampler)
     heldout = _split_rows("heldout", [f for f in files if f.dist in held_set], tokenizer, cfg,
-                          cfg.heldout_tokens, used_held)
+                          cfg.heldout_tokens, used_held, sampler)
     h = hashlib.sha256()
     for t in (train, heldout):
         h.update(str(tuple(t.shape)).encode())
@@ -317,6 +332,7 @@ def build_corpus(tokenizer, cfg: CorpusConfig | None = None) -> Corpus:
         "train_tokens": int(train.numel()), "heldout_tokens": int(heldout.numel()),
         "train_sources": rel(used_train), "heldout_sources": rel(used_held),
         "element_templates": {"train": list(TRAIN_TEMPLATES), "heldout": list(HELDOUT_TEMPLATES)},
+        **({"sampling": sampling_recipe()} if cfg.mix.get("sampled", 0) > 0 else {}),
         "sha256": h.hexdigest(),
     }
     return Corpus(train=train, heldout=heldout, description=description)

@@ -94,6 +94,18 @@ def load_hf_model(hf_dir: Path):
     return AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
 
 
+def load_hf_form(name: str):
+    """The Hugging Face form (float32) of the embedded model or of a local HF model folder:
+    the weights the transformer_lens model is built from."""
+    if name == EMBEDDED:
+        return load_hf_model(embedded_hf_dir())
+    p = Path(name).expanduser()
+    if not (p / "config.json").is_file():
+        raise UserError(f"sampled text and the fast activation path need the embedded model or "
+                        f"a local Hugging Face model folder, not {name!r}")
+    return load_hf_model(p)
+
+
 def _llama_cfg_from_hf(hf_config) -> dict:
     c = hf_config
     n_heads = c.num_attention_heads

@@ -30,11 +30,10 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from maskshare.activations import collect_activations
 from maskshare.artifacts import (
     _fsync_dir,
     apply_umask_modes,
-    building,
+
     hash_config,
     is_complete,
     make_temp_dir,
@@ -71,35 +70,52 @@ class SAETrainingConfig(Strict):
     lr_end_fraction: float = Field(default=0.1, ge=0, le=1,
                                    description="cosine decay to lr * this")
     forward_batch_rows: int = Field(default=16, ge=1)
+    activations: Literal["hf-bfloat16", "model"] = Field(
+        default="hf-bfloat16", description="hf-bfloat16: the HF form of the model in bfloat16 "
+        "(residual hooks only, ~4x faster); model: transformer_lens in float32")
+    outlier_factor: float | None = Field(
+        default=10.0, gt=1, description="train without positions whose norm is over this x "
+        "the median (attention sinks); None keeps all")
     save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
     seed: int = 0
     threads: int | None = None
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
 
 
-ACTS_FILE = "acts.safetensors"
 
 
-def cached_activations(model, corpus: Corpus, hooks: list[str], batch_rows: int = 16
-                       ) -> dict[str, Tensor]:
-    """Training activations, read from the disk cache or collected once and cached: a
-    content-addressed folder (model, corpus hash, hooks) written atomically with a manifest,
-    like every other artifact, so a truncated file is rebuilt, never trusted."""
-    from safetensors.torch import load_file, save_file
+def activation_store(model, corpus: Corpus, cfg: SAETrainingConfig, hf_model=None) -> Path:
+    """The training activations as a store (`maskshare.activation_store`): read from the
+    disk cache or collected once, streamed to disk, resumable; keyed by model, corpus hash,
+    hooks and how the model was run."""
+    from maskshare.activation_store import build_store, hf_resid_forward, tl_forward
 
-    key = hash_config(model.cfg.model_name, corpus.sha256, sorted(hooks))
-    d = cache_dir() / "activations" / key
-    if is_complete(d):
-        logger.info("using cached activations %s", d)
-        acts = load_file(str(d / ACTS_FILE))
-        return {h: acts[h] for h in hooks}
-    acts = collect_activations(model, corpus.train, hooks, batch_rows, desc="train activations")
-    with building(d) as tmp:
-        save_file({h: a.contiguous() for h, a in acts.items()}, str(tmp / ACTS_FILE))
-        write_manifest(tmp, inputs={"model": model.cfg.model_name,
-                                    "corpus_sha256": corpus.sha256},
-                       config={"hooks": sorted(hooks), "batch_rows": batch_rows})
-    return acts
+    hooks = sorted(cfg.hooks)
+    key = hash_config(model.cfg.model_name, corpus.sha256, hooks, cfg.activations)
+    folder = cache_dir() / "activations" / key
+    if cfg.activations == "hf-bfloat16":
+        forward = hf_resid_forward(hf_model.to(torch.bfloat16), hooks)
+    else:
+        forward = tl_forward(model, hooks)
+    return build_store(folder, forward, corpus.train, hooks,
+                       batch_rows=cfg.forward_batch_rows,
+                       dtype="bfloat16" if cfg.activations == "hf-bfloat16" else "float16",
+                       describe={"model": model.cfg.model_name, "corpus_sha256": corpus.sha256,
+                                 "activations": cfg.activations})
+
+
+def training_activations(store: Path, hook: str, cfg: SAETrainingConfig
+                         ) -> tuple[Tensor, dict[str, float]]:
+    """One hook's activations, outlier positions removed (`cfg.outlier_factor`)."""
+    from maskshare.activation_store import load_hook, outlier_mask
+
+    acts = load_hook(store, hook)
+    info = {"tokens": float(acts.shape[0])}
+    if cfg.outlier_factor is not None:
+        keep = outlier_mask(acts, cfg.outlier_factor)
+        info["outliers_dropped"] = float((~keep).sum())
+        acts = acts[keep]
+    return acts, info
 
 
 def activation_batches(acts: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
@@ -205,15 +221,20 @@ def _check_hooks(cfg: SAETrainingConfig, model) -> None:
             raise UserError(f"hook {h!r} does not exist in model {cfg.model!r}")
 
 
-def _train_each(tmp: Path, acts: dict[str, Tensor], cfg: SAETrainingConfig,
-                timings: dict[str, float]) -> None:
-    """One SAE a hook (seed `cfg.seed + i`), saved for inference under `tmp`."""
+def _train_each(tmp: Path, store: Path, cfg: SAETrainingConfig,
+                timings: dict[str, float]) -> dict[str, dict[str, float]]:
+    """One SAE a hook (seed `cfg.seed + i`), saved for inference under `tmp`; one hook's
+    activations in memory at a time."""
+    data: dict[str, dict[str, float]] = {}
     for i, h in enumerate(cfg.hooks):
         t = time.perf_counter()
         logger.info("training SAE %d/%d at %s", i + 1, len(cfg.hooks), h)
-        trained = train_sae(acts[h], h, cfg, seed=cfg.seed + i)
+        acts, data[h] = training_activations(store, h, cfg)
+        trained = train_sae(acts, h, cfg, seed=cfg.seed + i)
+        del acts
         save_inference_sae(trained, tmp / hook_dirname(h), cfg.save_dtype)
         timings[f"train_{h}_s"] = time.perf_counter() - t
+    return data
 
 
 def _measure_set_quality(tmp: Path, model, corpus: Corpus, timings: dict[str, float]) -> dict:
@@ -229,13 +250,14 @@ def _measure_set_quality(tmp: Path, model, corpus: Corpus, timings: dict[str, fl
 
 
 def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None = None,
-               model=None, quality: bool = True) -> Path:
+               model=None, quality: bool = True, hf_model=None) -> Path:
     """Train the SAE set of `cfg` and write it (plus manifest and quality) to `out_dir`.
 
-    `out_dir` defaults to the embedded set's folder `data/saes/<model>/`. `model` may be
-    passed in (tests); otherwise `cfg.model` is loaded.
+    `out_dir` defaults to the embedded set's folder `data/saes/<model>/`. `model` (and its
+    HF form `hf_model`) may be passed in (tests); otherwise `cfg.model` is loaded.
     """
-    from maskshare.models import load_model
+    from maskshare.corpus_sampling import model_sampler
+    from maskshare.models import load_hf_form, load_model
 
     cfg = cfg or SAETrainingConfig()
     if not cfg.hooks:
@@ -247,27 +269,31 @@ def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None 
     t0 = time.perf_counter()
     if model is None:
         model = load_model(cfg.model, threads=cfg.threads)
+    if hf_model is None and (cfg.activations == "hf-bfloat16"
+                             or cfg.corpus.mix.get("sampled", 0) > 0):
+        hf_model = load_hf_form(cfg.model)
     timings["load_model_s"] = time.perf_counter() - t0
     _check_hooks(cfg, model)
     out_dir = Path(out_dir) if out_dir is not None else embedded_sae_root(cfg.model)
 
     t = time.perf_counter()
-    corpus = build_corpus(model.tokenizer, cfg.corpus)
+    corpus = build_corpus(model.tokenizer, cfg.corpus,
+                          model_sampler(cfg.model, cfg.corpus, model.tokenizer, hf_model))
     timings["corpus_s"] = time.perf_counter() - t
     logger.info("corpus: %d train rows, %d held-out rows (sha256 %s)", corpus.train.shape[0],
                 corpus.heldout.shape[0], corpus.sha256[:12])
 
     t = time.perf_counter()
-    acts = cached_activations(model, corpus, cfg.hooks, cfg.forward_batch_rows)
+    store = activation_store(model, corpus, cfg, hf_model)
     timings["activations_s"] = time.perf_counter() - t
 
     tmp = make_temp_dir(out_dir)
     try:
-        _train_each(tmp, acts, cfg, timings)
-        del acts  # the activations are the largest thing held: free them before quality
+        data = _train_each(tmp, store, cfg, timings)
         q = _measure_set_quality(tmp, model, corpus, timings) if quality else None
         timings["total_s"] = time.perf_counter() - t0
-        write_set_manifest(tmp, cfg, corpus.description, timings, q)
+        write_set_manifest(tmp, cfg, {**corpus.description, "training_positions": data},
+                           timings, q)
         apply_umask_modes(tmp)  # sae_lens saves its files private
         with stage_lock(out_dir):
             _replace_dir(tmp, out_dir)
@@ -293,7 +319,10 @@ def recipe_text(cfg: SAETrainingConfig) -> str:
     return (f"{cfg.architecture} SAEs (sae_lens SAETrainer), d_sae={cfg.d_sae}"
             + (f", k={cfg.k}" if cfg.architecture != "standard" else "")
             + f", {cfg.epochs:g} epochs over {cfg.corpus.train_tokens} corpus tokens "
-            f"(BOS excluded), batch {cfg.batch_size} tokens, Adam lr {cfg.lr:g} "
+            f"(BOS excluded"
+            + (f", positions over {cfg.outlier_factor:g}x the median norm excluded"
+               if cfg.outlier_factor else "")
+            + f"), activations from {cfg.activations}, batch {cfg.batch_size} tokens, Adam lr {cfg.lr:g} "
             f"(warm-up {cfg.lr_warm_up_steps} steps, cosine to {cfg.lr * cfg.lr_end_fraction:g}), "
             f"activations normalised by their expected norm (folded into the weights), "
             f"weights saved as {cfg.save_dtype}, seed {cfg.seed}")
