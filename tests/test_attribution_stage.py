@@ -59,3 +59,79 @@ def test_a_rerun_is_cached_and_a_rebuild_gives_the_same_bytes(finished_tiny_run,
         call.run(run)
     assert "cached" not in caplog.text
     assert out.read_bytes() == before[1]  # deterministic: the same bytes again
+
+
+def test_attribution_circuits_are_rows_of_the_evaluation_on_every_split(finished_tiny_run):
+    import polars as pl
+
+    _, run, _ = finished_tiny_run
+    cfg = load_run_config(run)
+    layout, main = RunLayout(run), main_variant(cfg).name
+    curves = pl.read_parquet(layout.curves)
+    masks = curves.filter(pl.col("variant") == main)
+    keys = sorted(zip(masks["split"], masks["lambda"], strict=True))
+    assert any(":" not in s and s != "train" for s, _ in keys)  # held-out splits are there
+    for finder in ("atp", "ig"):
+        attr = curves.filter(pl.col("variant") == f"{main}__{finder}")
+        # the same splits (selection, held-out, per group) and lambdas as the learned masks,
+        # and on each split two points beyond the sweep (lambda null)
+        matched = attr.filter(pl.col("lambda").is_not_null())
+        assert sorted(zip(matched["split"], matched["lambda"], strict=True)) == keys
+        assert attr.filter(pl.col("lambda").is_null()).height == 2 * len(set(masks["split"]))
+        assert set(attr["finder"]) == {finder} and set(attr["grouping"]) == {"attention"}
+        assert attr["faithfulness"].null_count() < attr.height
+    assert set(masks["finder"]) == {"masks"}
+    comp = pl.read_parquet(layout.comparisons)
+    assert comp.filter(pl.col("finder") != "masks")["method"].to_list() == [
+        f"{main}__atp", f"{main}__ig"]
+    metrics = __import__("json").loads(layout.metrics.read_text())
+    assert f"baseline_{main}__ig" in metrics and f"baseline_{main}__atp_curve_area" in metrics
+
+
+def test_attribution_circuits_have_the_learned_masks_sizes(finished_tiny_run):
+    from maskshare.attribution import slot_token_share
+    from maskshare.comparison import TopTriples
+    from maskshare.evaluation import size_metrics
+    from maskshare.stages.attribution import matched_circuits
+    from maskshare.stages.masks import load_masks, prepare_variant
+
+    _, run, _ = finished_tiny_run
+    cfg = load_run_config(run)
+    main, seed = main_variant(cfg), cfg.evaluate.seeds[0]
+    prep = prepare_variant(run, main, "train", cfg.masks.max_train_prompts)
+    half_triple = slot_token_share(prep.slots, prep.mm.n_slots).max() / 2
+    circuits = matched_circuits(run, TopTriples(main, "ig"), seed)
+    matched = [(lam, c) for lam, c in circuits if lam is not None]
+    assert [lam for lam, _ in matched] == cfg.masks.lambda_grid
+    sizes = []
+    for lam, c in matched:
+        want = size_metrics(load_masks(run, main, lam, seed), prep.slots)["latents_per_token"]
+        got = size_metrics(c, prep.slots)["latents_per_token"]
+        assert abs(got - want) <= half_triple + 1e-9, (lam, got, want)
+        sizes.append(want)
+    assert len(set(sizes)) > 1  # the sweep's sizes differ, so the matching is not trivial
+    # beyond the sweep: one circuit below its sparsest size and one above its densest
+    extra = sorted(size_metrics(c, prep.slots)["latents_per_token"]
+                   for lam, c in circuits if lam is None)
+    assert len(extra) == 2 and extra[0] < min(sizes) and extra[1] > max(sizes)
+
+
+def test_the_report_shows_masks_against_attribution(finished_tiny_run):
+    from maskshare.report_data import comparison_rows, load_run_view, plot_series
+
+    _, run, _ = finished_tiny_run
+    page = RunLayout(run).report.read_text()
+    for text in ("attention slots, slot-mean ablation · integrated gradients",
+                 "attention slots, slot-mean ablation · attribution patching",
+                 "Learned masks and attribution", "Closest to the full model"):
+        assert text in page, text
+    view = load_run_view(run)
+    plot = next(p for p in plot_series(view) if p["title"].startswith("Learned masks"))
+    assert [s["name"] for s in plot["series"]] == [
+        "learned masks", "attribution patching", "integrated gradients"]
+    assert all(s["points"] for s in plot["series"])
+    # the groupings and ablations plots keep to learned masks
+    assert all("·" not in s["name"] for p in plot_series(view)[:2] for s in p["series"])
+    rows = {r["finder"]: r for r in comparison_rows(view) if r["grouping"] == "attention"
+            and r["ablation"] == "slot-mean"}
+    assert set(rows) == {"masks", "atp", "ig"}

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from maskshare.artifacts import building, save_tensors, write_manifest
+from maskshare.comparison import TopTriples
 from maskshare.config import RunConfig
 from maskshare.layout import RunLayout
 from maskshare.resources import load_run_config
@@ -27,6 +28,11 @@ def attribution_variants(cfg: RunConfig) -> list[Variant]:
     if not cfg.attribution.methods:
         return []
     return variants(cfg) if cfg.attribution.variants == "all" else [main_variant(cfg)]
+
+
+def attribution_methods(cfg: RunConfig) -> list[TopTriples]:
+    """The attribution circuits a run compares: each scored variant x each method."""
+    return [TopTriples(v, m) for v in attribution_variants(cfg) for m in cfg.attribution.methods]
 
 
 def build(run: Path, variant: Variant | str) -> Path:
@@ -73,3 +79,38 @@ def load_scores(run: str | Path, variant: Variant | str, method: str):
     with safe_open(str(path), framework="pt") as f:
         hooks = [h for h in (f.metadata() or {}).get("hooks", "").split(",") if h]
         return {h: f.get_tensor(h) for h in hooks}
+
+
+BRACKET = (0.5, 2.0)  # extra circuits at these multiples of the sweep's sparsest / densest size
+
+
+def matched_circuits(run: str | Path, method: TopTriples, seed: int) -> list[tuple]:
+    """[(lambda, binary masks)]: the top triples by `method`'s scores at the latents per
+    token of the variant's learned mask at each (lambda, `seed`) of the sweep, both measured
+    on the training prompts the scores were computed on (the closest size the ranking
+    allows: `attribution.circuit_at_size`); then (None, masks) at half the sparsest and
+    twice the densest of those sizes. A mask keeps different slots than the ranking does,
+    so on a held-out split the two sizes differ; the extra points let each attribution
+    curve be read at the masks' sizes there (`f_at_size` never extrapolates)."""
+    from maskshare.attribution import circuit_at_size
+    from maskshare.evaluation import size_metrics
+    from maskshare.stages.masks import load_masks, prepare_variant
+
+    cfg = load_run_config(run)
+    slots = prepare_variant(run, method.variant, "train", cfg.masks.max_train_prompts).slots
+    scores = load_scores(run, method.variant, method.finder)
+
+    def size(m) -> float:
+        return size_metrics(m, slots)["latents_per_token"]
+
+    out = []
+    for lam in cfg.masks.lambda_grid:
+        out.append((lam, circuit_at_size(scores, slots, size(load_masks(run, method.variant,
+                                                                         lam, seed)))))
+    sizes = [size(m) for _, m in out]
+    for target in (min(sizes) * BRACKET[0], max(sizes) * BRACKET[1]):
+        m = circuit_at_size(scores, slots, target)
+        if all(abs(size(m) - s) > 1e-9 for s in sizes):
+            out.append((None, m))
+            sizes.append(size(m))
+    return out
