@@ -5,7 +5,9 @@
 For each run: the headline (main method at the lambda chosen on training prompts, on the
 held-out split), every method's F at the main method's latents per token (read off its
 F-versus-size curve on the headline split) with its curve area, and the main method on
-each held-out split. Everything is read from the run's metrics.json and evaluate/ tables.
+each held-out split; where the run has attribution circuits, the main method's learned masks
+against them on every split at each lambda's size. Everything is read from the run's
+metrics.json and evaluate/ tables.
 """
 
 from __future__ import annotations
@@ -52,7 +54,45 @@ def tables(run: Path) -> str:
         out += ["", f"Stability across seeds 0/1 (Jaccard of kept triples / of distinct "
                     f"latents): {_f(m['stability_jaccard'])} / "
                     f"{_f(m.get('stability_jaccard_latents'))}."]
+    out += attribution_table(curves, comp["method"][0])
     return "\n".join(out)
+
+
+FINDERS = {"masks": "learned masks", "ig": "integrated gradients",
+           "atp": "attribution patching"}
+
+
+def attribution_table(curves: pl.DataFrame, main: str) -> list[str]:
+    """F (latents per token) of the main variant's learned masks and of its attribution
+    circuits at each mask's size, per split and lambda, then the attribution circuits'
+    extra points below and above the sweep; [] for a run without them."""
+    if "finder" not in curves.columns:
+        return []
+    rows = curves.filter(pl.col("variant").is_in([main, *(f"{main}__{f}" for f in FINDERS)]))
+    finders = [f for f in FINDERS if f in set(rows["finder"].to_list())]
+    if len(finders) < 2:
+        return []
+    out = ["", "Learned masks against attribution (the top triples by score at each mask's "
+               "size on the training prompts): F (latents per token)", "",
+           "| split | lambda | " + " | ".join(FINDERS[f] for f in finders) + " |",
+           "|---|---:|" + "---:|" * len(finders)]
+
+    def cell(r) -> str:
+        return f"{_f(r['faithfulness'], 2)} ({_f(r['latents_per_token'], 1)})"
+
+    for (split, lam), g in rows.filter(pl.col("lambda").is_not_null()).group_by(
+            ["split", "lambda"], maintain_order=True):
+        by = {r["finder"]: r for r in g.iter_rows(named=True)}
+        out.append(f"| {split} | {lam:g} | "
+                   + " | ".join(cell(by[f]) if f in by else "" for f in finders) + " |")
+    extra = rows.filter(pl.col("lambda").is_null())
+    for (split,), g in extra.group_by(["split"], maintain_order=True):
+        per = {f: g.filter(pl.col("finder") == f).sort("latents_per_token").to_dicts()
+               for f in finders}
+        for i, where in enumerate(("below the sweep", "above the sweep")):
+            out.append(f"| {split} | {where} | " + " | ".join(
+                cell(per[f][i]) if len(per[f]) == 2 else "" for f in finders) + " |")
+    return out
 
 
 def main() -> None:

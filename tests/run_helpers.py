@@ -19,7 +19,8 @@ def subprocess_env(cache: Path) -> dict:
 
 def stage_dirs(run: Path) -> list[Path]:
     """Every visible (not dot-named) stage directory of a run."""
-    return [p for pat in ("dataset", "groups/*", "stats/*", "masks/*/*", "evaluate")
+    return [p for pat in ("dataset", "groups/*", "stats/*", "attribution/*", "masks/*/*",
+                          "evaluate")
             for p in run.glob(pat) if p.is_dir() and not p.name.startswith(".")]
 
 

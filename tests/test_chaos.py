@@ -35,7 +35,8 @@ from maskshare.cli import main
 from run_helpers import compare_runs, dot_entries, stage_dirs, subprocess_env
 
 STAGE_OF = {"prepare": "prepare", "dataset": "dataset", "groups": "groups",
-            "slot": "stats", "masks": "masks", "evaluation": "evaluate"}
+            "slot": "stats", "attribution": "attribution", "masks": "masks",
+            "evaluation": "evaluate"}
 KILLS = int(os.environ.get("MASKSHARE_CHAOS_KILLS", "32"))
 SEED = int(os.environ.get("MASKSHARE_CHAOS_SEED", "15"))
 

@@ -10,6 +10,7 @@ import pytest
 
 from maskshare.comparison import (
     EvalRow,
+    TopTriples,
     choose_lambda,
     compare_at_matched_size,
     group_splits,
@@ -87,11 +88,41 @@ def test_matched_comparison_reads_each_curve_at_the_main_size_in_log_space():
     assert "F at 10 latents/token" in table[0].as_dict()
 
 
+def test_attribution_circuits_are_compared_like_a_variant_on_a_plot_of_their_own():
+    head = "test_phrasing"
+    ig, atp_zero = TopTriples(MAIN, "ig"), TopTriples(ZERO, "atp")
+    rows = [row(MAIN, 0.01, head, 0.9, 100.0), row(MAIN, 0.05, head, 0.6, 10.0),
+            row(SINGLE, 0.01, head, 0.8, 100.0),
+            EvalRow.of(ig, 0.01, 0, head, {"faithfulness": 0.7, "latents_per_token": 100.0}),
+            EvalRow.of(ig, 0.05, 0, head, {"faithfulness": 0.2, "latents_per_token": 10.0}),
+            EvalRow.of(atp_zero, 0.01, 0, head, {"faithfulness": 0.1,
+                                                 "latents_per_token": 100.0})]
+    curves, table, metrics = compare_at_matched_size(rows, [MAIN, SINGLE, ig, atp_zero], MAIN,
+                                                     head, 10.0)
+    by = {r.method: r for r in table}
+    assert by[ig.name].f_matched == pytest.approx(0.2) and by[ig.name].finder == "ig"
+    assert by[MAIN.name].finder == "masks" and by[MAIN.name].f_matched == pytest.approx(0.6)
+    assert metrics[f"baseline_{ig.name}"] == pytest.approx(0.2)
+    assert by[ig.name].as_dict()["finder"] == "ig"
+    # the main variant's masks and its attribution circuits share the attribution plot; the
+    # attribution circuits of another variant are in the table only
+    assert [(c.method, c.plot) for c in curves] == [
+        (MAIN.name, "groupings"), (MAIN.name, "ablations"), (MAIN.name, "attribution"),
+        (SINGLE.name, "groupings"), (ig.name, "attribution")]
+    # without attribution circuits, no attribution plot
+    curves, _, _ = compare_at_matched_size(rows, [MAIN, SINGLE], MAIN, head, 10.0)
+    assert "attribution" not in {c.plot for c in curves}
+
+
 def test_rows_as_written_keep_the_column_order_and_drop_nested_values():
     r = EvalRow.of(MAIN, 0.02, 1, "train", {"faithfulness": 0.5, "per_prompt": [1, 2],
                                             "by_slot": {"a": 1}, "latents_per_token": 3.0})
-    assert list(r.as_dict()) == ["variant", "grouping", "ablation", "lambda", "seed", "split",
-                                 "faithfulness", "latents_per_token"]
+    assert list(r.as_dict()) == ["variant", "grouping", "ablation", "finder", "lambda", "seed",
+                                 "split", "faithfulness", "latents_per_token"]
+    assert r.finder == "masks"
+    t = EvalRow.of(TopTriples(MAIN, "ig"), 0.02, 1, "train", {"faithfulness": 0.4})
+    assert (t.variant, t.grouping, t.ablation, t.finder) == (
+        "attention__slot-mean__ig", "attention", "slot-mean", "ig")
     assert r.faithfulness == 0.5 and r.lam == 0.02
 
 

@@ -152,6 +152,9 @@ CONFIG_FIELDS = {
     "evaluate.matched_latents_per_token": _positive,
     "evaluate.select_split": _enum("train", "test_phrasing", "test_entity", "test_both"),
     "evaluate.select_limit": _count(), "evaluate.target_f": _positive,
+    "attribution.methods": st.one_of(_list_of(_enum("atp", "ig"), empty_ok=True),
+                                     st.just(["ig", "ig"])),
+    "attribution.ig_steps": _count(1000), "attribution.variants": _enum("main", "all"),
 }
 # out of domain only together: annealing downwards; every attention feature off
 CONFIG_COMBOS = [

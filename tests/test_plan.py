@@ -25,7 +25,7 @@ def _cfg(**upd) -> RunConfig:
 def test_the_plan_orders_stages_and_every_call_comes_after_what_it_reads():
     calls = plan(_cfg())
     assert [c.stage for c in calls] == ["dataset", "groups", "stats", "groups", "stats",
-                                        *["masks"] * 8, "evaluate"]
+                                        "attribution", *["masks"] * 8, "evaluate"]
     assert [c.params.get("kind") for c in calls[1:5]] == ["attention", "attention",
                                                           "single", "single"]
     masks = [(c.params["variant"], c.params["lam"], c.params["seed"])
@@ -40,11 +40,19 @@ def test_the_plan_orders_stages_and_every_call_comes_after_what_it_reads():
     by_key = {c.key: c for c in calls}
     single_mask = next(c for c in calls if c.stage == "masks" and "single" in c.params["variant"])
     assert [by_key[k].params for k in single_mask.after] == [{"kind": "single"}]
+    # attribution scores the main variant, on its grouping's stats
+    attr = next(c for c in calls if c.stage == "attribution")
+    assert attr.params == {"variant": "attention__slot-mean"}
+    assert [by_key[k].params for k in attr.after] == [{"kind": "attention"}]
+    assert not any(c.stage == "attribution" for c in plan(_cfg(attribution={"methods": []})))
+    every = [c.params["variant"] for c in plan(_cfg(attribution={"variants": "all"}))
+             if c.stage == "attribution"]
+    assert len(every) == 3 and set(every) == {v for v, _, _ in mask_jobs(_cfg())}
 
 
 def test_phases_cut_the_plan_at_the_independent_mask_calls():
     head, fan, tail = phases(plan(_cfg()))
-    assert {c.stage for c in head} == {"dataset", "groups", "stats"}
+    assert {c.stage for c in head} == {"dataset", "groups", "stats", "attribution"}
     assert {c.stage for c in fan} == {"masks"} and [c.stage for c in tail] == ["evaluate"]
 
 
@@ -57,7 +65,10 @@ def test_keys_change_downstream_of_a_changed_input_only():
                 for c in plan(_cfg(grouping={"n_slots": 9}))}
     changed = {k for k in base if base[k] != grouping[k]}
     assert ("dataset", "{}") not in changed
-    assert {k[0] for k in changed} == {"groups", "stats", "masks", "evaluate"}
+    assert {k[0] for k in changed} == {"groups", "stats", "attribution", "masks", "evaluate"}
+    steps = {(c.stage, str(c.params)): c.key
+             for c in plan(_cfg(attribution={"ig_steps": 20}))}
+    assert {k[0] for k in base if base[k] != steps[k]} == {"attribution", "evaluate"}
     assert plan(_cfg()) == plan(_cfg())  # deterministic
 
 
@@ -109,5 +120,8 @@ def test_the_lambda_rule_stays_out_of_config_yaml_and_the_run_hash_at_its_defaul
     assert data["evaluate"]["target_f"] == 0.8 and data["evaluate"]["select_limit"] is None
     assert "select_split" not in data["evaluate"]
     assert parse_config(yaml.safe_load(dump_config(changed))) == changed
+    # the attribution section, added later, likewise: absent at its default
+    assert "attribution" not in plain
+    assert config_data(_cfg(attribution={"ig_steps": 5}))["attribution"] == {"ig_steps": 5}
     # the evaluate call's key follows the rule (it reads `evaluate`)
     assert plan(_cfg())[-1].key != plan(changed)[-1].key

@@ -344,8 +344,8 @@ def _assert_valid_run(run: Path, cfg_path: Path) -> None:
     cfg = load_config(cfg_path)
     assert load_config(run / "config.yaml") == cfg
     dirs = stage_dirs(run)
-    assert {d.relative_to(run).parts[0] for d in dirs} == {"dataset", "groups", "stats", "masks",
-                                                          "evaluate"}
+    assert {d.relative_to(run).parts[0] for d in dirs} == {"dataset", "groups", "stats",
+                                                          "attribution", "masks", "evaluate"}
     for d in dirs:
         assert is_complete(d), d
     metrics = json.loads((run / "metrics.json").read_text())

@@ -101,13 +101,46 @@ def test_headline_sentences_are_the_curves_read_at_the_matched_size(run):
         val = f_at_size(s["latents_per_token"].to_list(), s["faithfulness"].to_list(), size)
         return "not measured at this size" if val is None else f"{val:.2f}"
 
-    grouping, ablation = h["sentences"]
+    grouping, ablation, *attribution = h["sentences"]
     assert grouping.startswith(f"At {size:.3g} latents per token on held-out phrasings, "
                                f"attention slots reach F {m['faithfulness']:.2f}")
     assert f"single slot {f('single__slot-mean')}" in grouping
     assert f"from-end positions {f('from-end__slot-mean')}" in grouping
     assert f"zero ablation {f('attention__zero')}" in ablation
     assert f"global-mean ablation {f('attention__global-mean')}" in ablation
+    # learned masks against their attribution circuits, read off the same curves
+    assert f"learned masks {f('attention__slot-mean')}, attribution patching " \
+        f"{f('attention__slot-mean__atp')} and integrated gradients " \
+        f"{f('attention__slot-mean__ig')}." in attribution[0]
+
+
+def test_the_attribution_sentence_names_the_method_closest_to_the_full_model_per_split():
+    from pathlib import Path
+
+    from maskshare.report_data import RunView, attribution_sentences
+
+    splits = ["test_phrasing", "test_entity", "test_both"]
+    view = RunView(Path("run"), {"grouping": {"kind": "attention"},
+                                 "masks": {"ablation": "slot-mean"}},
+                   {"headline_split": "test_phrasing"}, pl.DataFrame({"split": splits}),
+                   pl.DataFrame(), {}, None)
+
+    def row(finder, fp, fe, fb, grouping="attention"):
+        return {"grouping": grouping, "ablation": "slot-mean", "finder": finder,
+                "test_phrasing": fp, "test_entity": fe, "test_both": fb}
+
+    rows = [row("masks", 0.9, 0.5, None), row("single-slot", 1.0, 1.0, 1.0, "single"),
+            row("atp", 1.3, 0.7, 0.8), row("ig", 0.902, 0.2, 0.9)]
+    head, closest, unmeasured = attribution_sentences(view, rows)
+    assert head.endswith("held-out phrasings: learned masks 0.90, attribution patching 1.30 "
+                         "and integrated gradients 0.90.")
+    # F 1.3 overshoots by 0.3: further from the full model than 0.9; 0.9 and 0.902 tie
+    assert closest == ("Closest to the full model (F nearest 1) at that size: learned masks "
+                       "and integrated gradients tie on held-out phrasings (by 0.20); "
+                       "attribution patching on held-out entities (by 0.20).")
+    assert unmeasured == "Not every method reaches that size on held-out phrasings and " \
+        "entities."
+    assert attribution_sentences(view, [r for r in rows if r["finder"] == "masks"]) == []
 
 
 def test_circuit_listing_names_slots_ranks_by_theta_and_shows_whole_prompts(run):

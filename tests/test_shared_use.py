@@ -192,7 +192,7 @@ def test_three_runs_of_the_same_config_at_once(tiny_config, tmp_path):
     run = runs.pop()
     dirs = stage_dirs(run)
     assert {d.relative_to(run).parts[0] for d in dirs} == {"dataset", "groups", "stats",
-                                                          "masks", "evaluate"}
+                                                          "attribution", "masks", "evaluate"}
     assert all(is_complete(d) for d in dirs)
     leftovers = [p for root in (run, tmp_path / "cache") for p in root.rglob(".*")]
     assert not leftovers, leftovers  # no temp folders, checkpoints or lock files

@@ -34,25 +34,63 @@ class AttributionMethod(StrEnum):
     IG = "integrated-gradients"
 
 
+SHORT_NAMES = {"atp": AttributionMethod.ATP, "ig": AttributionMethod.IG}
+
+
+def method_of(name: AttributionMethod | str) -> AttributionMethod:
+    """A method from its name or its config short name (`atp`, `ig`)."""
+    return SHORT_NAMES.get(name) or AttributionMethod(name)
+
+
+def _alphas(method: AttributionMethod, steps: int) -> list[float]:
+    return [1.0] if method == AttributionMethod.ATP else [k / steps for k in range(1, steps + 1)]
+
+
 def attribution_scores(mm: MaskedModel, batches: list[PreparedBatch],
                        method: AttributionMethod | str = AttributionMethod.IG,
                        steps: int = 10) -> Masks:
     """{hook: [n_slots, d_sae]} mean over prompts of d ld / d m, along the method's path."""
-    method = AttributionMethod(method)
+    method = method_of(method)
+    return attribution_by_method(mm, batches, [method], steps)[method]
+
+
+def attribution_by_method(mm: MaskedModel, batches: list[PreparedBatch],
+                          methods: list[AttributionMethod | str],
+                          steps: int = 10) -> dict[AttributionMethod, Masks]:
+    """Scores of several methods from one set of backward passes: integrated gradients'
+    last point (alpha = 1) is attribution patching, so both cost IG's `steps` passes."""
+    methods = [method_of(m) for m in methods]
     if steps < 1:
         raise ValueError("integrated gradients need at least one step")
-    alphas = [1.0] if method == AttributionMethod.ATP else [k / steps for k in
-                                                             range(1, steps + 1)]
-    n = sum(len(b) for b in batches)
-    if n == 0:
+    if sum(len(b) for b in batches) == 0:
         raise ValueError("no prompts to attribute on")
-    total = {h: torch.zeros(mm.n_slots, s.cfg.d_sae) for h, s in mm.saes.items()}
+    alphas = sorted({a for m in methods for a in _alphas(m, steps)})
+    grads = _gradient_sums(mm, batches, alphas)
+    n = sum(len(b) for b in batches)
+    out = {}
+    for m in methods:
+        path = _alphas(m, steps)
+        total = {h: torch.zeros(mm.n_slots, s.cfg.d_sae) for h, s in mm.saes.items()}
+        for a in path:
+            for h in total:
+                total[h] += grads[a][h]
+        scale = 1.0 / (n * len(path))
+        out[m] = {h: t * scale for h, t in total.items()}
+    return out
+
+
+def _gradient_sums(mm: MaskedModel, batches: list[PreparedBatch],
+                   alphas: list[float]) -> dict[float, Masks]:
+    """{alpha: {hook: sum over prompts of d ld / d m at m = alpha}}; model and SAE weights
+    are frozen meanwhile (and restored)."""
+    sums = {}
     frozen = [p for m in (mm.model, *mm.saes.values()) for p in m.parameters()]
     was = [p.requires_grad for p in frozen]
     try:
         for p in frozen:
             p.requires_grad_(False)
         for alpha in alphas:
+            total = {h: torch.zeros(mm.n_slots, s.cfg.d_sae) for h, s in mm.saes.items()}
             for b in batches:
                 masks = {h: torch.full_like(t, alpha, requires_grad=True)
                          for h, t in total.items()}
@@ -61,11 +99,11 @@ def attribution_scores(mm: MaskedModel, batches: list[PreparedBatch],
                 for h, g in zip(masks, grads, strict=True):
                     if g is not None:
                         total[h] += g.detach()
+            sums[alpha] = total
     finally:
         for p, w in zip(frozen, was, strict=True):
             p.requires_grad_(w)
-    scale = 1.0 / (n * len(alphas))
-    return {h: t * scale for h, t in total.items()}
+    return sums
 
 
 def _ranked(scores: Masks) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:

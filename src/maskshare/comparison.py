@@ -4,7 +4,10 @@ F-against-size curves and the comparison of methods at matched size.
 Pure functions of typed rows (no model, no files), so the rules can be tested on
 hand-made rows:
 
-- one `EvalRow` per (variant, lambda, seed, split): what `evaluate_masks` measured;
+- one `EvalRow` per (variant, lambda, seed, split): what `evaluate_masks` measured; its
+  `finder` says how the circuit was found: `masks` (learned) or an attribution method
+  (`atp`, `ig`: a `TopTriples` method, the top-scoring triples at the size of the learned
+  mask of that lambda; lambda None for its extra points beyond the sweep's sizes);
 - lambda: the sparsest (fewest latents per token) whose F on `select_split` reaches
   `target_f` (`EvalConfig`); if none does, the one with the best F;
 - matched size: each method's F read off its own curve (linear in log size) at the main
@@ -28,6 +31,29 @@ HEADLINE_KEYS = ("faithfulness", "faithfulness_vs_clean", "completeness", "laten
                  "circuit_size", "distinct_latents", "ld_model", "ld_model_clean",
                  "ld_ablated", "ld_circuit", "n_prompts")
 PER_SPLIT_KEYS = ("faithfulness", "faithfulness_vs_clean", "n_prompts")
+MASKS = "masks"  # the finder of learned masks
+
+
+@dataclass(frozen=True)
+class TopTriples:
+    """A peer method to a variant's learned masks: circuits of the top (slot, SAE, latent)
+    triples by the variant's attribution scores (`finder`: `atp` or `ig`), each the size of
+    the learned mask of one lambda. Compared like a variant, under its own name."""
+
+    variant: Variant
+    finder: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant.name}__{self.finder}"
+
+    @property
+    def grouping(self):
+        return self.variant.grouping
+
+    @property
+    def ablation(self):
+        return self.variant.ablation
 
 
 @dataclass(frozen=True)
@@ -38,16 +64,18 @@ class EvalRow:
     variant: str
     grouping: str
     ablation: str
-    lam: float
+    lam: float | None               # None: an attribution circuit matched to no mask
     seed: int
     split: str
     metrics: dict[str, Any] = field(default_factory=dict)
+    finder: str = MASKS
 
     @classmethod
-    def of(cls, variant: Variant, lam: float, seed: int, split: str, metrics: dict) -> EvalRow:
+    def of(cls, variant: Variant | TopTriples, lam: float | None, seed: int, split: str,
+           metrics: dict) -> EvalRow:
         scalars = {k: v for k, v in metrics.items() if k != "per_prompt" and not isinstance(v, dict)}
         return cls(variant.name, variant.grouping.value, variant.ablation.value, lam, seed,
-                   split, scalars)
+                   split, scalars, getattr(variant, "finder", MASKS))
 
     @property
     def faithfulness(self) -> float | None:
@@ -60,7 +88,7 @@ class EvalRow:
     def as_dict(self) -> dict:
         """The row as written to curves.parquet."""
         return {"variant": self.variant, "grouping": self.grouping, "ablation": self.ablation,
-                "lambda": self.lam, "seed": self.seed, "split": self.split, **self.metrics}
+                "finder": self.finder, "lambda": self.lam, "seed": self.seed, "split": self.split, **self.metrics}
 
 
 @dataclass(frozen=True)
@@ -68,7 +96,7 @@ class Curve:
     """F against latents per token of one method, on one of the report's plots."""
 
     method: str
-    plot: str                       # "groupings" or "ablations"
+    plot: str                       # "groupings", "ablations" or "attribution"
     points: list[dict]
 
     def as_dict(self) -> dict:
@@ -86,12 +114,13 @@ class MatchedRow:
     f_matched: float | None
     area: float | None
     best_f: float | None
+    finder: str = MASKS
 
     def as_dict(self) -> dict:
         """The row as written to comparisons.parquet and shown in the report."""
         col = f"F at {self.target:.0f} latents/token" if self.target else "F matched"
         return {"method": self.method, "grouping": self.grouping, "ablation": self.ablation,
-                col: self.f_matched, "curve area (log size)": self.area, "best F": self.best_f}
+                "finder": self.finder, col: self.f_matched, "curve area (log size)": self.area, "best F": self.best_f}
 
 
 def heldout_splits(items) -> list[str]:
@@ -153,31 +182,44 @@ def headline_metrics(rows: list[EvalRow], main: Variant, head: str, splits: list
     return out
 
 
-def compare_at_matched_size(rows: list[EvalRow], methods: list[Variant], main: Variant,
-                            head: str, target: float | None
+def _plots(v: Variant | TopTriples, main: Variant) -> list[str]:
+    """The report plots a method's curve is on: groupings (main ablation), ablations (main
+    grouping), attribution (the main variant's masks and its attribution circuits)."""
+    if isinstance(v, TopTriples):
+        return ["attribution"] if v.variant == main else []
+    if v == main:
+        return ["groupings", "ablations", "attribution"]
+    return ["groupings" if v.ablation == main.ablation else "ablations"]
+
+
+def compare_at_matched_size(rows: list[EvalRow], methods: list[Variant | TopTriples],
+                            main: Variant, head: str, target: float | None
                             ) -> tuple[list[Curve], list[MatchedRow], dict]:
-    """Per method on the headline split: its curve, its F at `target` latents per token and
-    its curve area; plus the metrics entries (`curve_area`, `baseline_<method>`,
-    `baseline_<method>_curve_area`) in the methods' order."""
-    sizes_all = [r.latents_per_token for r in rows if r.split == head and r.latents_per_token]
+    """Per method (variants, then attribution circuits) on the headline split: its curve,
+    its F at `target` latents per token and its curve area; plus the metrics entries
+    (`curve_area`, `baseline_<method>`, `baseline_<method>_curve_area`) in the methods'
+    order. The main variant's curve is on the attribution plot only if some method is. The
+    curve areas are over the span of the learned masks' sizes."""
+    sizes_all = [r.latents_per_token for r in rows
+                 if r.split == head and r.latents_per_token and r.finder == MASKS]
     x_range = (min(sizes_all), max(sizes_all)) if sizes_all else None
     curves: list[Curve] = []
     table: list[MatchedRow] = []
     metrics: dict = {}
+    with_attr = any(isinstance(m, TopTriples) and m.variant == main for m in methods)
     for v in methods:
         pts = sorted((r for r in rows if r.variant == v.name and r.split == head),
                      key=lambda r: r.latents_per_token or 0)
         sizes = [r.latents_per_token for r in pts]
         fs = [r.faithfulness for r in pts]
         points = [{"latents_per_token": s, "faithfulness": f} for s, f in zip(sizes, fs, strict=True)]
-        curves.append(Curve(v.name, "groupings" if v.ablation == main.ablation else "ablations",
-                            points))
-        if v == main:  # the main method is on both plots
-            curves.append(Curve(v.name, "ablations", points))
+        curves += [Curve(v.name, plot, points) for plot in _plots(v, main)
+                   if plot != "attribution" or with_attr]
         f_matched = f_at_size(sizes, fs, target) if target else None
         area = curve_area(sizes, fs, x_range)
         table.append(MatchedRow(v.name, v.grouping.value, v.ablation.value, target, f_matched,
-                                area, max((f for f in fs if f is not None), default=None)))
+                                area, max((f for f in fs if f is not None), default=None),
+                                getattr(v, "finder", MASKS)))
         if v != main:
             metrics[f"baseline_{v.name}"] = f_matched
             metrics[f"baseline_{v.name}_curve_area"] = area

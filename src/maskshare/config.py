@@ -275,9 +275,27 @@ class EvalConfig(Strict):
         return distinct(v, "seeds")
 
 
+class AttributionConfig(Strict):
+    """Node attribution over (slot, SAE, latent) triples (stage `attribution`): a peer method
+    to the learned masks and the scores a warm start reads. `methods`: `atp` (attribution
+    patching) and/or `ig` (integrated gradients, `ig_steps` steps along the ablation path,
+    as Sparse Feature Circuits does); an empty list switches the stage off. `variants`:
+    `main` (the run's main variant only) or `all` (every variant whose masks are trained)."""
+
+    methods: list[Literal["atp", "ig"]] = Field(default_factory=lambda: ["atp", "ig"])
+    ig_steps: Annotated[Count, Field(le=1000)] = 10
+    variants: Literal["main", "all"] = "main"
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct_methods(cls, v: list[str]) -> list[str]:
+        return distinct(v, "methods")
+
+
 # fields added after run directories existed: left out of config.yaml and of the run's hash
 # while they hold their default, so existing runs keep their directory and bytes
-_OMIT_AT_DEFAULT = {"evaluate": ("select_split", "select_limit", "target_f")}
+_OMIT_AT_DEFAULT = {"evaluate": ("select_split", "select_limit", "target_f"),
+                    "attribution": ("methods", "ig_steps", "variants")}
 
 
 class RunConfig(Strict):
@@ -291,6 +309,7 @@ class RunConfig(Strict):
     grouping: GroupingConfig = Field(default_factory=GroupingConfig)
     masks: MaskConfig = Field(default_factory=MaskConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    attribution: AttributionConfig = Field(default_factory=AttributionConfig)
     runs_dir: Text = "data/runs"
 
 
@@ -318,6 +337,8 @@ def config_data(cfg: RunConfig) -> dict:
         for n in names:
             if getattr(getattr(cfg, section), n) == getattr(default, n):
                 data[section].pop(n)
+        if not data[section]:  # a section added whole, at its default: left out entirely
+            data.pop(section)
     return data
 
 

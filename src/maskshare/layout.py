@@ -4,6 +4,7 @@
     RUN/dataset/                    items.parquet, pass_table.parquet, manifest.json
     RUN/groups/<kind>/              grouping files, tokens.parquet, quality.json, groups.html
     RUN/stats/<kind>/               slot_stats.safetensors
+    RUN/attribution/<variant>/      <method>.safetensors (per-triple scores), manifest.json
     RUN/masks/<variant>/lam<λ>_seed<s>/   masks.safetensors, summary.json, manifest.json
     RUN/masks/<variant>/.lam<λ>_seed<s>.checkpoint/   while that mask trains (resumable)
     RUN/evaluate/                   curves.parquet, comparisons.parquet, circuit.json
@@ -87,6 +88,14 @@ class RunLayout:
 
     def slot_stats(self, kind: GroupingKind | str) -> Path:
         return self.stats(kind) / "slot_stats.safetensors"
+
+    # ------------------------------------------------------------------ attribution
+    def attribution(self, variant) -> Path:
+        """A variant's node attribution scores (one file per method)."""
+        return self.root / "attribution" / _name(variant)
+
+    def attribution_scores(self, variant, method: str) -> Path:
+        return self.attribution(variant) / f"{method}.safetensors"
 
     # ------------------------------------------------------------------ masks
     def variant_masks(self, variant) -> Path:

@@ -151,9 +151,16 @@ def plots_html(view: RunView) -> str:
     head = view.split_name(view.metrics.get("headline_split") or "")
     figs = "".join(f'<div id="plot-{i}">{svg_curves(p["series"], p["title"], size)}</div>'
                    for i, p in enumerate(plots))
+    attr = ""
+    if any(p["title"].startswith("Learned masks and attribution") for p in plots):
+        steps = (view.config.get("attribution") or {}).get("ig_steps", 10)
+        attr = (" Attribution: the top (slot, SAE, latent) triples by attribution patching "
+                f"or integrated gradients ({steps} steps) with the run's ablation as "
+                "reference, one circuit at each learned mask's size on the training prompts "
+                "and one each below and above the sweep.")
     return (f'<div class="plots">{figs}</div><p class="note">F on {_esc(head)} against '
             "circuit size over the λ sweep; the dashed line is the chosen circuit's size, "
-            "where the table below reads each curve.</p>")
+            f"where the table below reads each curve.{_esc(attr)}</p>")
 
 
 def comparison_html(view: RunView) -> str:
@@ -200,7 +207,8 @@ def all_lambdas_html(view: RunView) -> str:
     c = view.curves
     if not c.height:
         return '<p class="note">(no rows)</p>'
-    rows = [{"method": method_name(r["grouping"], r["ablation"]), "λ": r["lambda"],
+    rows = [{"method": method_name(r["grouping"], r["ablation"], r.get("finder")),
+             "λ": r["lambda"],
              "seed": r["seed"], "split": view.split_name(r["split"]),
              "F": r["faithfulness"], "F vs clean": r.get("faithfulness_vs_clean"),
              "completeness": r.get("completeness"), "latents/token": r["latents_per_token"],
@@ -260,12 +268,12 @@ def compare_rows(views: list[RunView]) -> list[tuple[str, list[str]]]:
     for s in splits:
         rows.append((f"F on {views[0].split_name(s)}",
                      [_fmt(v.metrics.get(f"faithfulness_{s}")) for v in views]))
-    seen: list[tuple[str, str]] = []
+    seen: list[tuple[str, str, str, str]] = []
     for v in views:
-        seen += [(g, a) for _, g, a in variants(v) if (g, a) not in seen]
-    for g, a in seen:
-        rows.append((f"{method_name(g, a)}: F at matched size",
-                     [_fmt(matched_f(v, f"{g}__{a}", v.metrics.get("headline_split")))
+        seen += [m for m in variants(v) if m not in seen]
+    for name, g, a, f in seen:
+        rows.append((f"{method_name(g, a, f)}: F at matched size",
+                     [_fmt(matched_f(v, name, v.metrics.get("headline_split")))
                       for v in views]))
     rows.append(("run", [f"<code>{_esc(v.run.name)}</code>" for v in views]))
     return rows

@@ -8,9 +8,13 @@ evaluate/circuit.json, groups/<kind>/tokens.parquet and dataset/items.parquet. F
   off each method's F-versus-size curve on the headline split (`f_at_size`, linear in log
   size; "not measured" where the curve does not reach that size).
 - `plot_series(view)`: the curves of each plot: every grouping with the main ablation, every
-  ablation with the main grouping (the design's comparisons).
+  ablation with the main grouping (the design's comparisons), and the main method's learned
+  masks against its attribution circuits (top triples by attribution patching / integrated
+  gradients at the masks' sizes) where the run has them.
 - `comparison_rows(view)`: per method, F at matched size on every held-out split, curve area
   and best F, with readable method names.
+- `attribution_sentences(view, rows)`: which of learned masks and attribution circuits has
+  the F closest to 1 at matched size on each held-out split, from the comparison rows.
 """
 
 from __future__ import annotations
@@ -33,15 +37,25 @@ SPLIT_NAMES = {"train": "training prompts", "test_phrasing": "held-out phrasings
                "test_entity": "held-out entities",
                "test_both": "held-out phrasings and entities"}
 HELDOUT = ("test_phrasing", "test_entity", "test_both")
+MASKS = "masks"
+FINDER_NAMES = {MASKS: "learned masks", "atp": "attribution patching",
+                "ig": "integrated gradients"}
+TIE = 0.005  # F values whose distances to 1 differ by less are reported as a tie
 
 
 def grouping_name(g: str) -> str:
     return GROUPING_NAMES.get(g, g)
 
 
-def method_name(grouping: str, ablation: str) -> str:
-    """`attention__slot-mean` -> "attention slots, slot-mean ablation"."""
-    return f"{grouping_name(grouping)}, {ablation} ablation"
+def finder_name(finder: str | None) -> str:
+    return FINDER_NAMES.get(finder or MASKS, finder)
+
+
+def method_name(grouping: str, ablation: str, finder: str | None = MASKS) -> str:
+    """`attention__slot-mean` -> "attention slots, slot-mean ablation"; its integrated
+    gradients circuits -> "attention slots, slot-mean ablation · integrated gradients"."""
+    base = f"{grouping_name(grouping)}, {ablation} ablation"
+    return base if (finder or MASKS) == MASKS else f"{base} · {finder_name(finder)}"
 
 
 @dataclass
@@ -126,31 +140,37 @@ def _curve(view: RunView, variant: str, split: str) -> tuple[list[float], list[f
     return c["latents_per_token"].to_list(), c["faithfulness"].to_list()
 
 
-def variants(view: RunView) -> list[tuple[str, str, str]]:
-    """(variant, grouping, ablation) in the run's order (comparisons.parquet, else curves)."""
+def variants(view: RunView) -> list[tuple[str, str, str, str]]:
+    """(method, grouping, ablation, finder) in the run's order (comparisons.parquet, else
+    curves); `finder` is `masks` for learned masks (and in runs from before attribution)."""
     src = view.comparisons if view.comparisons.height else view.curves
     if not src.height:
         return []
     name = "method" if "method" in src.columns else "variant"
-    rows = src.select(name, "grouping", "ablation").unique(maintain_order=True)
+    if "finder" not in src.columns:
+        src = src.with_columns(pl.lit(MASKS).alias("finder"))
+    rows = src.select(name, "grouping", "ablation", "finder").unique(maintain_order=True)
     return [tuple(r) for r in rows.iter_rows()]
 
 
 def plot_series(view: RunView) -> list[dict]:
     """[{title, series: [{name, main, points: [(size, F)]}]}] on the headline split."""
     head = view.metrics.get("headline_split")
+    main_g, main_a = view.main_grouping, view.main_ablation
     plots = []
-    for title, keep in ((f"Groupings, each with {view.main_ablation} ablation",
-                         lambda g, a: a == view.main_ablation),
-                        (f"Ablations, each with {grouping_name(view.main_grouping)}",
-                         lambda g, a: g == view.main_grouping)):
+    for title, keep, label in (
+            (f"Groupings, each with {main_a} ablation",
+             lambda g, a, f: a == main_a and f == MASKS, lambda g, a, f: grouping_name(g)),
+            (f"Ablations, each with {grouping_name(main_g)}",
+             lambda g, a, f: g == main_g and f == MASKS, lambda g, a, f: f"{a} ablation"),
+            (f"Learned masks and attribution, {grouping_name(main_g)} with {main_a} ablation",
+             lambda g, a, f: g == main_g and a == main_a, lambda g, a, f: finder_name(f))):
         series = []
-        for v, g, a in variants(view):
-            if not keep(g, a):
+        for v, g, a, f in variants(view):
+            if not keep(g, a, f):
                 continue
             xs, ys = _curve(view, v, head)
-            series.append({"name": grouping_name(g) if "Groupings" in title else f"{a} ablation",
-                           "main": v == view.main_variant,
+            series.append({"name": label(g, a, f), "main": v == view.main_variant,
                            "points": [(x, y) for x, y in zip(xs, ys, strict=True)
                                       if x and y is not None]})
         if len(series) > 1 or (series and not plots):
@@ -168,10 +188,10 @@ def comparison_rows(view: RunView) -> list[dict]:
     out = []
     comp = {r.get("method"): r for r in view.comparisons.iter_rows(named=True)} \
         if view.comparisons.height else {}
-    for v, g, a in variants(view):
+    for v, g, a, f in variants(view):
         c = comp.get(v, {})
-        row = {"method": method_name(g, a), "main": v == view.main_variant, "variant": v,
-               "grouping": g, "ablation": a}
+        row = {"method": method_name(g, a, f), "main": v == view.main_variant, "variant": v,
+               "grouping": g, "ablation": a, "finder": f}
         for s in view.heldout:
             row[s] = matched_f(view, v, s)
         row["curve area"] = c.get("curve area (log size)")
@@ -219,9 +239,10 @@ def headline(view: RunView) -> dict:
     rows = comparison_rows(view)
     main_f = m.get("faithfulness")  # measured at the chosen lambda: the same as the card above
     hname = view.split_name(head)
-    grp = [(grouping_name(r["grouping"]), r[head]) for r in rows
+    masks = [r for r in rows if r["finder"] == MASKS]
+    grp = [(grouping_name(r["grouping"]), r[head]) for r in masks
            if not r["main"] and r["ablation"] == view.main_ablation]
-    abl = [(f"{r['ablation']} ablation", r[head]) for r in rows
+    abl = [(f"{r['ablation']} ablation", r[head]) for r in masks
            if not r["main"] and r["grouping"] == view.main_grouping]
     lead = grouping_name(view.main_grouping)
     if grp:
@@ -230,6 +251,50 @@ def headline(view: RunView) -> dict:
         out["sentences"].append(_sentence(f"{lead} with {view.main_ablation} ablation", main_f,
                                           abl, size, hname).replace(
             f"At {size:.3g} latents per token on {hname}, ", "At the same size, "))
+    out["sentences"] += attribution_sentences(view, rows)
+    return out
+
+
+def _closest(cands: list[tuple[str, float]]) -> tuple[list[str], float | None]:
+    """The methods whose F is closest to 1 (the full model; F above 1 overshoots it), all
+    within TIE of the closest, and how much closer they are than the next method."""
+    best = min(abs(1 - f) for _, f in cands)
+    top = [n for n, f in cands if abs(1 - f) <= best + TIE]  # in the rows' order
+    rest = sorted(abs(1 - f) for _, f in cands if abs(1 - f) > best + TIE)
+    return top, (rest[0] - best if rest else None)
+
+
+def attribution_sentences(view: RunView, rows: list[dict]) -> list[str]:
+    """The main method's learned masks against its attribution circuits at matched size:
+    F on the headline split, then which is closest to the full model on each held-out
+    split where every one of them reaches that size."""
+    same = sorted((r for r in rows if r["grouping"] == view.main_grouping
+                   and r["ablation"] == view.main_ablation),
+                  key=lambda r: r["finder"] != MASKS)  # learned masks first
+    if not any(r["finder"] != MASKS for r in same):
+        return []
+    head = view.metrics.get("headline_split")
+    first = [f"{finder_name(r['finder'])} {_f(r[head])}" for r in same]
+    out = [f"At the same size against attribution (the top triples by score at the learned "
+           f"masks' sizes on the training prompts), on {view.split_name(head)}: "
+           f"{', '.join(first[:-1])} and {first[-1]}."]
+    by: dict[tuple[str, ...], list[str]] = {}
+    unmeasured = []
+    for s in view.heldout:
+        cands = [(finder_name(r["finder"]), r[s]) for r in same]
+        if any(f is None for _, f in cands):
+            unmeasured.append(view.split_name(s))
+            continue
+        top, margin = _closest(cands)
+        by.setdefault(tuple(top), []).append(
+            view.split_name(s) + (f" (by {margin:.2f})" if margin is not None else ""))
+    parts = [(f"{' and '.join(top)} tie" if len(top) > 1 else f"{top[0]}")
+             + f" on {', '.join(splits)}" for top, splits in by.items()]
+    if parts:
+        out.append("Closest to the full model (F nearest 1) at that size: "
+                   + "; ".join(parts) + ".")
+    if unmeasured:
+        out.append(f"Not every method reaches that size on {', '.join(unmeasured)}.")
     return out
 
 

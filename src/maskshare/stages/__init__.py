@@ -1,5 +1,6 @@
-"""The stages of a run, one module each (`dataset`, `groups`, `stats`, `masks`,
-`evaluate`), and `plan`: their order, keys and the runner that skips complete outputs.
+"""The stages of a run, one module each (`dataset`, `groups`, `stats`, `attribution`,
+`masks`, `evaluate`), and `plan`: their order, keys and the runner that skips complete
+outputs.
 
 A stage's `build(run, ...)` reads its inputs from the run directory, writes its outputs
 atomically there (a manifest-checked directory, see `maskshare.artifacts`) and knows

@@ -17,6 +17,7 @@ import numpy as np
 from maskshare.artifacts import building, write_json_atomic, write_manifest
 from maskshare.comparison import (
     EvalRow,
+    TopTriples,
     choose_lambda,
     compare_at_matched_size,
     group_splits,
@@ -37,22 +38,27 @@ from maskshare.resources import (
     split_items,
     token_lists,
 )
+from maskshare.stages.attribution import attribution_methods, matched_circuits
 from maskshare.stages.masks import load_masks, prepare_variant
 from maskshare.variants import Variant, main_variant, run_seeds, variants
 
 
 def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits: list[str],
                  clean: dict[str, np.ndarray] | None = None,
-                 groups: dict[str, list[str]] | None = None) -> list[EvalRow]:
+                 groups: dict[str, list[str]] | None = None,
+                 circuits: tuple[TopTriples, list] | None = None) -> list[EvalRow]:
     """Rows (one per lambda x split, the selection split first) for a variant's masks at
     `seed`. `clean`: per split, the clean model's per-prompt ld (the same for every
     variant), filled in when missing. `groups`: {split: [group]} also scored per group
-    (split `<split>:<group>`) from the split's per-prompt lds."""
+    (split `<split>:<group>`) from the split's per-prompt lds. `circuits`: (method,
+    [(lambda or None, binary masks)]) scored in place of the learned masks, rows named by
+    the method (attribution circuits, `attribution_rows`)."""
     from maskshare.evaluation import evaluate_masks, reference_lds, subset_metrics
 
     rule = cfg.evaluate
     clean = {} if clean is None else clean
-    masks = {lam: load_masks(run, variant, lam, seed) for lam in cfg.masks.lambda_grid}
+    label, masks = circuits or (variant, [(lam, load_masks(run, variant, lam, seed))
+                                          for lam in cfg.masks.lambda_grid])
     rows = []
     for split in [rule.select_split, *splits]:
         limit = rule.select_limit if split == rule.select_split else None
@@ -62,13 +68,24 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
         ref = reference_lds(prep.mm, prep.batches, clean=clean[split])
         by_group = {g: [i for i, p in enumerate(prep.items["phrasing"].to_list()) if p == g]
                     for g in (groups or {}).get(split, [])}
-        for lam, m in masks.items():
+        for lam, m in masks:
             res = evaluate_masks(prep.mm, prep.batches, m, prep.slots, reference=ref)
-            rows.append(EvalRow.of(variant, lam, seed, split, res))
+            rows.append(EvalRow.of(label, lam, seed, split, res))
             for g, idx in by_group.items():
                 sub = subset_metrics(res, idx, m, [prep.slots[i] for i in idx])
-                rows.append(EvalRow.of(variant, lam, seed, f"{split}:{g}", sub))
+                rows.append(EvalRow.of(label, lam, seed, f"{split}:{g}", sub))
     return rows
+
+
+def attribution_rows(run: Path, cfg: RunConfig, seed: int, splits: list[str],
+                     clean: dict[str, np.ndarray] | None = None,
+                     groups: dict[str, list[str]] | None = None) -> list[EvalRow]:
+    """Rows of every attribution method (`attribution_methods`): its circuits at the
+    sizes of the variant's learned masks at `seed` (`matched_circuits`), scored by
+    `eval_variant` on the same splits as the masks."""
+    return [r for t in attribution_methods(cfg)
+            for r in eval_variant(run, cfg, t.variant, seed, splits, clean, groups,
+                                  circuits=(t, matched_circuits(run, t, seed)))]
 
 
 def build(run: Path) -> Path:
@@ -88,6 +105,7 @@ def build(run: Path) -> Path:
     groups = group_splits(items, splits)
     for v in variants(cfg):
         rows += eval_variant(run, cfg, v, seeds[0], splits, clean, groups)
+    rows += attribution_rows(run, cfg, seeds[0], splits, clean, groups)
     splits = [*splits, *(f"{s}:{g}" for s in splits for g in groups.get(s, []))]
     lam = choose_lambda(rows, main.name, cfg.evaluate)
     metrics: dict = {"run": run.name, "dataset": cfg.dataset.name,
@@ -96,7 +114,8 @@ def build(run: Path) -> Path:
                      **headline_metrics(rows, main, head, splits, lam),
                      **quality_metrics(json.loads(layout.quality(main.grouping).read_text()))}
     target = pick(rows, main.name, head, lam).latents_per_token
-    _, table, compared = compare_at_matched_size(rows, variants(cfg), main, head, target)
+    _, table, compared = compare_at_matched_size(
+        rows, [*variants(cfg), *attribution_methods(cfg)], main, head, target)
     metrics.update(compared)
     metrics.update(stability_metrics(run, main, lam, seeds))
     circuit = circuit_listing(run, cfg, main, lam, seeds[0], items)

@@ -1,6 +1,7 @@
 """A run as a plan: the list of stage calls in dependency order, and the runner.
 
     dataset -> groups(kind) -> stats(kind)     for every grouping the variants need
+            -> attribution(variant)            node attribution (attribution.variants)
             -> masks(variant, lambda, seed)    every mask job (independent of each other)
             -> evaluate
 
@@ -30,7 +31,7 @@ from typing import Any
 from maskshare.artifacts import hash_config, is_complete, stage_lock
 from maskshare.config import RunConfig
 from maskshare.layout import RunLayout
-from maskshare.stages import dataset, evaluate, groups, masks, stats
+from maskshare.stages import attribution, dataset, evaluate, groups, masks, stats
 from maskshare.variants import Variant, grouping_kinds, mask_jobs
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           lambda kind: f"groups {kind}", inputs=("seed", "grouping", "evaluate.seeds")),
     Stage("stats", stats.build, lambda lo, kind: lo.stats(kind),
           lambda kind: f"slot stats {kind}", inputs=("saes", "masks.batch_size")),
+    # the training prompts as the masks stage batches them (seeded sample, batch size), the
+    # error term; the ablation is the variant's
+    Stage("attribution", attribution.build, lambda lo, variant: lo.attribution(variant),
+          lambda variant: f"attribution {variant}",
+          inputs=("saes", "seed", "masks.error", "masks.batch_size", "masks.max_train_prompts",
+                  "attribution")),
     Stage("masks", masks.build, lambda lo, variant, lam, seed: lo.masks(variant, lam, seed),
           lambda variant, lam, seed: f"masks {variant} lambda={lam:g} seed={seed}",
           inputs=("saes", "masks"), fan_out=True),
@@ -140,6 +147,8 @@ def plan(cfg: RunConfig) -> list[StageCall]:
         g = make_call(cfg, "groups", [data], kind=kind.value)
         stats_by_kind[kind.value] = make_call(cfg, "stats", [g], kind=kind.value)
         calls += [g, stats_by_kind[kind.value]]
+    calls += [make_call(cfg, "attribution", [stats_by_kind[v.grouping.value]], variant=v.name)
+              for v in attribution.attribution_variants(cfg)]
     mask_calls = [make_call(cfg, "masks", [stats_by_kind[Variant.parse(v).grouping.value]],
                             variant=v, lam=lam, seed=seed)
                   for v, lam, seed in mask_jobs(cfg)]
