@@ -37,7 +37,7 @@ def test_openings_are_seeded_and_split_by_template():
 
 
 def test_a_left_padded_batch_continues_each_prompt_as_it_would_alone(hf):
-    greedy = SamplingConfig(top_k=1)  # deterministic: the batch must not change any row
+    greedy = SamplingConfig(top_k=1, start_token=None)  # deterministic: the batch must not change any row
     prompts = [[1, 5, 6, 7, 8, 9], [1, 10], [1, 11, 12, 13]]
     batch = sample_batch(hf, prompts, 16, greedy, torch.Generator().manual_seed(0))
     assert batch.shape == (3, 16)
@@ -49,7 +49,7 @@ def test_a_left_padded_batch_continues_each_prompt_as_it_would_alone(hf):
 
 def test_sampled_shards_are_seeded_and_resume(hf, tmp_path):
     tok = tiny_tokenizer()
-    cfg = SamplingConfig(batch_rows=4)
+    cfg = SamplingConfig(batch_rows=4, start_token=None)
     rows = sampled_rows(hf, tok, "train", 10, 24, 0, cfg, tmp_path)
     assert rows.shape == (10, 24) and (rows[:, 0] == tok.bos_token_id).all()
     shards = sorted(tmp_path.glob("train-*.safetensors"))
@@ -74,7 +74,7 @@ def test_corpus_with_sampled_text_needs_a_sampler_and_records_the_recipe(hf, tmp
     tok = tiny_tokenizer()
     cfg = CorpusConfig(context_size=24, train_tokens=24 * 20, heldout_tokens=24 * 8,
                        mix={"sampled": 0.5, "elements": 0.5},
-                       sampling=SamplingConfig(batch_rows=8))
+                       sampling=SamplingConfig(batch_rows=8, start_token=None))
     with pytest.raises(UserError, match="sampled"):
         build_corpus(tok, cfg)
 
@@ -98,3 +98,9 @@ def test_fast_activation_path_reads_the_decoder_layer_outputs(hf):
         torch.testing.assert_close(got[h], want[layer + 1])
     with pytest.raises(UserError, match="residual"):
         hf_resid_forward(hf, ["blocks.0.attn.hook_z"])
+
+
+def test_a_start_token_the_tokenizer_lacks_is_refused(hf, tmp_path):
+    with pytest.raises(UserError, match="start_token"):
+        sampled_rows(hf, tiny_tokenizer(), "train", 2, 16, 0,
+                     SamplingConfig(batch_rows=2), tmp_path)

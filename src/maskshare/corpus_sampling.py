@@ -1,6 +1,6 @@
 """Text sampled from the model itself: the most in-distribution SAE training text there is.
 
-Rows of `context_size` tokens start with BOS and an *opening* (a genre template filled
+Rows of `context_size` tokens start with a start token (`start_token`) and an *opening* (a genre template filled
 with a topic: encyclopedic, question-answer in the model's chat format, stories, code,
 lists, element facts), and the model writes the rest: temperature sampling restricted to
 the `top_k` most likely tokens, batched, with the model's KV cache. Training and held-out
@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from maskshare.errors import UserError
 from maskshare.validation import Strict
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,20 @@ class SamplingConfig(Strict):
     top_k: int = Field(default=200, ge=1)
     batch_rows: int = Field(default=256, ge=1, description="rows sampled together (one shard)")
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    start_token: str | None = Field(
+        default="<|im_start|>", description="the token every sampled row starts with (its "
+        "activations are never used): the embedded model's chat-turn start, so chat openings "
+        "are exactly its chat format; None: the tokenizer's BOS")
+
+
+def start_id(tokenizer, cfg: SamplingConfig) -> int:
+    if cfg.start_token is None:
+        return tokenizer.bos_token_id
+    tid = tokenizer.convert_tokens_to_ids(cfg.start_token)
+    if tid is None or tid == tokenizer.unk_token_id:
+        raise UserError(f"corpus.sampling.start_token {cfg.start_token!r} is not a token of "
+                        "this tokenizer: set it to one, or to null for the BOS token")
+    return tid
 
 
 def _fill(template: str, topic: str) -> str:
@@ -179,7 +194,7 @@ def sampled_rows(hf_model, tokenizer, split: Split, n_rows: int, ctx: int, seed:
     from tqdm.auto import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)
-    bos = tokenizer.bos_token_id
+    bos = start_id(tokenizer, cfg)
     n_shards = -(-n_rows // cfg.batch_rows)
     texts = openings(split, n_shards * cfg.batch_rows, seed)
     started, made = time.perf_counter(), 0
@@ -209,9 +224,12 @@ def sampling_folder(root: Path, model_name: str, ctx: int, seed: int,
     return root / "sampled" / key
 
 
-def model_sampler(model_name: str, corpus_cfg, tokenizer, hf_model=None):
+def model_sampler(model_name: str, corpus_cfg, tokenizer, hf_model=None, worker: int = 0,
+                  workers: int = 1):
     """`sampler(split, n_rows)` for `build_corpus`, or None when the mix has no sampled text.
-    Shards live in the cache (`sampling_folder`), so a second build reads them back."""
+    Shards live in the cache (`sampling_folder`), so a second build reads them back. As
+    one of several `workers`, it samples only its shards and returns placeholder rows while
+    others' shards are missing (`maskshare train-saes --sample-worker I/N`)."""
     from maskshare.runtime import cache_dir
 
     if corpus_cfg.mix.get("sampled", 0) <= 0:
@@ -226,8 +244,11 @@ def model_sampler(model_name: str, corpus_cfg, tokenizer, hf_model=None):
 
             state["model"] = (hf_model or load_hf_form(model_name)).to(
                 getattr(torch, corpus_cfg.sampling.dtype))
-        return sampled_rows(state["model"], tokenizer, split, n_rows, corpus_cfg.context_size,
-                            corpus_cfg.seed, corpus_cfg.sampling, folder)
+        rows = sampled_rows(state["model"], tokenizer, split, n_rows, corpus_cfg.context_size,
+                            corpus_cfg.seed, corpus_cfg.sampling, folder, worker, workers)
+        if rows is None:
+            return torch.zeros((n_rows, corpus_cfg.context_size), dtype=torch.long)
+        return rows
     return sample
 
 

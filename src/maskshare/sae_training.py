@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,6 +78,8 @@ class SAETrainingConfig(Strict):
         default=10.0, gt=1, description="train without positions whose norm is over this x "
         "the median (attention sinks); None keeps all")
     save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    autocast: bool = Field(default=False, description="train in bfloat16 autocast "
+                           "(sae_lens's option; fast on CPUs with bf16 matrix units)")
     seed: int = 0
     threads: int | None = None
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
@@ -172,7 +175,7 @@ def train_sae(acts: Tensor, hook: str, cfg: SAETrainingConfig, seed: int | None 
         total_training_samples=total, train_batch_size_samples=cfg.batch_size, lr=cfg.lr,
         lr_end=cfg.lr * cfg.lr_end_fraction, lr_scheduler_name="cosineannealing",
         lr_warm_up_steps=min(cfg.lr_warm_up_steps, steps // 2),
-        lr_decay_steps=0, device="cpu", dead_feature_window=min(1000, max(10, steps // 5)),
+        lr_decay_steps=0, device="cpu", autocast=cfg.autocast, dead_feature_window=min(1000, max(10, steps // 5)),
         feature_sampling_window=max(steps + 1, 2), logger=LoggingConfig(log_to_wandb=False),
         n_batches_for_norm_estimate=min(50, max(1, acts.shape[0] // cfg.batch_size)),
     )
@@ -249,32 +252,37 @@ def _measure_set_quality(tmp: Path, model, corpus: Corpus, timings: dict[str, fl
     return q
 
 
-def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None = None,
-               model=None, quality: bool = True, hf_model=None) -> Path:
-    """Train the SAE set of `cfg` and write it (plus manifest and quality) to `out_dir`.
+@dataclass
+class TrainingData:
+    """What SAE training reads: the model (and its HF form), the corpus, the activations."""
 
-    `out_dir` defaults to the embedded set's folder `data/saes/<model>/`. `model` (and its
-    HF form `hf_model`) may be passed in (tests); otherwise `cfg.model` is loaded.
-    """
+    model: Any
+    hf_model: Any
+    corpus: Corpus
+    store: Path
+
+
+def prepare_training(cfg: SAETrainingConfig, model=None, hf_model=None,
+                     timings: dict[str, float] | None = None) -> TrainingData:
+    """Load the model, assemble the corpus (sampling what is missing), collect the
+    activations (what is missing): every step is cached and resumable."""
     from maskshare.corpus_sampling import model_sampler
     from maskshare.models import load_hf_form, load_model
 
-    cfg = cfg or SAETrainingConfig()
     if not cfg.hooks:
         raise UserError("no hooks to train SAEs for: set hooks")
     if len(set(cfg.hooks)) != len(cfg.hooks):
         raise UserError(f"hooks are repeated: {cfg.hooks}")
     configure_threads(cfg.threads)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
     if model is None:
         model = load_model(cfg.model, threads=cfg.threads)
     if hf_model is None and (cfg.activations == "hf-bfloat16"
                              or cfg.corpus.mix.get("sampled", 0) > 0):
         hf_model = load_hf_form(cfg.model)
-    timings["load_model_s"] = time.perf_counter() - t0
+    timings["load_model_s"] = time.perf_counter() - t
     _check_hooks(cfg, model)
-    out_dir = Path(out_dir) if out_dir is not None else embedded_sae_root(cfg.model)
 
     t = time.perf_counter()
     corpus = build_corpus(model.tokenizer, cfg.corpus,
@@ -282,18 +290,31 @@ def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None 
     timings["corpus_s"] = time.perf_counter() - t
     logger.info("corpus: %d train rows, %d held-out rows (sha256 %s)", corpus.train.shape[0],
                 corpus.heldout.shape[0], corpus.sha256[:12])
-
     t = time.perf_counter()
     store = activation_store(model, corpus, cfg, hf_model)
     timings["activations_s"] = time.perf_counter() - t
+    return TrainingData(model, hf_model, corpus, store)
 
+
+def train_saes(cfg: SAETrainingConfig | None = None, out_dir: str | Path | None = None,
+               model=None, quality: bool = True, hf_model=None) -> Path:
+    """Train the SAE set of `cfg` and write it (plus manifest and quality) to `out_dir`.
+
+    `out_dir` defaults to the embedded set's folder `data/saes/<model>/`. `model` (and its
+    HF form `hf_model`) may be passed in (tests); otherwise `cfg.model` is loaded.
+    """
+    cfg = cfg or SAETrainingConfig()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = prepare_training(cfg, model, hf_model, timings)
+    out_dir = Path(out_dir) if out_dir is not None else embedded_sae_root(cfg.model)
     tmp = make_temp_dir(out_dir)
     try:
-        data = _train_each(tmp, store, cfg, timings)
-        q = _measure_set_quality(tmp, model, corpus, timings) if quality else None
+        positions = _train_each(tmp, data.store, cfg, timings)
+        q = (_measure_set_quality(tmp, data.model, data.corpus, timings) if quality else None)
         timings["total_s"] = time.perf_counter() - t0
-        write_set_manifest(tmp, cfg, {**corpus.description, "training_positions": data},
-                           timings, q)
+        write_set_manifest(tmp, cfg, {**data.corpus.description,
+                                      "training_positions": positions}, timings, q)
         apply_umask_modes(tmp)  # sae_lens saves its files private
         with stage_lock(out_dir):
             _replace_dir(tmp, out_dir)

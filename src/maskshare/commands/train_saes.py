@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed for the corpus, order and init")
     parser.add_argument("--threads", type=int, help="torch threads (default: cores available)")
     parser.add_argument("--out", help="output folder (default: data/saes/<model>/)")
+    parser.add_argument("--sample-worker", metavar="I/N",
+                        help="only sample this worker's share of the model-written text, then "
+                        "exit (run N of these at once, one thread each, then train-saes)")
     parser.add_argument("--no-quality", action="store_true",
                         help="skip the quality table (run `maskshare sae-quality` later)")
 
@@ -53,6 +56,30 @@ def run(args: argparse.Namespace) -> int:
     from maskshare.sae_training import train_saes
 
     cfg = load_training_config(args)
+    if args.sample_worker:
+        return sample_worker(cfg, args.sample_worker)
     out = train_saes(cfg, out_dir=args.out, quality=not args.no_quality)
     print(out)
+    return 0
+
+
+def sample_worker(cfg, spec: str) -> int:
+    """Sample worker I of N's shards of the corpus's model-written text."""
+    from maskshare.corpus import build_corpus
+    from maskshare.corpus_sampling import model_sampler
+    from maskshare.models import load_tokenizer
+    from maskshare.runtime import configure_threads
+
+    try:
+        worker, workers = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise UserError(f"--sample-worker {spec!r}: expected I/N, e.g. 0/2") from None
+    if not 0 <= worker < workers:
+        raise UserError(f"--sample-worker {spec!r}: I must be in 0..N-1")
+    configure_threads(cfg.threads or 1)
+    from maskshare.models import EMBEDDED, embedded_hf_dir
+
+    tok = load_tokenizer(embedded_hf_dir() if cfg.model == EMBEDDED else cfg.model)
+    build_corpus(tok, cfg.corpus, model_sampler(cfg.model, cfg.corpus, tok, None, worker,
+                                                 workers))
     return 0
