@@ -297,11 +297,14 @@ def write_quality(directory: str | Path, q: dict[str, Any]) -> None:
 
 
 def sae_quality(sae_dir: str | Path | None = None, model_name: str = "smollm2-135m",
-                threads: int | None = None, ce_rows: int = 16, model=None) -> dict[str, Any]:
+                threads: int | None = None, ce_rows: int = 16, model=None,
+                corpus_of: str | Path | None = None) -> dict[str, Any]:
     """Measure the quality of the SAE set in `sae_dir` and write quality.json / quality.md.
 
     The held-out text is rebuilt from the corpus config recorded in the set's manifest
-    (the default corpus config if there is none), so it is the text training never saw.
+    (the default corpus config if there is none), so it is the text training never saw;
+    `corpus_of` names another set whose held-out text to use instead (to compare sets on
+    the same text). Sampled held-out text is read from the cache (sampled if missing).
     """
     from maskshare.corpus import CorpusConfig, build_corpus
     from maskshare.models import load_model
@@ -311,14 +314,20 @@ def sae_quality(sae_dir: str | Path | None = None, model_name: str = "smollm2-13
     if not sae_dir.is_dir():
         raise UserError(f"{sae_dir} does not exist: train the SAEs with `maskshare train-saes`")
     m = read_manifest(sae_dir) or {}
-    corpus_cfg = CorpusConfig.model_validate((m.get("config") or {}).get("corpus") or {})
+    cm = (read_manifest(Path(corpus_of)) or {}) if corpus_of is not None else m
+    corpus_cfg = CorpusConfig.model_validate((cm.get("config") or {}).get("corpus") or {})
     if model is None:
         model = load_model((m.get("config") or {}).get("model") or model_name, threads=threads)
     t0 = time.perf_counter()
     saes = load_sae_dir(sae_dir, model)
-    corpus = build_corpus(model.tokenizer, corpus_cfg)
+    from maskshare.corpus_sampling import model_sampler
+
+    corpus = build_corpus(model.tokenizer, corpus_cfg,
+                          model_sampler(model.cfg.model_name, corpus_cfg, model.tokenizer))
     q = measure_quality(model, saes, corpus.heldout, ce_rows=ce_rows)
     q["corpus_sha256"] = corpus.sha256
+    if corpus_of is not None:
+        q["heldout_text_of"] = str(corpus_of)
     write_quality(sae_dir, q)
     update_manifest_quality(sae_dir, q, time.perf_counter() - t0)
     return q

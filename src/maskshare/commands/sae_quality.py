@@ -11,6 +11,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ce-rows", type=int, default=16,
                         help="held-out rows for the CE-loss-recovered column (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch threads (default: cores available)")
+    parser.add_argument("--heldout-of", metavar="SET",
+                        help="measure on the held-out text of another set (compare sets on "
+                        "the same text)")
     parser.add_argument("--json", action="store_true", help="print quality.json instead of the table")
 
 
@@ -22,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.ce_rows < 1:
         raise UserError("--ce-rows must be at least 1")
-    q = sae_quality(args.saes, model_name=args.model, threads=args.threads, ce_rows=args.ce_rows)
+    q = sae_quality(args.saes, model_name=args.model, threads=args.threads, ce_rows=args.ce_rows,
+                    corpus_of=args.heldout_of)
     print(json.dumps(q, indent=2, default=str) if args.json else quality_markdown(q), end="")
     return 0
