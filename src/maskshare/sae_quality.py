@@ -50,8 +50,9 @@ from maskshare.saes import SAESetConfig, hook_layer, load_saes
 logger = logging.getLogger(__name__)
 
 ELEMENT_TEMPLATE = "The chemical symbol for {name} is"
-TARGETS = {"explained_variance_min": 0.85, "l0_range": [10, 100], "dead_fraction_max": 0.05,
-           "fraction_kept_error_dropped_min": 0.80}
+TARGETS = {"explained_variance_min": 0.9, "l0_range": [10, 100], "dead_fraction_max": 0.05,
+           "ce_loss_recovered_min": 0.95, "fraction_kept_error_dropped_min": 0.6,
+           "fraction_kept_error_dropped_aim": 0.8}
 
 
 def load_sae_dir(directory: str | Path, model) -> dict[str, Any]:
@@ -78,14 +79,10 @@ def explained_variance(x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"]) -> 
 
 
 @torch.no_grad()
-def sae_stats(sae, acts: Float[Tensor, "n d"], batch: int = 4096) -> dict[str, float]:
-    """Explained variance, L0, dead-latent fraction and MSE of `sae` on `acts`."""
-    n = acts.shape[0]
-    mean = acts.double().mean(0)
-    sse = sst = 0.0
-    l0 = 0.0
+def _ev_parts(sae, acts: Tensor, mean: Tensor, batch: int) -> tuple[float, float, float, Tensor]:
+    sse = sst = l0 = 0.0
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    for i in range(0, n, batch):
+    for i in range(0, acts.shape[0], batch):
         x = acts[i:i + batch].float()
         a = sae.encode(x)
         x_hat = sae.decode(a)
@@ -94,8 +91,35 @@ def sae_stats(sae, acts: Float[Tensor, "n d"], batch: int = 4096) -> dict[str, f
         nz = a != 0
         l0 += float(nz.sum())
         fired |= nz.any(0)
-    return {"explained_variance": 1 - sse / sst, "l0": l0 / n,
-            "dead_fraction": float((~fired).float().mean()), "mse": sse / (n * acts.shape[1])}
+    return sse, sst, l0, fired
+
+
+def sae_stats(sae, acts: Float[Tensor, "n d"], batch: int = 4096,
+              outlier_factor: float | None = None) -> dict[str, float]:
+    """Explained variance, L0, dead-latent fraction and MSE of `sae` on `acts`.
+
+    With `outlier_factor`, explained variance, L0 and MSE are over the positions whose norm
+    is at most that many times the median (the rule training used; a handful of attention
+    sinks with ~40x the median norm would otherwise carry a third of the variance), and
+    `explained_variance_all` / `outlier_fraction` say what that leaves out. Dead latents
+    are counted over all positions."""
+    keep = torch.ones(acts.shape[0], dtype=torch.bool)
+    if outlier_factor is not None:
+        from maskshare.activation_store import outlier_mask
+
+        keep = outlier_mask(acts, outlier_factor)
+    kept = acts[keep]
+    sse, sst, l0, fired = _ev_parts(sae, kept, kept.double().mean(0), batch)
+    out = {"explained_variance": 1 - sse / sst, "l0": l0 / kept.shape[0],
+           "mse": sse / (kept.shape[0] * acts.shape[1])}
+    if outlier_factor is not None:
+        sse_o, sst_o, _, fired_o = _ev_parts(sae, acts[~keep], acts.double().mean(0), batch)
+        sst_all = float((acts.double() - acts.double().mean(0)).pow(2).sum())
+        out["explained_variance_all"] = 1 - (sse + sse_o) / sst_all
+        out["outlier_fraction"] = float((~keep).float().mean())
+        fired |= fired_o
+    out["dead_fraction"] = float((~fired).float().mean())
+    return out
 
 
 def _next_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
@@ -228,11 +252,14 @@ def logit_diff_kept(model, saes: dict[str, Any], seed: int = 0) -> dict[str, Any
 
 @torch.no_grad()
 def measure_quality(model, saes: dict[str, Any], heldout: Tensor, ce_rows: int = 16,
-                    batch_rows: int = 16, seed: int = 0) -> dict[str, Any]:
+                    batch_rows: int = 16, seed: int = 0, outlier_factor: float | None = 10.0
+                    ) -> dict[str, Any]:
     """The whole quality table for `saes` on held-out token rows ([rows, pos], BOS first)."""
     hooks = list(saes)
     acts = collect_activations(model, heldout, hooks, batch_rows, desc="held-out activations")
-    per = {h: {"d_sae": int(sae.cfg.d_sae), **sae_stats(sae, acts[h])} for h, sae in saes.items()}
+    per = {h: {"d_sae": int(sae.cfg.d_sae),
+               **sae_stats(sae, acts[h], outlier_factor=outlier_factor)}
+           for h, sae in saes.items()}
     del acts
     ce = ce_recovered(model, saes, heldout[:ce_rows], batch_rows)
     ld = logit_diff_kept(model, saes, seed)
@@ -247,6 +274,8 @@ def measure_quality(model, saes: dict[str, Any], heldout: Tensor, ce_rows: int =
                   for r in per.values()),
         "dead_fraction": all(r["dead_fraction"] < TARGETS["dead_fraction_max"]
                              for r in per.values()),
+        "ce_loss_recovered": all(r["ce_loss_recovered"] >= TARGETS["ce_loss_recovered_min"]
+                                 for r in per.values()),
         "fraction_kept_error_dropped": ld["n_prompts"] > 0 and
             ld["fraction_kept_error_dropped"] >= TARGETS["fraction_kept_error_dropped_min"],
     }
@@ -254,7 +283,7 @@ def measure_quality(model, saes: dict[str, Any], heldout: Tensor, ce_rows: int =
                                             if k != "alone_error_dropped"},
             "heldout_tokens": n_tok, "ce_tokens": int(min(ce_rows, heldout.shape[0])
                                                        * (heldout.shape[1] - 2)),
-            "targets": TARGETS, "targets_met": met,
+            "targets": TARGETS, "targets_met": met, "outlier_factor": outlier_factor,
             "definitions": __doc__.split("\n\n", 1)[1]}
 
 
@@ -264,11 +293,15 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
 
 def quality_markdown(q: dict[str, Any]) -> str:
     """A markdown table of a quality dict (for the README)."""
-    lines = ["| SAE (hook) | width | L0 | explained variance (held-out) | dead latents "
-             "| CE loss recovered | logit diff kept (alone, error dropped) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| SAE (hook) | width | L0 | explained variance (held-out) | EV, all positions "
+             "| outlier positions | dead latents | CE loss recovered "
+             "| logit diff kept (alone, error dropped) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for h, r in q["per_sae"].items():
+        frac = r.get("outlier_fraction")
         lines.append(f"| `{h}` | {r['d_sae']} | {r['l0']:.1f} | {r['explained_variance']:.3f} "
+                     f"| {_f(r.get('explained_variance_all'))} "
+                     f"| {'n/a' if frac is None else format(100 * frac, '.2f') + '%'} "
                      f"| {100 * r['dead_fraction']:.1f}% | {r['ce_loss_recovered']:.3f} "
                      f"| {_f(r['logit_diff_kept_alone'])} |")
     a = q["all_spliced"]
@@ -280,11 +313,16 @@ def quality_markdown(q: dict[str, Any]) -> str:
               f"| {_f(a['fraction_kept_error_dropped'])} |",
               f"| kept (x - x_hat of the running pass) | {_f(a['ld_spliced_error_kept'], '.2f')} "
               f"| {_f(a['fraction_kept_error_kept'])} |", "",
-              f"Held-out text: {q['heldout_tokens']} tokens (BOS excluded) from distributions "
-              f"not used in training; CE over {q['ce_tokens']} predictions. Targets: explained "
+              f"Held-out text: {q['heldout_tokens']} tokens (BOS excluded): model-written text "
+              f"from held-out openings and package text from distributions not used in "
+              f"training. Explained variance and L0 over positions whose norm is at most "
+              f"{q.get('outlier_factor', 'n/a')}x the median (attention sinks left out, as in "
+              f"training); EV over all positions beside it. CE over {q['ce_tokens']} predictions. Targets: explained "
               f"variance >= {TARGETS['explained_variance_min']}, L0 in {TARGETS['l0_range']}, "
-              f"dead < {100 * TARGETS['dead_fraction_max']:.0f}%, fraction kept (error dropped) "
-              f">= {TARGETS['fraction_kept_error_dropped_min']}. Met: "
+              f"dead < {100 * TARGETS['dead_fraction_max']:.0f}%, CE loss recovered >= "
+              f"{TARGETS['ce_loss_recovered_min']}, fraction kept (error dropped) "
+              f">= {TARGETS['fraction_kept_error_dropped_min']} (aim "
+              f"{TARGETS['fraction_kept_error_dropped_aim']}). Met: "
               + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in q["targets_met"].items())
               + "."]
     return "\n".join(lines) + "\n"

@@ -64,9 +64,9 @@ class SAETrainingConfig(Strict):
     d_sae: int = Field(default=2304, ge=1)
     k: int = Field(default=64, ge=1, description="active latents per token (topk/batchtopk)")
     l1_coefficient: float = Field(default=5.0, ge=0, description="standard SAEs only")
-    epochs: float = Field(default=3.0, gt=0, description="passes over the cached activations")
-    batch_size: int = Field(default=1024, ge=1, description="tokens per training step")
-    lr: float = Field(default=7e-4, gt=0)
+    epochs: float = Field(default=1.0, gt=0, description="passes over the cached activations")
+    batch_size: int = Field(default=4096, ge=1, description="tokens per training step")
+    lr: float = Field(default=2e-3, gt=0)
     lr_warm_up_steps: int = Field(default=50, ge=0)
     lr_end_fraction: float = Field(default=0.1, ge=0, le=1,
                                    description="cosine decay to lr * this")
@@ -78,7 +78,7 @@ class SAETrainingConfig(Strict):
         default=10.0, gt=1, description="train without positions whose norm is over this x "
         "the median (attention sinks); None keeps all")
     save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
-    autocast: bool = Field(default=False, description="train in bfloat16 autocast "
+    autocast: bool = Field(default=True, description="train in bfloat16 autocast "
                            "(sae_lens's option; fast on CPUs with bf16 matrix units)")
     seed: int = 0
     threads: int | None = None
