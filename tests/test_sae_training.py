@@ -223,6 +223,22 @@ def test_shipped_sae_set_loads_with_its_hooks_and_widths(real_model):
     assert is_complete(root)
     q = json.loads((root / "quality.json").read_text())
     assert set(q["per_sae"]) == set(DEFAULT_HOOKS)
+    # the recipe the README describes: >= 2M training tokens, mostly model-written
+    from maskshare.artifacts import read_manifest
+
+    m = read_manifest(root)
+    corpus = m["corpus"]
+    assert corpus["train_tokens"] >= 2_000_000
+    assert corpus["config"]["mix"]["sampled"] > 0.5 and "sampling" in corpus
+    assert m["config"]["architecture"] == "topk" and m["timings"]["total_s"] > 0
+    weights = list(root.glob("*/sae_weights.safetensors"))
+    assert len(weights) == len(DEFAULT_HOOKS)
+    assert sum(w.stat().st_size for w in weights) <= 50 * 2**20
+    from safetensors import safe_open
+
+    for w in weights:
+        with safe_open(str(w), framework="pt") as f:
+            assert all(f.get_slice(k).get_dtype() in ("F16", "BF16") for k in f.keys())
 
 
 def test_activation_store_is_a_manifest_checked_resumable_artifact(model, corpus, tmp_cache,
