@@ -1,5 +1,5 @@
-"""From evaluation rows to a run's verdict: the lambda choice, the headline metrics, the
-F-against-size curves and the comparison of methods at matched size.
+"""From evaluation rows to a run's verdict: the lambda choice, the headline metrics and the
+comparison of methods at matched size (read off their F-against-size curves).
 
 Pure functions of typed rows (no model, no files), so the rules can be tested on
 hand-made rows:
@@ -61,18 +61,6 @@ class EvalRow:
         """The row as written to curves.parquet."""
         return {"variant": self.variant, "grouping": self.grouping, "ablation": self.ablation,
                 "lambda": self.lam, "seed": self.seed, "split": self.split, **self.metrics}
-
-
-@dataclass(frozen=True)
-class Curve:
-    """F against latents per token of one method, on one of the report's plots."""
-
-    method: str
-    plot: str                       # "groupings" or "ablations"
-    points: list[dict]
-
-    def as_dict(self) -> dict:
-        return {"method": self.method, "plot": self.plot, "points": self.points}
 
 
 @dataclass(frozen=True)
@@ -154,14 +142,13 @@ def headline_metrics(rows: list[EvalRow], main: Variant, head: str, splits: list
 
 
 def compare_at_matched_size(rows: list[EvalRow], methods: list[Variant], main: Variant,
-                            head: str, target: float | None
-                            ) -> tuple[list[Curve], list[MatchedRow], dict]:
-    """Per method on the headline split: its curve, its F at `target` latents per token and
-    its curve area; plus the metrics entries (`curve_area`, `baseline_<method>`,
-    `baseline_<method>_curve_area`) in the methods' order."""
+                            head: str, target: float | None) -> tuple[list[MatchedRow], dict]:
+    """Per method on the headline split: its F at `target` latents per token and its curve
+    area; plus the metrics entries (`curve_area`, `baseline_<method>`,
+    `baseline_<method>_curve_area`) in the methods' order. (The report draws the curves
+    from curves.parquet.)"""
     sizes_all = [r.latents_per_token for r in rows if r.split == head and r.latents_per_token]
     x_range = (min(sizes_all), max(sizes_all)) if sizes_all else None
-    curves: list[Curve] = []
     table: list[MatchedRow] = []
     metrics: dict = {}
     for v in methods:
@@ -169,11 +156,6 @@ def compare_at_matched_size(rows: list[EvalRow], methods: list[Variant], main: V
                      key=lambda r: r.latents_per_token or 0)
         sizes = [r.latents_per_token for r in pts]
         fs = [r.faithfulness for r in pts]
-        points = [{"latents_per_token": s, "faithfulness": f} for s, f in zip(sizes, fs, strict=True)]
-        curves.append(Curve(v.name, "groupings" if v.ablation == main.ablation else "ablations",
-                            points))
-        if v == main:  # the main method is on both plots
-            curves.append(Curve(v.name, "ablations", points))
         f_matched = f_at_size(sizes, fs, target) if target else None
         area = curve_area(sizes, fs, x_range)
         table.append(MatchedRow(v.name, v.grouping.value, v.ablation.value, target, f_matched,
@@ -183,7 +165,7 @@ def compare_at_matched_size(rows: list[EvalRow], methods: list[Variant], main: V
             metrics[f"baseline_{v.name}_curve_area"] = area
         else:
             metrics["curve_area"] = area
-    return curves, table, metrics
+    return table, metrics
 
 
 def quality_metrics(quality: dict) -> dict:

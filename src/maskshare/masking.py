@@ -12,22 +12,19 @@ with a mask `m` per (slot, SAE, latent): float in [0, 1] while training (relaxed
 evaluating. Conventions (docs/architecture.md): every prompt starts with one BOS, batches
 are right-padded, slot 0 is BOS and padding is slot -1.
 
-BOS: its activation passes through *untouched* at every hook, in every variant (M, circuit,
-empty, complement), whatever the error term: BOS is never spliced, so it is never ablated
-and, with error `drop`, it is not reconstructed by the SAE either. Padding positions are
-untouched as well (they follow each prompt's final token, so causal attention keeps them
-out of every real token's result; the attention mask is passed all the same).
+BOS passes through *untouched* at every hook, in every variant (M, circuit, empty,
+complement), whatever the error term: never spliced, so never ablated nor (error `drop`)
+reconstructed. Padding is untouched too (after each prompt's final token, so causal
+attention keeps it out of every real token's result; the attention mask is passed too).
 
 Efficiency by construction:
 - the residual stream below the first SAE hook does not depend on the masks: `prepare`
-  computes it once per batch and every later pass starts there (`start_at_layer`); when the
-  first hook is `blocks.L.hook_resid_post` (or `hook_resid_pre`), the clean latents and the
-  clean SAE error there are cached too, and the pass starts at block L+1 (L);
-- batches are grouped by length, so little is spent on padding;
-- logits are computed only at each prompt's own final position (no full unembed), and for
-  a logit difference only the answer's and the counterfactual's (`final_logit_diff`).
-
-The cached batches themselves (`PreparedBatch`) live in `maskshare.prepared`.
+  computes it once per batch and every later pass starts there (`start_at_layer`), with the
+  first hook's clean latents and SAE error when it is a `hook_resid_post`/`_pre`;
+- batches are grouped by length, so little is spent on padding; several masks can share a
+  pass (`logit_diffs_many`, for evaluation);
+- logits only at each prompt's own final position, and for a logit difference only the
+  answer's and the counterfactual's (`final_logit_diff`). Batches: `maskshare.prepared`.
 """
 
 from __future__ import annotations
@@ -336,11 +333,9 @@ class MaskedModel:
         return unembed_final(self.model, self.final_residual(batch, masks))
 
     def logit_diff(self, batch: PreparedBatch, masks: Masks) -> Float[Tensor, " B"]:
-        """ld at each prompt's final position (only the two tokens' logits computed unless
-        `answer_only` is off)."""
+        """ld at each prompt's final position (`answer_only`: two tokens' logits only)."""
         if not self.options.answer_only:
-            return logit_diff(self.final_logits(batch, masks), batch.answer,
-                              batch.counterfactual)
+            return logit_diff(self.final_logits(batch, masks), batch.answer, batch.counterfactual)
         return final_logit_diff(self.model, self.final_residual(batch, masks), batch.answer,
                                 batch.counterfactual)
 
@@ -348,6 +343,12 @@ class MaskedModel:
     def logit_diffs(self, batches: list[PreparedBatch], masks: Masks) -> np.ndarray:
         """Per-prompt ld under `masks`, in the caller's prompt order."""
         return scatter_rows(batches, [self.logit_diff(b, masks) for b in batches])
+
+    def logit_diffs_many(self, batches: list[PreparedBatch], masks: list[Masks]) -> list:
+        """`logit_diffs` under each of `masks`, several masks per pass (`maskshare.stacked`)."""
+        from maskshare.stacked import stacked_logit_diffs
+
+        return stacked_logit_diffs(self, batches, masks)
 
     @torch.no_grad()
     def clean_logit_diffs(self, batches: list[PreparedBatch]) -> np.ndarray:
