@@ -65,15 +65,15 @@ class EvalCache:
         finally:
             self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
 
-    def record(self, variant: Variant | TopTriples, lam: float | None, seed: int, split: str, prompt_ids: list,
-               per_prompt: dict) -> None:
+    def record(self, variant: Variant | TopTriples, lam: float | None, seed: int, split: str,
+               prompt_ids: list, per_prompt: dict, circuit: int = 0) -> None:
         import polars as pl
 
         n = len(prompt_ids)
         self.lds.append(pl.DataFrame({
             "variant": [variant.name] * n,
             "lambda": pl.Series([None if lam is None else float(lam)] * n, dtype=pl.Float64),
-            "seed": [seed] * n,
+            "seed": [seed] * n, "circuit": [circuit] * n,
             "split": [split] * n, "prompt_id": prompt_ids,
             **{k: [float(x) for x in v] for k, v in per_prompt.items()}}))
 
@@ -132,7 +132,7 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
                         for g in (groups or {}).get(split, [])}
             for i, res in results.items():
                 rows.append(EvalRow.of(label, lams[i], seed, split, res))
-                cache.record(label, lams[i], seed, split, ids, res["per_prompt"])
+                cache.record(label, lams[i], seed, split, ids, res["per_prompt"], circuit=i)
                 for g, idx in by_group.items():
                     sub = subset_metrics(res, idx, masks[i], [prep.slots[j] for j in idx])
                     rows.append(EvalRow.of(label, lams[i], seed, f"{split}:{g}", sub))
