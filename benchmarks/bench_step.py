@@ -76,11 +76,13 @@ def bench_collection(model, saes: dict, tokens: list[list[int]], device: str = "
 # ----------------------------------------------------------------------------- mask step
 def _plain_fwd_bwd(model, mm, batch) -> None:
     """The floor: the same layers (start_layer .. last) forward + backward on the same batch,
-    same length groups, logits at the final positions, no SAEs and no masks."""
-    from maskshare.activations import at_final, length_parts, logit_diff, unembed_final
+    same length groups, the two tokens' logits at the final positions (as the masked step),
+    no SAEs and no masks."""
+    from maskshare.activations import at_final, final_logit_diff, length_parts
     from maskshare.prepared import sub_batch
 
-    parts = length_parts(batch.lengths.tolist(), mm.max_parts, mm.min_saving) \
+    parts = length_parts(batch.lengths.tolist(), mm.max_parts, mm.min_saving,
+                         mm.min_split_tokens) \
         if mm.split_by_length else [(0, len(batch))]
     outs = []
     for a, b in parts:
@@ -89,8 +91,8 @@ def _plain_fwd_bwd(model, mm, batch) -> None:
         res = model(x, start_at_layer=mm.start_layer, stop_at_layer=model.cfg.n_layers,
                     attention_mask=sb.attention_mask)
         outs.append(at_final(res, sb.lengths))
-    logits = unembed_final(model, torch.cat(outs))
-    logit_diff(logits, batch.answer, batch.counterfactual).abs().mean().backward()
+    ld = final_logit_diff(model, torch.cat(outs), batch.answer, batch.counterfactual)
+    ld.abs().mean().backward()
 
 
 class _StepRunner:

@@ -36,6 +36,9 @@ class FixedLD:
             return np.asarray(self.by_sum[kept], float)
         return np.asarray(self.circuit if masks["h"][1, 0] > 0.5 else self.complement, float)
 
+    def logit_diffs_many(self, batches, masks):
+        return [self.logit_diffs(batches, m) for m in masks]
+
     def clean_logit_diffs(self, batches):
         return np.asarray(self.clean, float)
 

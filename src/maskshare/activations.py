@@ -14,7 +14,8 @@ evaluation, circuit listing, SAE training and quality):
   `pad_slots` pads slot ids with -1.
 - `at_final`, `unembed_final`, `logit_diff`: the answer is read at each prompt's own final
   token, ld = logit(answer) - logit(counterfactual); `clean_final_logits` runs the model alone
-  and unembeds only the final positions.
+  and unembeds only the final positions; `final_logit_diff` unembeds only the two tokens
+  (what the logit-difference objective and every ld of the evaluation need).
 - `run_to_deepest`, `collect_activations`: activations at a set of hooks, the model run only
   up to the deepest of them (`stop_at_layer`), one pass for every hook.
 """
@@ -76,13 +77,15 @@ def length_batches(lengths: Sequence[int] | np.ndarray, batch_size: int, *,
     return batches
 
 
-def length_parts(lengths: list[int], max_parts: int = 3,
-                 min_saving: float = 0.1) -> list[tuple[int, int]]:
+def length_parts(lengths: list[int], max_parts: int = 3, min_saving: float = 0.1,
+                 min_tokens: int = 0) -> list[tuple[int, int]]:
     """Contiguous row ranges [(start, end)] of a batch minimising padded tokens
     (sum of rows x longest row per part) with at most `max_parts` parts; each extra part must
-    save at least `min_saving` of the one-part total, else fewer parts are used."""
+    save at least `min_saving` of the one-part total, else fewer parts are used. A batch of
+    at most `min_tokens` padded tokens stays whole (each part is one more pass through the
+    layers, whose cost does not shrink with its rows)."""
     n = len(lengths)
-    if n <= 1 or max_parts <= 1:
+    if n <= 1 or max_parts <= 1 or n * max(lengths) <= min_tokens:
         return [(0, n)]
     INF = float("inf")
     # best[k][j]: min padded tokens of rows [0, j) in k parts (rows need not be sorted)
@@ -183,6 +186,22 @@ def logit_diff(logits: Float[Tensor, "B d_vocab"], answer, counterfactual) -> Fl
     a = torch.as_tensor(answer, device=logits.device)
     c = torch.as_tensor(counterfactual, device=logits.device)
     return logits[r, a] - logits[r, c]
+
+
+def final_logit_diff(model, resid_final: Float[Tensor, "B d_model"], answer,
+                     counterfactual) -> Float[Tensor, " B"]:
+    """logit(answer) - logit(counterfactual) per row from the residual at the final positions:
+    ln_final, then only those two tokens' unembedding columns. Equal to
+    `logit_diff(unembed_final(...))` within float rounding, without the [B, d_vocab] logits
+    (a [d_model, 49152] matmul forward and backward for SmolLM2)."""
+    x = resid_final[:, None, :]
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    x = x[:, 0, :]
+    a = torch.as_tensor(answer, device=x.device)
+    c = torch.as_tensor(counterfactual, device=x.device)
+    w_t, b = model.W_U.T, model.b_U  # w_t: [d_vocab, d_model]
+    return ((x * w_t[a]).sum(-1) + b[a]) - ((x * w_t[c]).sum(-1) + b[c])
 
 
 def clean_final_logits(model, tokens: Int[Tensor, "B P"], lengths: Int[Tensor, " B"],

@@ -1,5 +1,5 @@
-"""From evaluation rows to a run's verdict: the lambda choice, the headline metrics, the
-F-against-size curves and the comparison of methods at matched size.
+"""From evaluation rows to a run's verdict: the lambda choice, the headline metrics and the
+comparison of methods at matched size (read off their F-against-size curves).
 
 Pure functions of typed rows (no model, no files), so the rules can be tested on
 hand-made rows:
@@ -92,18 +92,6 @@ class EvalRow:
 
 
 @dataclass(frozen=True)
-class Curve:
-    """F against latents per token of one method, on one of the report's plots."""
-
-    method: str
-    plot: str                       # "groupings", "ablations" or "attribution"
-    points: list[dict]
-
-    def as_dict(self) -> dict:
-        return {"method": self.method, "plot": self.plot, "points": self.points}
-
-
-@dataclass(frozen=True)
 class MatchedRow:
     """One method compared at the main method's size (`target` latents per token)."""
 
@@ -182,39 +170,24 @@ def headline_metrics(rows: list[EvalRow], main: Variant, head: str, splits: list
     return out
 
 
-def _plots(v: Variant | TopTriples, main: Variant) -> list[str]:
-    """The report plots a method's curve is on: groupings (main ablation), ablations (main
-    grouping), attribution (the main variant's masks and its attribution circuits)."""
-    if isinstance(v, TopTriples):
-        return ["attribution"] if v.variant == main else []
-    if v == main:
-        return ["groupings", "ablations", "attribution"]
-    return ["groupings" if v.ablation == main.ablation else "ablations"]
-
-
 def compare_at_matched_size(rows: list[EvalRow], methods: list[Variant | TopTriples],
                             main: Variant, head: str, target: float | None
-                            ) -> tuple[list[Curve], list[MatchedRow], dict]:
-    """Per method (variants, then attribution circuits) on the headline split: its curve,
-    its F at `target` latents per token and its curve area; plus the metrics entries
-    (`curve_area`, `baseline_<method>`, `baseline_<method>_curve_area`) in the methods'
-    order. The main variant's curve is on the attribution plot only if some method is. The
-    curve areas are over the span of the learned masks' sizes."""
+                            ) -> tuple[list[MatchedRow], dict]:
+    """Per method (variants, then attribution circuits) on the headline split: its F at
+    `target` latents per token and its curve area; plus the metrics entries (`curve_area`,
+    `baseline_<method>`, `baseline_<method>_curve_area`) in the methods' order. The curve
+    areas are over the span of the learned masks' sizes. (The report draws the curves from
+    curves.parquet.)"""
     sizes_all = [r.latents_per_token for r in rows
                  if r.split == head and r.latents_per_token and r.finder == MASKS]
     x_range = (min(sizes_all), max(sizes_all)) if sizes_all else None
-    curves: list[Curve] = []
     table: list[MatchedRow] = []
     metrics: dict = {}
-    with_attr = any(isinstance(m, TopTriples) and m.variant == main for m in methods)
     for v in methods:
         pts = sorted((r for r in rows if r.variant == v.name and r.split == head),
                      key=lambda r: r.latents_per_token or 0)
         sizes = [r.latents_per_token for r in pts]
         fs = [r.faithfulness for r in pts]
-        points = [{"latents_per_token": s, "faithfulness": f} for s, f in zip(sizes, fs, strict=True)]
-        curves += [Curve(v.name, plot, points) for plot in _plots(v, main)
-                   if plot != "attribution" or with_attr]
         f_matched = f_at_size(sizes, fs, target) if target else None
         area = curve_area(sizes, fs, x_range)
         table.append(MatchedRow(v.name, v.grouping.value, v.ablation.value, target, f_matched,
@@ -225,7 +198,7 @@ def compare_at_matched_size(rows: list[EvalRow], methods: list[Variant | TopTrip
             metrics[f"baseline_{v.name}_curve_area"] = area
         else:
             metrics["curve_area"] = area
-    return curves, table, metrics
+    return table, metrics
 
 
 def quality_metrics(quality: dict) -> dict:

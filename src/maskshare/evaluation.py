@@ -21,6 +21,7 @@ A ratio whose denominator is (near) zero, and every metric on zero prompts, is N
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -80,16 +81,68 @@ def reference_lds(mm: MaskedModel, batches: list[PreparedBatch],
     M_clean depends only on the prompts, so `clean` (from `mm.clean_logit_diffs` on the same
     prompts, in the same order) can be shared across variants. With error `clean`, M is the
     model itself (every splice returns its input where the mask is 1), so ld(M) = ld(M_clean)
-    and its pass is skipped."""
+    and its pass is skipped. The empty circuit and M share their passes
+    (`mm.logit_diffs_many`)."""
+    return _reference(mm, batches, clean, [])[0]
+
+
+def _reference(mm: MaskedModel, batches: list[PreparedBatch], clean: np.ndarray | None,
+               masks: list[Masks]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """(reference lds, lds under each of `masks`): the masks, the empty circuit and (unless
+    the error term is `clean`) M in the same stacked passes."""
     if clean is None:
         clean = mm.clean_logit_diffs(batches)
-    model = clean if mm.error == ErrorTerm.CLEAN else \
-        mm.logit_diffs(batches, full_masks(mm.saes, mm.n_slots))
-    return {
-        "ld_model": model,
-        "ld_model_clean": clean,
-        "ld_ablated": mm.logit_diffs(batches, empty_masks(mm.saes, mm.n_slots)),
-    }
+    extra = [empty_masks(mm.saes, mm.n_slots)]
+    if mm.error != ErrorTerm.CLEAN:
+        extra.append(full_masks(mm.saes, mm.n_slots))
+    lds = mm.logit_diffs_many(batches, [*masks, *extra])
+    ref = {"ld_model": clean if mm.error == ErrorTerm.CLEAN else lds[len(masks) + 1],
+           "ld_model_clean": clean, "ld_ablated": lds[len(masks)]}
+    return ref, lds[:len(masks)]
+
+
+def prompt_slots(batches: list[PreparedBatch]) -> list[np.ndarray]:
+    """Each prompt's slot array, in the batches' row order (padding cut off)."""
+    return [row[:int(ln)].numpy() for b in batches
+            for row, ln in zip(b.slots, b.lengths, strict=True)]
+
+
+def evaluate_sweep(mm: MaskedModel, batches: list[PreparedBatch], masks: dict[Any, Masks],
+                   slots: list[np.ndarray] | None = None,
+                   reference: dict[str, np.ndarray] | None = None,
+                   clean: np.ndarray | None = None) -> tuple[dict[Any, dict], dict]:
+    """`evaluate_masks` for every mask of `masks` ({key: binary mask}, e.g. one per lambda)
+    on the same prompts: ({key: its result}, the reference used). Every circuit and
+    complement, and the empty circuit and M when `reference` is not given (computed here,
+    with `clean` as M_clean when given), run in shared stacked passes."""
+    n = sum(len(b) for b in batches)
+    if slots is None:
+        slots = prompt_slots(batches)
+    keys = list(masks)
+    if n == 0:
+        return {k: _no_prompts(mm, masks[k], slots) for k in keys}, reference or {}
+    pairs = [m for k in keys for m in (masks[k], complement(masks[k]))]
+    if reference is None:
+        reference, lds = _reference(mm, batches, clean, pairs)
+    else:
+        lds = mm.logit_diffs_many(batches, pairs)
+    out = {}
+    for i, k in enumerate(keys):
+        res: dict = {"n_prompts": n, "n_scored": n, "ablation": str(mm.ablation),
+                     "error": str(mm.error), **size_metrics(masks[k], slots)}
+        ld = {**reference, "ld_circuit": lds[2 * i], "ld_complement": lds[2 * i + 1]}
+        res.update(ld_metrics(ld))
+        res["per_prompt"] = {name: [float(x) for x in v] for name, v in ld.items()}
+        out[k] = res
+    return out, reference
+
+
+def _no_prompts(mm: MaskedModel, masks: Masks, slots: list[np.ndarray]) -> dict:
+    keys = ("ld_model", "ld_model_clean", "ld_ablated", "ld_circuit", "ld_complement",
+            "faithfulness", "faithfulness_vs_clean", "completeness")
+    return {"n_prompts": 0, "n_scored": 0, "ablation": str(mm.ablation),
+            "error": str(mm.error), **size_metrics(masks, slots), **{k: None for k in keys},
+            "note": "no usable prompts: nothing to evaluate"}
 
 
 def evaluate_masks(mm: MaskedModel, batches: list[PreparedBatch], masks: Masks,
@@ -99,31 +152,10 @@ def evaluate_masks(mm: MaskedModel, batches: list[PreparedBatch], masks: Masks,
 
     `masks` must be binary (`binarize(theta)`); `slots` are the evaluated prompts' slot
     arrays (for the size); if None they are read from the batches. `reference`: the
-    output of `reference_lds` on the same batches, to skip recomputing it.
+    output of `reference_lds` on the same batches, to skip recomputing it. The circuit,
+    its complement (and the empty circuit and M) share their passes (`evaluate_sweep`).
     """
-    n = sum(len(b) for b in batches)
-    if slots is None:
-        slots = []
-        for b in batches:
-            for row, ln in zip(b.slots, b.lengths, strict=True):
-                slots.append(row[:int(ln)].numpy())
-    out: dict = {"n_prompts": n, "n_scored": n, "ablation": str(mm.ablation),
-                 "error": str(mm.error)}
-    out.update(size_metrics(masks, slots))
-    keys = ("ld_model", "ld_model_clean", "ld_ablated", "ld_circuit", "ld_complement",
-            "faithfulness", "faithfulness_vs_clean", "completeness")
-    if n == 0:
-        out.update({k: None for k in keys})
-        out["note"] = "no usable prompts: nothing to evaluate"
-        return out
-    ld = {
-        **(reference if reference is not None else reference_lds(mm, batches)),
-        "ld_circuit": mm.logit_diffs(batches, masks),
-        "ld_complement": mm.logit_diffs(batches, complement(masks)),
-    }
-    out.update(ld_metrics(ld))
-    out["per_prompt"] = {k: [float(x) for x in v] for k, v in ld.items()}
-    return out
+    return evaluate_sweep(mm, batches, {0: masks}, slots, reference)[0][0]
 
 
 def ld_metrics(ld: dict[str, np.ndarray]) -> dict:

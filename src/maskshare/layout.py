@@ -124,6 +124,11 @@ class RunLayout:
         return self.evaluate / "comparisons.parquet"
 
     @property
+    def lds(self) -> Path:
+        """Per-prompt logit differences of every scored mask (what curves.parquet is from)."""
+        return self.evaluate / "lds.parquet"
+
+    @property
     def circuit(self) -> Path:
         return self.evaluate / "circuit.json"
 

@@ -91,10 +91,12 @@ def compute_targets(mm: MaskedModel, batches: list[PreparedBatch],
     full = full_masks(mm.saes, mm.n_slots)
     lds, lps = [], []
     for b in batches:
-        logits = mm.final_logits(b, full)
-        lds.append(logit_diff(logits, b.answer, b.counterfactual))
         if objective == Objective.KL:
+            logits = mm.final_logits(b, full)
+            lds.append(logit_diff(logits, b.answer, b.counterfactual))
             lps.append(F.log_softmax(logits, -1))
+        else:  # ld as the logit-diff objective computes it: two tokens' logits only
+            lds.append(mm.logit_diff(b, full))
     targets = Targets(ld=lds, logprobs=lps if lps else None)
     if scale == "task":
         targets.scale = task_scale(mm, batches, targets, objective)
@@ -169,11 +171,10 @@ def relaxed_masks(theta: dict[str, Tensor], cfg: MaskConfig, step: int, seed: in
 
 def objective_loss(mm: MaskedModel, batch: PreparedBatch, masks: Masks, targets: Targets,
                    bi: int, objective: Objective) -> Tensor:
+    if objective == Objective.LOGIT_DIFF:  # no [B, d_vocab] logits needed
+        return (mm.logit_diff(batch, masks) - targets.ld[bi]).abs().mean()
     logits = mm.final_logits(batch, masks)
     r = torch.arange(len(batch))
-    if objective == Objective.LOGIT_DIFF:
-        ld = logit_diff(logits, batch.answer, batch.counterfactual)
-        return (ld - targets.ld[bi]).abs().mean()
     lp = F.log_softmax(logits, -1)
     if objective == Objective.KL:
         ref = targets.logprobs[bi]

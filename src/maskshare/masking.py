@@ -12,21 +12,19 @@ with a mask `m` per (slot, SAE, latent): float in [0, 1] while training (relaxed
 evaluating. Conventions (docs/architecture.md): every prompt starts with one BOS, batches
 are right-padded, slot 0 is BOS and padding is slot -1.
 
-BOS: its activation passes through *untouched* at every hook, in every variant (M, circuit,
-empty, complement), whatever the error term: BOS is never spliced, so it is never ablated
-and, with error `drop`, it is not reconstructed by the SAE either. Padding positions are
-untouched as well (they follow each prompt's final token, so causal attention keeps them
-out of every real token's result; the attention mask is passed all the same).
+BOS passes through *untouched* at every hook, in every variant (M, circuit, empty,
+complement), whatever the error term: never spliced, so never ablated nor (error `drop`)
+reconstructed. Padding is untouched too (after each prompt's final token, so causal
+attention keeps it out of every real token's result; the attention mask is passed too).
 
 Efficiency by construction:
 - the residual stream below the first SAE hook does not depend on the masks: `prepare`
-  computes it once per batch and every later pass starts there (`start_at_layer`); when the
-  first hook is `blocks.L.hook_resid_post` (or `hook_resid_pre`), the clean latents and the
-  clean SAE error there are cached too, and the pass starts at block L+1 (L);
-- batches are grouped by length, so little is spent on padding;
-- logits are computed only at each prompt's own final position (no full unembed).
-
-The cached batches themselves (`PreparedBatch`) live in `maskshare.prepared`.
+  computes it once per batch and every later pass starts there (`start_at_layer`), with the
+  first hook's clean latents and SAE error when it is a `hook_resid_post`/`_pre`;
+- batches are grouped by length, so little is spent on padding; several masks can share a
+  pass (`logit_diffs_many`, for evaluation);
+- logits only at each prompt's own final position, and for a logit difference only the
+  answer's and the counterfactual's (`final_logit_diff`). Batches: `maskshare.prepared`.
 """
 
 from __future__ import annotations
@@ -42,6 +40,7 @@ from torch import Tensor
 
 from maskshare.activations import (
     at_final,
+    final_logit_diff,
     length_parts,
     logit_diff,
     pad_batch,
@@ -97,12 +96,16 @@ class MaskOptions:
     gives a model with other options, sharing the model, SAEs and statistics).
 
     - `ablation`, `error`: the method's choices (module docstring).
-    - `split_by_length`, `max_parts`, `min_saving`: run a batch in up to `max_parts` length
-      groups when that saves more than `min_saving` of its padded tokens (same results).
+    - `split_by_length`, `max_parts`, `min_saving`, `min_split_tokens`: run a batch of more
+      than `min_split_tokens` padded tokens in up to `max_parts` length groups when each
+      extra group saves `min_saving` of them (same results). Each group is another pass
+      whose cost does not shrink with its rows: short batches run whole (bench.py).
     - `expand`: how a per-slot mask becomes per-token, "onehot" (a matmul) or "gather".
     - `fuse_clean`: error `clean` with one decode of the latents' change instead of two.
     - `reuse_prefix`: start every pass from the cached residual below the first hook (and
       the first hook's cached latents); False runs every pass from the embeddings.
+    - `answer_only`: ld from the two tokens' unembedding columns (`final_logit_diff`);
+      False unembeds the whole vocabulary first (equal within float rounding).
     """
 
     ablation: Ablation = Ablation.SLOT_MEAN
@@ -110,9 +113,11 @@ class MaskOptions:
     split_by_length: bool = True
     max_parts: int = 3
     min_saving: float = 0.1
+    min_split_tokens: int = 256
     expand: Literal["onehot", "gather"] = "onehot"
     fuse_clean: bool = True
     reuse_prefix: bool = True
+    answer_only: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "ablation", Ablation(self.ablation))
@@ -144,6 +149,7 @@ class MaskedModel:
     split_by_length = _option("split_by_length")
     max_parts = _option("max_parts")
     min_saving = _option("min_saving")
+    min_split_tokens = _option("min_split_tokens")
     expand = _option("expand")
     fuse_clean = _option("fuse_clean")
 
@@ -293,7 +299,8 @@ class MaskedModel:
         `max_parts` contiguous groups, each padded only to its own longest prompt, when that
         saves more than `min_saving` of the padded tokens; results are the same."""
         self._check_masks(masks)
-        parts = length_parts(batch.lengths.tolist(), self.max_parts, self.min_saving) \
+        parts = length_parts(batch.lengths.tolist(), self.max_parts, self.min_saving,
+                             self.min_split_tokens) \
             if self.split_by_length else [(0, len(batch))]
         if len(parts) == 1:
             return self._final_residual(batch, masks)
@@ -326,12 +333,22 @@ class MaskedModel:
         return unembed_final(self.model, self.final_residual(batch, masks))
 
     def logit_diff(self, batch: PreparedBatch, masks: Masks) -> Float[Tensor, " B"]:
-        return logit_diff(self.final_logits(batch, masks), batch.answer, batch.counterfactual)
+        """ld at each prompt's final position (`answer_only`: two tokens' logits only)."""
+        if not self.options.answer_only:
+            return logit_diff(self.final_logits(batch, masks), batch.answer, batch.counterfactual)
+        return final_logit_diff(self.model, self.final_residual(batch, masks), batch.answer,
+                                batch.counterfactual)
 
     @torch.no_grad()
     def logit_diffs(self, batches: list[PreparedBatch], masks: Masks) -> np.ndarray:
         """Per-prompt ld under `masks`, in the caller's prompt order."""
         return scatter_rows(batches, [self.logit_diff(b, masks) for b in batches])
+
+    def logit_diffs_many(self, batches: list[PreparedBatch], masks: list[Masks]) -> list:
+        """`logit_diffs` under each of `masks`, several masks per pass (`maskshare.stacked`)."""
+        from maskshare.stacked import stacked_logit_diffs
+
+        return stacked_logit_diffs(self, batches, masks)
 
     @torch.no_grad()
     def clean_logit_diffs(self, batches: list[PreparedBatch]) -> np.ndarray:

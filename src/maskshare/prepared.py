@@ -17,7 +17,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from maskshare.activations import clean_final_logits, logit_diff, padded_batches
+from maskshare.activations import (
+    at_final,
+    clean_final_logits,
+    final_logit_diff,
+    logit_diff,
+    padded_batches,
+)
 from maskshare.errors import UserError
 
 
@@ -89,9 +95,12 @@ def scatter_rows(batches: list[PreparedBatch], vals: list[Tensor]) -> np.ndarray
 
 @torch.no_grad()
 def clean_batch_logit_diff(model, batch: PreparedBatch) -> Tensor:
-    """ld of the model alone (no SAEs) on one prepared batch [B]."""
-    logits = clean_final_logits(model, batch.tokens, batch.lengths, batch.attention_mask)
-    return logit_diff(logits, batch.answer, batch.counterfactual)
+    """ld of the model alone (no SAEs) on one prepared batch [B], computed as every masked
+    pass computes it (`final_logit_diff`)."""
+    resid = model(batch.tokens, attention_mask=batch.attention_mask,
+                  stop_at_layer=model.cfg.n_layers)
+    return final_logit_diff(model, at_final(resid, batch.lengths), batch.answer,
+                            batch.counterfactual)
 
 
 @torch.no_grad()

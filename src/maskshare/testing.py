@@ -53,8 +53,9 @@ def tiny_tokenizer():
 
 
 def tiny_model(seed: int = 0, n_layers: int = 2, d_model: int = 32, n_heads: int = 4,
-               n_ctx: int = 64):
-    """A random `HookedSAETransformer` (attn + MLP, RMS norm, rotary), eval mode."""
+               n_ctx: int = 64, n_key_value_heads: int | None = None):
+    """A random `HookedSAETransformer` (attn + MLP, RMS norm, rotary), eval mode;
+    grouped-query attention (as SmolLM2's) with `n_key_value_heads`."""
     from sae_lens import HookedSAETransformer
     from transformer_lens import HookedTransformerConfig
 
@@ -65,6 +66,7 @@ def tiny_model(seed: int = 0, n_layers: int = 2, d_model: int = 32, n_heads: int
         normalization_type="RMS", positional_embedding_type="rotary",
         rotary_dim=d_model // n_heads, gated_mlp=True, final_rms=True, seed=seed,
         default_prepend_bos=False, tokenizer_prepends_bos=False, device="cpu",
+        n_key_value_heads=n_key_value_heads,
     )
     torch.manual_seed(seed)
     model = HookedSAETransformer(cfg, tokenizer=tok, default_padding_side="right")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,48 +45,109 @@ from maskshare.stages.masks import load_masks, prepare_variant
 from maskshare.variants import Variant, main_variant, run_seeds, variants
 
 
+@dataclass
+class EvalCache:
+    """What one evaluation shares across its variants (and whoever adds rows to it): the
+    clean model's per-prompt ld per split, the reference lds (M, M_clean, empty) per (split,
+    grouping, ablation), every scored mask's per-prompt lds (RUN/evaluate/lds.parquet, what
+    every row is computed from) and the seconds spent per phase."""
+
+    clean: dict[str, np.ndarray] = field(default_factory=dict)
+    reference: dict[tuple, dict] = field(default_factory=dict)
+    lds: list = field(default_factory=list)  # polars DataFrames, one per (mask, split)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
+
+    def record(self, variant: Variant | TopTriples, lam: float | None, seed: int, split: str,
+               prompt_ids: list, per_prompt: dict, circuit: int = 0) -> None:
+        import polars as pl
+
+        n = len(prompt_ids)
+        self.lds.append(pl.DataFrame({
+            "variant": [variant.name] * n,
+            "lambda": pl.Series([None if lam is None else float(lam)] * n, dtype=pl.Float64),
+            "seed": [seed] * n, "circuit": [circuit] * n,
+            "split": [split] * n, "prompt_id": prompt_ids,
+            **{k: [float(x) for x in v] for k, v in per_prompt.items()}}))
+
+
+def score_masks(run: Path, cfg: RunConfig, variant: Variant, masks: dict, split: str,
+                cache: EvalCache):
+    """(the variant's prepared split, {key: evaluate_masks result}) for binary `masks`
+    ({key: mask}) of `variant` on `split` (the selection split: its seeded sample). M_clean
+    and the reference lds come from `cache` when it has them (else they are computed, the
+    empty circuit in the same stacked passes as the masks, and kept there)."""
+    from maskshare.evaluation import evaluate_sweep
+
+    rule = cfg.evaluate
+    limit = rule.select_limit if split == rule.select_split else None
+    with cache.timed("prepare_s"):
+        prep = prepare_variant(run, variant, split, limit)
+    with cache.timed("reference_s"):
+        if split not in cache.clean:
+            cache.clean[split] = prep.mm.clean_logit_diffs(prep.batches)
+    key = (split, variant.grouping.value, variant.ablation.value)
+    with cache.timed("circuits_s"):
+        results, ref = evaluate_sweep(prep.mm, prep.batches, masks, prep.slots,
+                                      reference=cache.reference.get(key),
+                                      clean=cache.clean[split])
+    cache.reference[key] = ref
+    return prep, results
+
+
 def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits: list[str],
                  clean: dict[str, np.ndarray] | None = None,
                  groups: dict[str, list[str]] | None = None,
+                 cache: EvalCache | None = None,
                  circuits: tuple[TopTriples, list] | None = None) -> list[EvalRow]:
     """Rows (one per lambda x split, the selection split first) for a variant's masks at
     `seed`. `clean`: per split, the clean model's per-prompt ld (the same for every
     variant), filled in when missing. `groups`: {split: [group]} also scored per group
-    (split `<split>:<group>`) from the split's per-prompt lds. `circuits`: (method,
-    [(lambda or None, binary masks)]) scored in place of the learned masks, rows named by
-    the method (attribution circuits, `attribution_rows`)."""
-    from maskshare.evaluation import evaluate_masks, reference_lds, subset_metrics
+    (split `<split>:<group>`) from the split's per-prompt lds. `cache`: shared with the
+    other variants' calls (`EvalCache`). `circuits`: (method, [(lambda or None, binary
+    masks)]) scored in place of the learned masks, rows named by the method (attribution
+    circuits, `attribution_rows`)."""
+    from maskshare.evaluation import subset_metrics
 
-    rule = cfg.evaluate
-    clean = {} if clean is None else clean
-    label, masks = circuits or (variant, [(lam, load_masks(run, variant, lam, seed))
+    cache = cache if cache is not None else EvalCache()
+    if clean is not None:
+        cache.clean = clean
+    label, pairs = circuits or (variant, [(lam, load_masks(run, variant, lam, seed))
                                           for lam in cfg.masks.lambda_grid])
+    masks = {i: m for i, (_, m) in enumerate(pairs)}  # lambdas may repeat (None)
+    lams = [lam for lam, _ in pairs]
     rows = []
-    for split in [rule.select_split, *splits]:
-        limit = rule.select_limit if split == rule.select_split else None
-        prep = prepare_variant(run, variant, split, limit)
-        if split not in clean:
-            clean[split] = prep.mm.clean_logit_diffs(prep.batches)
-        ref = reference_lds(prep.mm, prep.batches, clean=clean[split])
-        by_group = {g: [i for i, p in enumerate(prep.items["phrasing"].to_list()) if p == g]
-                    for g in (groups or {}).get(split, [])}
-        for lam, m in masks:
-            res = evaluate_masks(prep.mm, prep.batches, m, prep.slots, reference=ref)
-            rows.append(EvalRow.of(label, lam, seed, split, res))
-            for g, idx in by_group.items():
-                sub = subset_metrics(res, idx, m, [prep.slots[i] for i in idx])
-                rows.append(EvalRow.of(label, lam, seed, f"{split}:{g}", sub))
+    for split in [cfg.evaluate.select_split, *splits]:
+        prep, results = score_masks(run, cfg, variant, masks, split, cache)
+        with cache.timed("curves_s"):
+            phrasing, ids = prep.items["phrasing"].to_list(), prep.items["prompt_id"].to_list()
+            by_group = {g: [i for i, p in enumerate(phrasing) if p == g]
+                        for g in (groups or {}).get(split, [])}
+            for i, res in results.items():
+                rows.append(EvalRow.of(label, lams[i], seed, split, res))
+                cache.record(label, lams[i], seed, split, ids, res["per_prompt"], circuit=i)
+                for g, idx in by_group.items():
+                    sub = subset_metrics(res, idx, masks[i], [prep.slots[j] for j in idx])
+                    rows.append(EvalRow.of(label, lams[i], seed, f"{split}:{g}", sub))
     return rows
 
 
 def attribution_rows(run: Path, cfg: RunConfig, seed: int, splits: list[str],
                      clean: dict[str, np.ndarray] | None = None,
-                     groups: dict[str, list[str]] | None = None) -> list[EvalRow]:
+                     groups: dict[str, list[str]] | None = None,
+                     cache: EvalCache | None = None) -> list[EvalRow]:
     """Rows of every attribution method (`attribution_methods`): its circuits at the
     sizes of the variant's learned masks at `seed` (`matched_circuits`), scored by
     `eval_variant` on the same splits as the masks."""
     return [r for t in attribution_methods(cfg)
-            for r in eval_variant(run, cfg, t.variant, seed, splits, clean, groups,
+            for r in eval_variant(run, cfg, t.variant, seed, splits, clean, groups, cache,
                                   circuits=(t, matched_circuits(run, t, seed)))]
 
 
@@ -93,7 +156,7 @@ def build(run: Path) -> Path:
 
     run, layout = Path(run), RunLayout(run)
     cfg = load_run_config(run)
-    t0 = time.time()
+    t0 = time.perf_counter()
     items = load_run_items(run)
     splits = heldout_splits(items)
     head = headline_split(cfg.dataset.variant, splits)
@@ -101,32 +164,42 @@ def build(run: Path) -> Path:
         raise UserError("the dataset has no held-out prompts to evaluate on")
     seeds, main = run_seeds(cfg), main_variant(cfg)
     rows: list[EvalRow] = []
-    clean: dict[str, np.ndarray] = {}  # shared by every variant
+    cache = EvalCache()  # M_clean and references shared by every variant
     groups = group_splits(items, splits)
     for v in variants(cfg):
-        rows += eval_variant(run, cfg, v, seeds[0], splits, clean, groups)
-    rows += attribution_rows(run, cfg, seeds[0], splits, clean, groups)
-    splits = [*splits, *(f"{s}:{g}" for s in splits for g in groups.get(s, []))]
-    lam = choose_lambda(rows, main.name, cfg.evaluate)
-    metrics: dict = {"run": run.name, "dataset": cfg.dataset.name,
-                     "variant": cfg.dataset.variant, "headline_split": head, "lambda": lam,
-                     "error_term": cfg.masks.error.value,
-                     **headline_metrics(rows, main, head, splits, lam),
-                     **quality_metrics(json.loads(layout.quality(main.grouping).read_text()))}
-    target = pick(rows, main.name, head, lam).latents_per_token
-    _, table, compared = compare_at_matched_size(
-        rows, [*variants(cfg), *attribution_methods(cfg)], main, head, target)
-    metrics.update(compared)
-    metrics.update(stability_metrics(run, main, lam, seeds))
-    circuit = circuit_listing(run, cfg, main, lam, seeds[0], items)
+        rows += eval_variant(run, cfg, v, seeds[0], splits, groups=groups, cache=cache)
+    rows += attribution_rows(run, cfg, seeds[0], splits, groups=groups, cache=cache)
+    with cache.timed("curves_s"):
+        splits = [*splits, *(f"{s}:{g}" for s in splits for g in groups.get(s, []))]
+        lam = choose_lambda(rows, main.name, cfg.evaluate)
+        metrics: dict = {"run": run.name, "dataset": cfg.dataset.name,
+                         "variant": cfg.dataset.variant, "headline_split": head, "lambda": lam,
+                         "error_term": cfg.masks.error.value,
+                         **headline_metrics(rows, main, head, splits, lam),
+                         **quality_metrics(json.loads(layout.quality(main.grouping).read_text()))}
+        target = pick(rows, main.name, head, lam).latents_per_token
+        table, compared = compare_at_matched_size(
+            rows, [*variants(cfg), *attribution_methods(cfg)], main, head, target)
+        metrics.update(compared)
+        metrics.update(stability_metrics(run, main, lam, seeds))
+    with cache.timed("circuit_listing_s"):
+        circuit = circuit_listing(run, cfg, main, lam, seeds[0], items)
+    timings = {"evaluate_s": time.perf_counter() - t0,
+               "phases": {k: round(v, 3) for k, v in cache.timings.items()}}
     with building(layout.evaluate) as tmp:
         pl.DataFrame([r.as_dict() for r in rows]).write_parquet(tmp / layout.curves.name)
         pl.DataFrame([r.as_dict() for r in table]).write_parquet(tmp / layout.comparisons.name)
+        pl.concat(cache.lds).write_parquet(tmp / layout.lds.name)
         (tmp / layout.circuit.name).write_text(json.dumps(circuit, indent=1, default=str))
-        write_manifest(tmp, timings={"evaluate_s": time.time() - t0})
-    metrics["timings"] = {"evaluate_s": time.time() - t0}
+        write_manifest(tmp, timings=timings)
+    metrics["timings"] = timings
     write_json_atomic(layout.metrics, metrics)
+    t1 = time.perf_counter()
     write_run_report(run)
+    # the report reads metrics.json, so its own time is added after it is written
+    timings["phases"]["report_s"] = round(time.perf_counter() - t1, 3)
+    timings["evaluate_and_report_s"] = time.perf_counter() - t0
+    write_json_atomic(layout.metrics, metrics)
     return layout.evaluate
 
 
