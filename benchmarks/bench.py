@@ -1,6 +1,7 @@
 """maskshare benchmark: how fast, how big, how close to the targets (issue 7).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench.py [--device cpu|cuda] [--quick] [--skip-pipeline]
+        [--short-step-only]
 
 Prints a table and writes JSON to benchmarks/results/latest.json and
 benchmarks/results/<device>.json. Sections (each a function of a model, SAEs and prompts,
@@ -13,6 +14,8 @@ so tests/test_bench.py runs them on the tiny model):
   forward+backward of the same layers on the same batch (target ratio <= 1.3), and against
   the same step without reusing the residual below the first SAE hook; interleaved in one
   run, medians of the repeats (ratios: median of the per-repeat ratios);
+- short_step: the step on 16 prompts of 6-8 tokens and of 12 tokens, now and on the path
+  before issue 13 (bench_short.py), interleaved;
 - grouping: attention-grouping fit + assign for ~20k and ~100k tokens, and peak traced
   memory (numpy + Python allocations, tracemalloc); the features are real feature rows
   tiled (whole prompts) with small noise;
@@ -20,7 +23,8 @@ so tests/test_bench.py runs them on the tiny model):
   slots;
 - pipeline (unless --skip-pipeline): `run_pipeline` on configs/default.yaml in a child
   process, cold (fresh runs dir and dataset/group/mask caches; the converted model and the
-  SAEs stay) then cached; wall time and the child's peak RSS.
+  SAEs stay) then cached; wall time, the child's peak RSS, seconds per stage and the
+  evaluation's share of the cold run with its phases (the evaluate manifest's timings).
 
 The SAEs are the embedded set when it exists, else random StandardSAEs of width 2304 at
 resid_post of layers 6/12/18/24 (same shapes, so the same cost); `saes` in the JSON says
@@ -51,9 +55,11 @@ from bench_pipeline import (  # noqa: E402,F401
     _pipeline_child,
     bench_grouping,
     bench_pipeline,
+    evaluation_share,
     stage_timings,
     tile_features,
 )
+from bench_short import bench_short_step, short_step_lines  # noqa: E402,F401
 from bench_step import SCALING_NOTE, bench_collection, bench_mask_step, bench_scaling  # noqa: E402,F401
 
 # ----------------------------------------------------------------------------- report
@@ -96,6 +102,8 @@ def print_table(res: dict) -> None:
                          f"(first version / plain: {s['ratio_gather_2dec_to_plain']:.3f})")
         lines.append(f"  MB kept for backward: {s['saved_for_backward_mb']}")
         lines.append("")
+    if res.get("short_step"):
+        lines += short_step_lines(res["short_step"]) + [""]
     for g in res.get("grouping", []):
         lines.append(f"grouping {g['tokens']:>7} tokens: fit {g['fit_s']:.1f} s + assign "
                      f"{g['assign_s']:.1f} s = {g['fit_assign_s']:.1f} s, peak traced "
@@ -110,19 +118,33 @@ def print_table(res: dict) -> None:
                          f"{r['padded_tokens']:>11} {r['n_saes']:>5} {r['n_slots']:>6} "
                          f"{r['step_s']:>8.3f} {r['saved_for_backward_mb']:>8.1f}")
         lines.append("")
-    p = res.get("pipeline")
-    if p:
-        for k in ("cold", "cached"):
-            if k in p:
-                e = p[k]
-                lines.append(f"pipeline {k}: {e['wall_s']:.1f} s, peak RSS "
-                             f"{e.get('peak_rss_mb', float('nan')):.0f} MB (rc {e['returncode']})")
-                if k == "cold" and e.get("stage_s"):
-                    lines.append("  stage seconds (manifests): " + ", ".join(
-                        f"{s} {v:.0f}" for s, v in e["stage_s"].items()))
+    if res.get("pipeline"):
+        lines += pipeline_lines(res["pipeline"])
     elif res.get("pipeline_skipped"):
         lines.append(f"pipeline: skipped ({res['pipeline_skipped']})")
     print("\n".join(lines))
+
+
+def pipeline_lines(p: dict) -> list[str]:
+    """The pipeline section: cold and cached wall time, seconds per stage, and the
+    evaluation's share of the cold run with its phases."""
+    lines = []
+    for k in ("cold", "cached"):
+        if k not in p:
+            continue
+        e = p[k]
+        lines.append(f"pipeline {k}: {e['wall_s']:.1f} s, peak RSS "
+                     f"{e.get('peak_rss_mb', float('nan')):.0f} MB (rc {e['returncode']})")
+        if k == "cold" and e.get("stage_s"):
+            lines.append("  stage seconds (manifests): " + ", ".join(
+                f"{s} {v:.0f}" for s, v in e["stage_s"].items()))
+        if k == "cold" and e.get("evaluation_share") is not None:
+            ev = e["evaluate_timings"]
+            lines.append(f"  evaluation: {ev['evaluate_and_report_s']:.0f} s of the run's "
+                         f"{e['inner_s']:.0f} s = {100 * e['evaluation_share']:.1f}% "
+                         f"(target <= 15%); phases: " + ", ".join(
+                             f"{n.removesuffix('_s')} {v:.0f}" for n, v in ev["phases"].items()))
+    return lines
 
 
 def run_all(args) -> dict:
@@ -144,6 +166,8 @@ def run_all(args) -> dict:
     res["mask_step"] = bench_mask_step(model, saes, toks[:step_prompts], ans[:step_prompts],
                                        cf[:step_prompts], n_slots=12, device=device,
                                        repeats=3 if quick else 5)
+    res["short_step"] = bench_short_step(model, saes, toks, ans, cf, device=device,
+                                         repeats=1 if quick else 3)
     # collection on a prefix of the prompts (the model is on `device` now)
     n_coll = 60 if quick else 200
     coll = bench_collection(model, saes, toks[:n_coll], device=device,
@@ -178,12 +202,28 @@ def write_results(res: dict, out_dir: Path = RESULTS) -> list[Path]:
     return paths
 
 
+def short_step_only(args) -> int:
+    """`--short-step-only`: the short-prompt step section alone, on the embedded model."""
+    from maskshare.runtime import configure_threads
+
+    threads = configure_threads()
+    model, saes, source, prompts = load_setup("cpu")
+    res = bench_short_step(model, saes, prompts["tokens"], prompts["answer"],
+                           prompts["counterfactual"], repeats=1 if args.quick else 3)
+    print(f"SAEs: {source}; torch threads {threads}; load avg {os.getloadavg()[0]:.1f}")
+    print("\n".join(short_step_lines(res)))
+    print(json.dumps(res))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--skip-pipeline", action="store_true",
                     help="skip the whole-pipeline cold/cached runs (the long part)")
+    ap.add_argument("--short-step-only", action="store_true",
+                    help="only the short-prompt step section (printed, not written)")
     ap.add_argument("--pipeline-child", nargs=2, metavar=("CONFIG", "OUT"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -191,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         _pipeline_child(*args.pipeline_child)
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.short_step_only:
+        return short_step_only(args)
     res = run_all(args)
     print_table(res)
     for p in write_results(res):

@@ -121,10 +121,22 @@ def _pipeline_child(config: str, out: str) -> None:
     logging.basicConfig(level=logging.INFO)
     t0 = time.perf_counter()
     run = run_pipeline(load_config(config))
+    inner = time.perf_counter() - t0
     Path(out).write_text(json.dumps({
-        "run_dir": str(run), "inner_s": round(time.perf_counter() - t0, 1),
+        "run_dir": str(run), "inner_s": round(inner, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "stage_s": stage_timings(run)}))
+        "stage_s": stage_timings(run), **evaluation_share(run, inner)}))
+
+
+def evaluation_share(run: Path, inner_s: float) -> dict:
+    """The evaluate stage's timings (metrics.json: its phases, the report included) and its
+    share of the run's `inner_s` seconds; empty when the run has none (a cached rerun keeps
+    the cold run's metrics, so its share would be of another run)."""
+    t = json.loads((Path(run) / "metrics.json").read_text()).get("timings") or {}
+    if "evaluate_and_report_s" not in t:
+        return {}
+    return {"evaluate_timings": t,
+            "evaluation_share": round(t["evaluate_and_report_s"] / inner_s, 4)}
 
 
 def stage_timings(run: Path) -> dict[str, float]:

@@ -91,6 +91,31 @@ def test_bench_sections_write_json_with_positive_figures(bench, setup, tmp_path,
     assert "ratio masked / plain" in out and "pipeline: skipped" in out
 
 
+def test_short_prompt_step_section_times_now_and_before(bench, setup, capsys):
+    model, saes, toks, ans, cf = setup
+    s = bench.bench_short_step(model, saes, toks, ans, cf, n_prompts=4, n_slots=4, repeats=1)
+    assert s["short"]["lengths"] == [6, 7, 8] and s["len12"]["lengths"] == [12]
+    for name in ("short", "len12"):
+        assert all(_positive(s[name][k]) for k in ("now_s", "before_s", "ratio_before_over_now"))
+    assert _positive(s["ratio_short_to_len12_now"])
+    assert not model.blocks[0].mlp.W_gate.is_contiguous()  # left in load_model's layout
+    print("\n".join(bench.short_step_lines(s)))
+    assert "6-8 tokens / 12 tokens" in capsys.readouterr().out
+
+
+def test_the_pipeline_section_prints_the_evaluation_share(bench, finished_tiny_run, capsys):
+    run = finished_tiny_run[1]
+    share = bench.evaluation_share(run, 100.0)
+    t = share["evaluate_timings"]
+    assert share["evaluation_share"] == pytest.approx(t["evaluate_and_report_s"] / 100, abs=1e-4)
+    assert t["evaluate_and_report_s"] >= t["evaluate_s"] > 0 and "report_s" in t["phases"]
+    cold = {"wall_s": 120.0, "returncode": 0, "inner_s": 100.0, "stage_s": {"evaluate": 9.0},
+            **share}
+    print("\n".join(bench.pipeline_lines({"cold": cold})))
+    out = capsys.readouterr().out
+    assert f"= {100 * share['evaluation_share']:.1f}% (target <= 15%)" in out and "circuits" in out
+
+
 def test_tiled_features_keep_whole_prompts(bench, setup):
     model, saes, toks, _, _ = setup
     from maskshare.features import attention_features

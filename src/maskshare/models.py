@@ -173,9 +173,10 @@ def fast_weight_layout(model, enable: bool = True):
     """Store the weights TransformerLens transposes on every forward pass (`_TL_LAYOUTS`)
     in transposed memory order: same shapes, same values, same results bit for bit (the
     kernels receive the very contiguous tensors the copies used to make), without copying
-    ~0.4 GB of weights per pass of SmolLM2-135M (0.85 s of a 2.2 s mask step on 16 short
-    prompts, 1 thread). `enable=False` restores the plain layout (benchmarks compare the
-    two). Returns the model."""
+    the weights of every layer run on every pass (up to 0.54 GB for SmolLM2-135M in
+    float32): a fixed cost per step whatever the prompts' length (`benchmarks/bench.py
+    --short-step-only` times the step both ways). `enable=False` restores the plain layout.
+    Returns the model."""
     for module in model.modules():
         for name, perm in _TL_LAYOUTS.get(type(module).__name__, {}).items():
             p = module._parameters.get(name)

@@ -1,9 +1,15 @@
 """Stage `evaluate`: score every variant's masks on the selection split and the held-out
 splits, choose the run's lambda, compare methods at matched size, list the circuit; write
-RUN/evaluate/ (curves, comparisons, circuit), RUN/metrics.json and RUN/report.html.
+RUN/evaluate/ (curves, comparisons, per-prompt lds, circuit), RUN/metrics.json and
+RUN/report.html.
 
 The rules (lambda choice, matched size, curves) live in `maskshare.comparison`; this
-module computes the rows they need and writes the results.
+module computes the rows they need and writes the results. Cost: a variant's circuits,
+complements and empty circuit on a split share stacked passes (`evaluate_sweep`); M_clean
+per split and the reference lds per (split, grouping, ablation) are computed once
+(`EvalCache`); every row comes from the per-prompt lds (lds.parquet). Where the time goes is
+written to the manifest and metrics.json (`timings.phases`: prepare_s, reference_s,
+circuits_s, curves_s, circuit_listing_s, and report_s in metrics.json).
 """
 
 from __future__ import annotations
