@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from maskshare.activation_store import hf_resid_forward
 from maskshare.sae_quality import ce_recovered, sae_stats
 from maskshare.sae_training import SAETrainingConfig, prepare_training, train_sae
 

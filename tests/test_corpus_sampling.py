@@ -41,7 +41,7 @@ def test_a_left_padded_batch_continues_each_prompt_as_it_would_alone(hf):
     prompts = [[1, 5, 6, 7, 8, 9], [1, 10], [1, 11, 12, 13]]
     batch = sample_batch(hf, prompts, 16, greedy, torch.Generator().manual_seed(0))
     assert batch.shape == (3, 16)
-    for p, row in zip(prompts, batch):
+    for p, row in zip(prompts, batch, strict=True):
         assert row[:len(p)].tolist() == p
         alone = sample_batch(hf, [p], 16, greedy, torch.Generator().manual_seed(0))
         assert torch.equal(alone[0], row)

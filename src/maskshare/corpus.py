@@ -35,10 +35,10 @@ import hashlib
 import logging
 import random
 import sysconfig
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch

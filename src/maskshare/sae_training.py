@@ -34,9 +34,7 @@ from torch import Tensor
 from maskshare.artifacts import (
     _fsync_dir,
     apply_umask_modes,
-
     hash_config,
-    is_complete,
     make_temp_dir,
     stage_lock,
     write_manifest,
