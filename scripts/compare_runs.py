@@ -18,7 +18,8 @@ import re
 import sys
 from pathlib import Path
 
-TIMING = re.compile(r"(evaluate_s|build_s|train_s|stats_s|fit_assign_s)\D{0,40}?[0-9.]+(e-?\d+)?")
+# every `<name>_s` is a wall time in seconds (evaluate_s, attribution_s, the evaluation phases)
+TIMING = re.compile(r"(\b[a-z_]+_s)\b\D{0,40}?[0-9.]+(e-?\d+)?")
 
 
 def _masked(path: Path) -> bytes:
