@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the steps-to-circuit section (cold vs warm-started masks)")
     ap.add_argument("--run", help="steps-to-circuit on this built run's main variant (its "
                     "groups and statistics) instead of from-end slots")
-    ap.add_argument("--warm-lambdas", nargs=2, type=float, default=[0.01, 0.03],
-                    help="the two lambdas of the steps-to-circuit sweep")
+    ap.add_argument("--warm-lambdas", nargs="+", type=float, default=[0.01, 0.03],
+                    help="the lambdas (two or more) of the steps-to-circuit sweep")
     ap.add_argument("--pipeline-child", nargs=2, metavar=("CONFIG", "OUT"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -1,15 +1,18 @@
-"""Section `steps_to_circuit` of benchmarks/bench.py: a two-lambda sweep trained cold (as
-before issue 13: every lambda from `init_logit`, `steps` steps) against the warm sweep the
-masks stage now runs (the first lambda from integrated-gradients scores, the next one
-continued from it, `warm_steps` each), on the same prepared batches.
+"""Section `steps_to_circuit` of benchmarks/bench.py: a lambda sweep trained cold (as
+before issue 13: every lambda from `init_logit`, `steps` steps, early stop as configured)
+against the warm sweep the masks stage can run (the first lambda from integrated-gradients
+scores, each next one continued from the previous, `warm_steps` each), on the same
+prepared batches. Two controls tell the start's effect from the shorter anneal's and from
+the continuation: `short` (cold, `warm_steps` steps, each lambda alone) and `continued`
+(each lambda after the first continued from the previous cold mask, `warm_steps`).
 
-Per lambda: the cold circuit's faithfulness F and size (latents per token) on held-out
-prompts; the step at which each training first reaches that F (within `f_tol`) at no more
-than that size (within `size_tol`), checked every `check_every` steps; the steps each ran
-(early stop as configured); Jaccard overlap of the two circuits. Times are process CPU
-seconds (robust to other jobs on the machine), the attribution pass included in the warm
-side. A control: a cold training as short as the warm one (`warm_steps`), to tell the
-start's effect from the shorter anneal's.
+Per lambda and training: faithfulness F and size (latents per token) of the final circuit
+on held-out prompts, the cold sweep's F read at that size (`f_at_size`, linear in log
+size, None outside the cold sizes), the step at which the training first reaches the cold
+circuit's F (within `f_tol`) at no more than its size (within `size_tol`; checked every
+`check_every` steps for `warm`, every 5 for `cold`, at the end for the controls), steps
+run, Jaccard overlap with the cold and the short circuit. Times are process CPU seconds
+(robust to other jobs on the machine), the attribution pass counted on the warm side.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 
 
 def _faithfulness(mm, batches, masks, ref) -> float:
+    """F of binary `masks` against `reference_lds` output `ref` (no complement pass)."""
     ld = mm.logit_diffs(batches, masks)
     e = float(np.mean(ref["ld_ablated"]))
     return float((np.mean(ld) - e) / (np.mean(ref["ld_model"]) - e))
@@ -61,19 +65,25 @@ class _Tracker:
         return out
 
 
-def _train(mm, batches, cfg, lam, targets, init, every):
+def _train(ctx, cfg, lam, init, every) -> dict:
+    """One training on the context's batches with snapshots every `every` steps: its
+    result, CPU seconds, the held-out curve of its snapshots and how many triples it
+    started with open."""
     import maskshare.mask_training as mt
+    from maskshare.warm_start import open_triples
 
     tr = _Tracker(every)
     orig, mt._initial_theta = tr.spy(mt)
     try:
         c0 = time.process_time()
-        res = mt.train_masks(mm, batches, cfg, lam, seed=0, targets=targets, init_theta=init,
-                             progress=False, callback=tr)
+        res = mt.train_masks(ctx["mm"], ctx["train"], cfg, lam, seed=0, targets=ctx["targets"],
+                             init_theta=init, progress=False, callback=tr)
         cpu = time.process_time() - c0
     finally:
         mt._initial_theta = orig
-    return res, cpu, tr
+    curve = tr.curve(ctx["mm"], ctx["eval"], ctx["slots"], ctx["ref"], res)
+    return {"res": res, "cpu": cpu, "curve": curve,
+            "open": None if init is None else open_triples(init)}
 
 
 def _reached(curve: list[dict], f: float, lpt: float, f_tol: float, size_tol: float):
@@ -81,69 +91,93 @@ def _reached(curve: list[dict], f: float, lpt: float, f_tol: float, size_tol: fl
                  and r["lpt"] <= lpt * (1 + size_tol)), None)
 
 
+def _row(lam, runs: dict, f_tol: float, size_tol: float) -> dict:
+    """One lambda's figures: per training, F and size of its final circuit, steps run and
+    to the cold circuit, CPU s, Jaccard overlap with the cold and the short cold circuit."""
+    from maskshare.evaluation import jaccard
+
+    f, lpt = runs["cold"]["curve"][-1]["f"], runs["cold"]["curve"][-1]["lpt"]
+    out = {"lambda": lam, "cold_curve": runs["cold"]["curve"],
+           "warm_curve": runs["warm"]["curve"]}
+    for name, r in runs.items():
+        m = r["res"].masks()
+        out[name] = {"start": r["start"], "open_at_start": r["open"],
+                     "f": round(r["curve"][-1]["f"], 4), "lpt": round(r["curve"][-1]["lpt"], 2),
+                     "steps_run": len(r["res"].history), "cpu_s": round(r["cpu"], 2),
+                     "steps_to_circuit": _reached(r["curve"], f, lpt, f_tol, size_tol),
+                     "jaccard_cold": round(jaccard(m, runs["cold"]["res"].masks()), 3),
+                     "jaccard_short": round(jaccard(m, runs["short"]["res"].masks()), 3)}
+    return out
+
+
 def bench_steps_to_circuit(mm, train_batches, eval_batches, eval_slots, cfg, lambdas,
                            *, check_every: int = 2, f_tol: float = 0.02,
                            size_tol: float = 0.05) -> dict:
-    """The section (see the module docstring); `cfg` a MaskConfig, `lambdas` two values."""
-    from maskshare.attribution import attribution_by_method, method_of
-    from maskshare.evaluation import jaccard, reference_lds
-    from maskshare.mask_training import compute_targets, slot_weights
-    from maskshare.warm_start import attribution_logits, open_triples, warm_config
+    """The section (see the module docstring); `cfg` a MaskConfig, `lambdas` two or more.
 
-    targets = compute_targets(mm, train_batches, cfg.objective, cfg.scale)
-    ref = reference_lds(mm, eval_batches)
+    Per lambda: `cold` (steps, from init_logit), `warm` (the stage's default chain: the
+    first lambda from IG scores, each next one continued from the previous warm mask;
+    warm_steps), `short` (cold, warm_steps: the control) and from the second lambda on
+    `continued` (warm_steps from the previous cold mask: a chain without attribution)."""
+    from maskshare.attribution import attribution_by_method, method_of
+    from maskshare.evaluation import reference_lds
+    from maskshare.mask_training import compute_targets, slot_weights
+    from maskshare.warm_start import attribution_logits, warm_config
+
+    ctx = {"mm": mm, "train": train_batches, "eval": eval_batches, "slots": eval_slots,
+           "targets": compute_targets(mm, train_batches, cfg.objective, cfg.scale),
+           "ref": reference_lds(mm, eval_batches)}
     c0 = time.process_time()
     ig = attribution_by_method(mm, train_batches, [method_of("ig")], 10)[method_of("ig")]
     attr_cpu = time.process_time() - c0
-    wcfg = warm_config(cfg)
-    rows, prev = [], None
+    wcfg, rows, prev = warm_config(cfg), [], None
     for lam in sorted(lambdas):
-        cold, cold_cpu, ctr = _train(mm, train_batches, cfg, lam, targets, None, 5)
         if prev is None:
-            init = attribution_logits(ig, lam, targets.scale,
-                                      slot_weights(train_batches, mm.n_slots),
-                                      open_ratio=cfg.init_open_ratio, init_logit=cfg.init_logit)
-            start = "attribution"
+            w_init = attribution_logits(ig, lam, ctx["targets"].scale,
+                                        slot_weights(train_batches, mm.n_slots),
+                                        open_ratio=cfg.init_open_ratio,
+                                        init_logit=cfg.init_logit)
         else:
-            init, start = {h: t.clone() for h, t in prev.items()}, "continued"
-        warm, warm_cpu, wtr = _train(mm, train_batches, wcfg, lam, targets, init, check_every)
-        prev = warm.theta
-        # the control: cold, but as short as the warm start (is it the start or the length?)
-        short, _, s_tr = _train(mm, train_batches, wcfg, lam, targets, None, wcfg.steps)
-        sc = s_tr.curve(mm, eval_batches, eval_slots, ref, short)[-1]
-        cc = ctr.curve(mm, eval_batches, eval_slots, ref, cold)
-        wc = wtr.curve(mm, eval_batches, eval_slots, ref, warm)
-        f, lpt = cc[-1]["f"], cc[-1]["lpt"]
-        cold_to = _reached(cc, f, lpt, f_tol, size_tol)
-        warm_to = _reached(wc, f, lpt, f_tol, size_tol)
-        rows.append({
-            "lambda": lam, "warm_start": start, "open_at_start": open_triples(init),
-            "cold_f": round(f, 4), "cold_lpt": round(lpt, 2), "warm_f": round(wc[-1]["f"], 4),
-            "warm_lpt": round(wc[-1]["lpt"], 2), "jaccard": round(jaccard(cold.masks(),
-                                                                         warm.masks()), 3),
-            "cold_short_f": round(sc["f"], 4), "cold_short_lpt": round(sc["lpt"], 2),
-            "cold_steps_run": len(cold.history), "warm_steps_run": len(warm.history),
-            "cold_steps_to_circuit": cold_to, "warm_steps_to_circuit": warm_to,
-            "cold_cpu_s": round(cold_cpu, 2), "warm_cpu_s": round(warm_cpu, 2),
-            "cold_curve": cc, "warm_curve": wc})
+            w_init = {h: t.clone() for h, t in prev["warm"]["res"].theta.items()}
+        runs = {"cold": _train(ctx, cfg, lam, None, 5) | {"start": "cold"},
+                "warm": _train(ctx, wcfg, lam, w_init, check_every)
+                | {"start": "attribution" if prev is None else "continued"},
+                "short": _train(ctx, wcfg, lam, None, wcfg.steps) | {"start": "cold"}}
+        if prev is not None:
+            c_init = {h: t.clone() for h, t in prev["cold"]["res"].theta.items()}
+            runs["continued"] = _train(ctx, wcfg, lam, c_init, wcfg.steps) | {
+                "start": "continued"}
+        rows.append(_row(lam, runs, f_tol, size_tol))
+        prev = runs
     return _summary(rows, attr_cpu, cfg, wcfg, len(train_batches), f_tol, size_tol)
 
 
 def _summary(rows, attr_cpu, cfg, wcfg, n_batches, f_tol, size_tol) -> dict:
-    cold_cpu = sum(r["cold_cpu_s"] for r in rows)
-    warm_cpu = sum(r["warm_cpu_s"] for r in rows)
-    step_cpu = cold_cpu / max(sum(r["cold_steps_run"] for r in rows), 1)
-    reached = all(r["warm_steps_to_circuit"] is not None for r in rows)
-    to_circuit = sum(r["warm_steps_to_circuit"] or r["warm_steps_run"] for r in rows)
+    from maskshare.evaluation import f_at_size
+
+    def total(name, key):
+        return sum(r[name][key] for r in rows)
+
+    cold_cpu, warm_cpu = total("cold", "cpu_s"), total("warm", "cpu_s")
+    step_cpu = cold_cpu / max(total("cold", "steps_run"), 1)
+    reached = all(r["warm"]["steps_to_circuit"] is not None for r in rows)
+    to_circuit = sum(r["warm"]["steps_to_circuit"] or r["warm"]["steps_run"] for r in rows)
+    cold_curve = ([r["cold"]["lpt"] for r in rows], [r["cold"]["f"] for r in rows])
+    for r in rows:  # the cold sweep's F read at each other circuit's size (None outside)
+        for name in ("warm", "short", "continued"):
+            if name in r:
+                at = f_at_size(*cold_curve, r[name]["lpt"])
+                r[name]["cold_f_at_size"] = None if at is None else round(at, 4)
     return {
         "lambdas": [r["lambda"] for r in rows], "rows": rows, "n_train_batches": n_batches,
         "steps": cfg.steps, "warm_steps": wcfg.steps, "f_tol": f_tol, "size_tol": size_tol,
         "early_stop_patience": cfg.early_stop_patience,
+        "early_stop_min_steps": cfg.early_stop_min_steps,
         "attribution_cpu_s": round(attr_cpu, 2),
         "attribution_in_steps": round(attr_cpu / step_cpu, 1) if step_cpu else None,
-        "cold_steps": sum(r["cold_steps_run"] for r in rows),
+        "cold_steps": total("cold", "steps_run"),
         "warm_steps_to_circuit": to_circuit if reached else None,
-        "warm_steps_run": sum(r["warm_steps_run"] for r in rows),
+        "warm_steps_run": total("warm", "steps_run"),
         "time_ratio_run": round((warm_cpu + attr_cpu) / cold_cpu, 3) if cold_cpu else None,
         "time_ratio_run_without_attribution": round(warm_cpu / cold_cpu, 3) if cold_cpu else None,
         "time_ratio_to_circuit": round((attr_cpu + step_cpu * to_circuit) / cold_cpu, 3)
@@ -154,22 +188,28 @@ def print_lines(s: dict) -> list[str]:
     """The section's lines in bench.py's table."""
     lines = [f"steps-to-circuit (lambdas {s['lambdas']}, {s['n_train_batches']} training "
              f"batches; cold {s['steps']} steps, warm {s['warm_steps']}, early stop "
-             f"patience {s['early_stop_patience']}; CPU s)"]
+             f"patience {s['early_stop_patience']} from step {s['early_stop_min_steps']}; "
+             "F on held-out prompts at latents per token)"]
     for r in s["rows"]:
-        lines.append(
-            f"  lambda {r['lambda']:g}: cold F {r['cold_f']:.3f} at {r['cold_lpt']:.1f} "
-            f"lat/tok in {r['cold_steps_run']} steps (there at {r['cold_steps_to_circuit']}); "
-            f"warm ({r['warm_start']}, {r['open_at_start']} open) F {r['warm_f']:.3f} at "
-            f"{r['warm_lpt']:.1f} in {r['warm_steps_run']} (there at "
-            f"{r['warm_steps_to_circuit']}); Jaccard {r['jaccard']:.2f}; cold in "
-            f"{s['warm_steps']} steps: F {r['cold_short_f']:.3f} at {r['cold_short_lpt']:.1f}")
+        c = r["cold"]
+        lines.append(f"  lambda {r['lambda']:g}: cold F {c['f']:.3f} at {c['lpt']:.1f} in "
+                     f"{c['steps_run']} steps (there at {c['steps_to_circuit']})")
+        for name in ("warm", "short", "continued"):
+            if name in r:
+                x = r[name]
+                at = "-" if x["cold_f_at_size"] is None else f"{x['cold_f_at_size']:.3f}"
+                lines.append(
+                    f"    {name:<9} ({x['start']}{'' if x['open_at_start'] is None else ', ' + str(x['open_at_start']) + ' open'}): "
+                    f"F {x['f']:.3f} at {x['lpt']:.1f} (cold sweep there: {at}) in "
+                    f"{x['steps_run']} steps, reaches cold at {x['steps_to_circuit']}; "
+                    f"Jaccard cold {x['jaccard_cold']:.2f} short {x['jaccard_short']:.2f}")
     reach = s["warm_steps_to_circuit"]
     lines.append(f"  steps-to-circuit cold {s['cold_steps']} / warm "
                  f"{reach if reach is not None else 'not reached'} (+ attribution = "
                  f"{s['attribution_in_steps']} steps), time ratio "
-                 f"{s['time_ratio_to_circuit'] if reach is not None else '-'}; whole runs: "
-                 f"{s['time_ratio_run']} ({s['time_ratio_run_without_attribution']} without "
-                 f"the attribution pass)")
+                 f"{s['time_ratio_to_circuit'] if reach is not None else '-'}; whole runs "
+                 f"(CPU s): {s['time_ratio_run']} ({s['time_ratio_run_without_attribution']} "
+                 "without the attribution pass)")
     return lines
 
 
