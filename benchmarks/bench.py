@@ -2,6 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench.py [--device cpu|cuda] [--quick] [--skip-pipeline]
         [--short-step-only]
+        [--warm-only] [--run RUN] [--warm-lambdas L1 L2]
 
 Prints a table and writes JSON to benchmarks/results/latest.json and
 benchmarks/results/<device>.json. Sections (each a function of a model, SAEs and prompts,
@@ -21,6 +22,11 @@ so tests/test_bench.py runs them on the tiny model):
   tiled (whole prompts) with small noise;
 - scaling: step time and memory kept for backward against prompts, prompt length, SAEs and
   slots;
+- steps_to_circuit (bench_warm.py; on the CPU): a two-lambda sweep trained cold against
+  the warm sweep the masks stage runs (IG-started first lambda, the next continued from it):
+  steps and CPU time until each reaches the cold circuit's F at its size, on held-out
+  prompts; `--warm-only` runs just this section, `--run RUN` on a built run's attention
+  slots instead of from-end slots;
 - pipeline (unless --skip-pipeline): `run_pipeline` on configs/default.yaml in a child
   process, cold (fresh runs dir and dataset/group/mask caches; the converted model and the
   SAEs stay) then cached; wall time, the child's peak RSS, seconds per stage and the
@@ -61,6 +67,8 @@ from bench_pipeline import (  # noqa: E402,F401
 )
 from bench_short import bench_short_step, short_step_lines  # noqa: E402,F401
 from bench_step import SCALING_NOTE, bench_collection, bench_mask_step, bench_scaling  # noqa: E402,F401
+from bench_warm import bench_steps_to_circuit, run_section  # noqa: E402,F401
+from bench_warm import print_lines as warm_lines  # noqa: E402
 
 # ----------------------------------------------------------------------------- report
 TARGETS = {"mask_step_ratio_max": 1.3, "pipeline_cold_s_max": 600, "pipeline_cached_s_max": 60,
@@ -72,7 +80,7 @@ def print_table(res: dict) -> None:
     lines = [f"maskshare bench  device={m['device']}  cores={m['available_cores']}  "
              f"torch threads={m['torch_threads']}  torch {m['torch']}  "
              f"load avg {m['load_average'][0]:.1f}",
-             f"SAEs: {res['saes']}", f"prompts: {res['prompts']}", ""]
+             f"SAEs: {res.get('saes')}", f"prompts: {res.get('prompts')}", ""]
     c = res.get("collection")
     if c:
         lines.append(f"collection ({c['n_tokens']} tokens, {c['n_prompts']} prompts)     tokens/s")
@@ -104,6 +112,8 @@ def print_table(res: dict) -> None:
         lines.append("")
     if res.get("short_step"):
         lines += short_step_lines(res["short_step"]) + [""]
+    if res.get("steps_to_circuit"):
+        lines += [*warm_lines(res["steps_to_circuit"]), ""]
     for g in res.get("grouping", []):
         lines.append(f"grouping {g['tokens']:>7} tokens: fit {g['fit_s']:.1f} s + assign "
                      f"{g['assign_s']:.1f} s = {g['fit_assign_s']:.1f} s, peak traced "
@@ -156,6 +166,10 @@ def run_all(args) -> dict:
     threads = configure_threads()
     quick = args.quick
     t_all = time.perf_counter()
+    if args.warm_only:
+        return {"machine": machine_info(device), "quick": quick,
+                "steps_to_circuit": run_section(args, lambda: load_setup("cpu")),
+                "bench_wall_s": round(time.perf_counter() - t_all, 1)}
     model, saes, source, prompts = load_setup("cpu")
     res = {"machine": machine_info(device), "saes": source, "prompts": prompts["source"],
            "quick": quick, "targets": TARGETS}
@@ -183,6 +197,8 @@ def run_all(args) -> dict:
     else:
         res["scaling"] = bench_scaling(model, saes, toks, ans, cf, device=device, repeats=2)
     res["scaling_complexity"] = SCALING_NOTE
+    if device == "cpu":  # the section runs where the masks stage runs here
+        res["steps_to_circuit"] = run_section(args, lambda: (model, saes, source, prompts))
     if args.skip_pipeline:
         res["pipeline_skipped"] = "--skip-pipeline"
     else:
@@ -194,9 +210,12 @@ def run_all(args) -> dict:
 
 
 def write_results(res: dict, out_dir: Path = RESULTS) -> list[Path]:
+    """latest.json and <device>.json; a --warm-only run: steps_to_circuit.json alone."""
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(res, indent=2, default=str)
     paths = [out_dir / "latest.json", out_dir / f"{res['machine']['device']}.json"]
+    if set(res) <= {"machine", "quick", "steps_to_circuit", "bench_wall_s"}:
+        paths = [out_dir / "steps_to_circuit.json"]
     for p in paths:
         p.write_text(text + "\n")
     return paths
@@ -224,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the whole-pipeline cold/cached runs (the long part)")
     ap.add_argument("--short-step-only", action="store_true",
                     help="only the short-prompt step section (printed, not written)")
+    ap.add_argument("--warm-only", action="store_true",
+                    help="only the steps-to-circuit section (cold vs warm-started masks)")
+    ap.add_argument("--run", help="steps-to-circuit on this built run's main variant (its "
+                    "groups and statistics) instead of from-end slots")
+    ap.add_argument("--warm-lambdas", nargs="+", type=float, default=[0.01, 0.03],
+                    help="the lambdas (two or more) of the steps-to-circuit sweep")
     ap.add_argument("--pipeline-child", nargs=2, metavar=("CONFIG", "OUT"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

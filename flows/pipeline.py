@@ -3,8 +3,9 @@
 Flows are thin: they resolve the config, run the stage calls of
 `maskshare.stages.plan.plan(cfg)` (the one place that orders the stages) as tasks named
 after their stage, passing run-directory paths and small values (never tensors), and
-publish artifacts. The mask calls are independent of each other: with a Dask task runner
-they are submitted to worker processes. Caching is by content: every stage writes a
+publish artifacts. The mask calls form independent chains (one per variant and seed when
+the sweep continues from lambda to lambda): with a Dask task runner they are submitted to
+worker processes, each waiting for the call it continues. Caching is by content: every stage writes a
 manifest-checked directory and a rerun of an unchanged config finds it and skips the work
 (the task logs "cached: ..."); Prefect's own result cache is not used on top, so a
 deleted or corrupted artifact is always rebuilt rather than trusted from a stale record.
@@ -64,13 +65,23 @@ STAGE_TASKS = {name: task(_run_stage, name=name,
 
 
 def run_calls(run: str, calls: list[StageCall], parallel: bool = False) -> list[str]:
-    """Each call as its stage's task: in order in this process, or (`parallel`, for
-    independent calls under a Dask task runner) submitted to the runner's workers. Never
-    to threads of one process: the jobs would share the model's hooks."""
+    """Each call as its stage's task: in order in this process, or (`parallel`, for the
+    fan-out calls under a Dask task runner) submitted to the runner's workers, each waiting
+    for the calls of `calls` it reads (a continued sweep's chain). Never to threads of one
+    process: the jobs would share the model's hooks."""
     if not parallel:
         return [STAGE_TASKS[c.stage](run, c.stage, c.params) for c in calls]
-    futures = [STAGE_TASKS[c.stage].submit(run, c.stage, c.params) for c in calls]
-    return [f.result() for f in futures]
+    return [f.result() for f in submit_calls(run, calls)]
+
+
+def submit_calls(run: str, calls: list[StageCall]) -> list:
+    """Submit `calls` (plan order) to the flow's task runner; a call whose `after` names an
+    earlier call of `calls` waits for that call's future."""
+    futures: dict[str, object] = {}
+    for c in calls:
+        wait = [futures[k] for k in c.after if k in futures]
+        futures[c.key] = STAGE_TASKS[c.stage].submit(run, c.stage, c.params, wait_for=wait)
+    return list(futures.values())
 
 
 def resolve_config(config: RunConfig | None, config_path: str | None) -> RunConfig:

@@ -3,8 +3,9 @@ ablations x sparsity settings, on a Dask cluster through prefect-dask.
 
 A local cluster by default (`n_workers` processes, one torch thread each), or an existing
 scheduler by address. Each run's plan (`maskshare.stages.plan`) is cut at its fan-out:
-the calls before it (dataset, groups, slot stats) run first, run by run; then the mask
-calls of every run are submitted to the task runner together; then the rest (evaluate). Results are the same as a sequential sweep: every job is seeded and
+the calls before it (dataset, groups, slot stats, attribution) run first, run by run; then
+the mask calls of every run are submitted to the task runner together (each chain of a
+continued sweep in order); then the rest (evaluate). Results are the same as a sequential sweep: every job is seeded and
 writes its own content-addressed directory.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.pipeline import STAGE_TASKS, prepare_run_task, run_calls
+from flows.pipeline import prepare_run_task, run_calls, submit_calls
 from maskshare.config import GroupingKind, RunConfig, load_config, parse_config
 from maskshare.stages.plan import phases, plan
 
@@ -49,8 +50,7 @@ def sweep_flow(config_path: str, datasets: list[str] | None = None,
     runs = [(prepare_run_task(cfg), phases(plan(cfg))) for cfg in cfgs]
     for run, (head, _, _) in runs:
         run_calls(run, head)
-    futures = [STAGE_TASKS[c.stage].submit(run, c.stage, c.params)
-               for run, (_, fan, _) in runs for c in fan]
+    futures = [f for run, (_, fan, _) in runs for f in submit_calls(run, fan)]
     log.info("submitted %d mask-training jobs", len(futures))
     for f in futures:
         f.result()

@@ -125,3 +125,36 @@ def test_tiled_features_keep_whole_prompts(bench, setup):
     assert len(tiled) == 3 * len(f) and items.height == 3 * len(toks)
     assert sum(len(t) for t in items["tokens"].to_list()) == len(tiled)
     assert (tiled.position[: len(f)] == f.position).all()
+
+
+def test_steps_to_circuit_compares_a_cold_and_a_warm_sweep(bench, setup, tmp_path, capsys):
+    import bench_warm
+
+    from maskshare.config import MaskConfig
+
+    model, saes, toks, ans, cf = setup
+    mm, trb, evb, evs, _ = bench_warm.setup_from_prompts(model, saes, toks, ans, cf, 4, 2,
+                                                         n_slots=5, batch_size=2)
+    cfg = MaskConfig(steps=10, warm_steps=4, batch_size=2, early_stop_patience=None)
+    s = bench.bench_steps_to_circuit(mm, trb, evb, evs, cfg, [0.05, 0.01], check_every=2)
+    assert s["lambdas"] == [0.01, 0.05] and s["n_train_batches"] == 2
+    first, second = s["rows"]
+    assert [first["warm"]["start"], second["warm"]["start"]] == ["attribution", "continued"]
+    assert "continued" not in first and second["continued"]["start"] == "continued"
+    for r in s["rows"]:
+        assert r["cold"]["steps_run"] == 10 and r["short"]["steps_run"] == 4
+        assert r["warm"]["steps_run"] == 4
+        assert [c["step"] for c in r["cold_curve"]] == [5, 10]
+        assert [c["step"] for c in r["warm_curve"]] == [2, 4]
+        assert r["cold_curve"][-1]["f"] == pytest.approx(r["cold"]["f"], abs=1e-4)
+        assert r["cold"]["steps_to_circuit"] in (5, 10)  # its own circuit, by step 10
+        assert r["cold"]["jaccard_cold"] == 1 and r["short"]["jaccard_short"] == 1
+        assert r["warm"]["steps_to_circuit"] in (None, 2, 4)
+        assert r["short"]["steps_to_circuit"] in (None, 4)
+    assert s["cold_steps"] == 20 and s["warm_steps_run"] == 8
+    assert _positive(s["attribution_cpu_s"]) and _positive(s["time_ratio_run"])
+    res = {"machine": bench.machine_info("cpu"), "steps_to_circuit": s}
+    bench.print_table(res)
+    out = capsys.readouterr().out
+    assert "steps-to-circuit cold 20 / warm" in out and "continued (continued" in out
+    assert [p.name for p in bench.write_results(res, tmp_path)] == ["steps_to_circuit.json"]

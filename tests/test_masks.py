@@ -356,8 +356,9 @@ def test_streaming_slot_stats_equal_in_memory_means(data, tmp_path):
 # ---- training ----
 
 def _cfg(**kw):
+    """Cold trainings of a fixed length (the early stop off unless a test sets it)."""
     base = dict(steps=10, checkpoint_every=3, batch_size=3, lr=0.1, temperature_start=1.0,
-                temperature_end=50.0)
+                temperature_end=50.0, early_stop_patience=None)
     base.update(kw)
     return MaskConfig(**base)
 
@@ -570,7 +571,8 @@ def test_early_stop_truncates_training_once_the_binary_mask_is_stable(data):
     mm = _mm(data)
     batches = _prep(mm, data, batch_size=4)
     full = train_masks(mm, batches, _cfg(steps=80, lr=0.2), 0.5, progress=False)
-    assert len(full.history) == 80 and "changed" not in full.history[0]  # off by default
+    assert len(full.history) == 80 and "changed" not in full.history[0]  # off: no record
+    assert MaskConfig().early_stop_patience == 10  # on by default
     cfg = _cfg(steps=80, lr=0.2, early_stop_patience=4, early_stop_min_steps=10)
     res = train_masks(mm, batches, cfg, 0.5, progress=False)
     n = len(res.history)

@@ -68,7 +68,17 @@ def test_keys_change_downstream_of_a_changed_input_only():
     assert {k[0] for k in changed} == {"groups", "stats", "attribution", "masks", "evaluate"}
     steps = {(c.stage, str(c.params)): c.key
              for c in plan(_cfg(attribution={"ig_steps": 20}))}
-    assert {k[0] for k in base if base[k] != steps[k]} == {"attribution", "evaluate"}
+    changed = {k for k in base if base[k] != steps[k]}
+    # the main variant's masks start from its IG scores (masks.init: attribution); the
+    # baseline's (no scores) start cold and keep their keys
+    assert {k[0] for k in changed} == {"attribution", "masks", "evaluate"}
+    assert {c.params["variant"] for c, o in zip(plan(_cfg(attribution={"ig_steps": 20})),
+                                                 plan(_cfg()), strict=True)
+            if c.stage == "masks" and c.key != o.key} == {"attention__slot-mean"}
+    cold = {(c.stage, str(c.params)): c.key
+            for c in plan(_cfg(attribution={"ig_steps": 20}, masks={"init": "cold"}))}
+    base_cold = {(c.stage, str(c.params)): c.key for c in plan(_cfg(masks={"init": "cold"}))}
+    assert {k[0] for k in base_cold if base_cold[k] != cold[k]} == {"attribution", "evaluate"}
     assert plan(_cfg()) == plan(_cfg())  # deterministic
 
 

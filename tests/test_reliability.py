@@ -280,12 +280,15 @@ def test_sigkilled_mask_training_resumes_to_the_uninterrupted_masks(setup_root, 
     from maskshare.stages.plan import execute, make_call, plan
     from maskshare.variants import main_variant
 
+    # the default start: warm, from the main variant's IG scores (masks.init: attribution),
+    # for warm_steps steps; long, and without the early stop, so the kill lands mid-training
     cfg_path = write_config(env / "long.yaml", merge(setup_root, MINIMAL),
                             runs_dir=str(env / "runs"),
-                            masks={"steps": 150, "checkpoint_every": 10, "lambdas": [0.01]})
+                            masks={"steps": 150, "warm_steps": 150, "checkpoint_every": 10,
+                                   "lambdas": [0.01], "early_stop_patience": None})
     cfg = load_config(cfg_path)
     run = prepare_run(cfg)  # the stages before masks, in this process (cheap, model cached)
-    head = [c for c in plan(cfg) if c.stage in ("dataset", "groups", "stats")
+    head = [c for c in plan(cfg) if c.stage in ("dataset", "groups", "stats", "attribution")
             and c.params.get("kind", cfg.grouping.kind.value) == cfg.grouping.kind.value]
     execute(head, run)
     # an uninterrupted reference: the same inputs in a copy of the run, trained from scratch
@@ -329,6 +332,7 @@ def test_sigkilled_mask_training_resumes_to_the_uninterrupted_masks(setup_root, 
         assert torch.equal(got.theta[h], ref.theta[h]), h
     assert [r["loss"] for r in got.history] == [r["loss"] for r in ref.history]
     assert len(got.history) == 150
+    assert json.loads((out / "summary.json").read_text())["init"] == "attribution"
 
 
 # ============================================================================ concurrency

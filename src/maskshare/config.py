@@ -225,9 +225,20 @@ class MaskConfig(Strict):
     checkpoint_every: Count = 25
     max_train_prompts: Count | None = None
     # stop once the binarised mask (theta > 0) has not changed for this many consecutive
-    # steps, but not before `early_stop_min_steps`; None: always run `steps` (default)
-    early_stop_patience: Count | None = None
-    early_stop_min_steps: NonNegInt = 50
+    # steps, but not before `early_stop_min_steps`; None: always run `steps`
+    early_stop_patience: Count | None = 10
+    early_stop_min_steps: NonNegInt = 10
+    # where training starts (maskshare.warm_start): `cold` (init_logit everywhere) or
+    # `attribution` (the variant's integrated-gradients scores from stage attribution,
+    # mapped to logits by a benefit/cost rule that opens triples whose score exceeds
+    # `init_open_ratio` x their penalty; a variant without scores starts cold)
+    init: Literal["cold", "attribution"] = "attribution"
+    init_open_ratio: PositiveFloat = 0.33
+    # the sweep as a chain: each lambda (ascending) starts from the previous one's theta
+    continue_sweep: bool = True
+    # steps of a warm-started or continued training (the anneal compressed into them; at
+    # most `steps`); None: `steps`
+    warm_steps: Count | None = 20
 
     @field_validator("lambdas", mode="wrap")
     @classmethod

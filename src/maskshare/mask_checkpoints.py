@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -73,8 +74,12 @@ def run_key(cfg: MaskConfig, lam: float, seed: int, mm: MaskedModel, n_prompts: 
             init: dict[str, Tensor] | None) -> str:
     """Hash of the settings, model side and inputs that determine a training's result."""
     init_h = None if init is None else hash_config(
-        {h: float(t.double().sum()) for h, t in init.items()})
-    exclude = {"lambdas", "checkpoint_every"}
+        {h: hashlib.sha256(t.detach().float().contiguous().numpy().tobytes()).hexdigest()
+         for h, t in init.items()})
+    # where training starts is `init` itself (hashed below); the settings choosing it, and
+    # the steps of warm-started runs (passed in as `steps`), are not the run's own
+    exclude = {"lambdas", "checkpoint_every", "init", "init_open_ratio", "continue_sweep",
+               "warm_steps"}
     if cfg.early_stop_patience is None:  # off: keys stay those of runs before the option
         exclude |= {"early_stop_patience", "early_stop_min_steps"}
     return hash_config(cfg.model_dump(mode="json", exclude=exclude), lam, seed,

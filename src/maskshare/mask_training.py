@@ -342,34 +342,45 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
 
 def train_sweep(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, *,
                 seed: int = 0, lambdas: list[float] | None = None, out_dir: str | Path | None = None,
-                warm_start: bool = False, progress: bool = True) -> dict[float, TrainResult]:
-    """One mask per lambda (ascending). Shared across lambdas: the prepared batches (cached
-    residual below the first hook, first-hook latents) and M's targets. With `warm_start`
-    each lambda starts from the previous (smaller) lambda's theta. With `out_dir`, each lambda
-    checkpoints and saves into `out_dir/<lambda>/`; a finished lambda is loaded, not retrained.
-    """
-    lambdas = sorted(cfg.lambda_grid if lambdas is None else lambdas)
+                warm_start: bool = False, init_scores: dict[str, Tensor] | None = None,
+                progress: bool = True) -> dict[float, TrainResult]:
+    """One mask per lambda (ascending), started as the masks stage starts them
+    (`maskshare.warm_start`). Shared across lambdas: the prepared batches (cached residual
+    below the first hook, first-hook latents) and M's targets. With `warm_start` (the
+    stage's `continue_sweep`) each lambda after the first starts from the previous one's
+    theta; without it, or for the first, `init_scores` (attribution scores) give the start
+    (`attribution_logits`), else it is cold. A warm-started lambda trains `warm_config(cfg)`.
+    With `out_dir`, each lambda checkpoints and saves into `out_dir/<lambda>/`; a finished
+    lambda with the same run key is loaded, not retrained."""
+    from maskshare.warm_start import attribution_logits, continued_theta, warm_config
+
     targets = compute_targets(mm, batches, cfg.objective, cfg.scale)
     out: dict[float, TrainResult] = {}
-    prev = None
-    n_prompts = sum(len(b) for b in batches)
-    for lam in lambdas:
+    prev, n_prompts = None, sum(len(b) for b in batches)
+    for lam in sorted(cfg.lambda_grid if lambdas is None else lambdas):
+        init = how = None
+        if warm_start and prev is not None:
+            init, how = continued_theta(prev), "continue"
+        elif init_scores is not None:
+            init = attribution_logits(init_scores, lam, targets.scale,
+                                      slot_weights(batches, mm.n_slots),
+                                      open_ratio=cfg.init_open_ratio, init_logit=cfg.init_logit)
+            how = "attribution"
+        lcfg = cfg if init is None else warm_config(cfg)
         d = Path(out_dir) / f"{lam:g}" if out_dir is not None else None
         res = None
         if d is not None and (d / "summary.json").is_file() and (d / "masks.safetensors").is_file():
             res = TrainResult.load(d)
-            key = run_key(cfg, lam, seed, mm, n_prompts, prev if warm_start else None)
-            if res.key != key:
+            if res.key != run_key(lcfg, lam, seed, mm, n_prompts, init):
                 logger.warning("retraining lambda=%g: %s was trained with other settings", lam, d)
                 res = None
         if res is None:
-            res = train_masks(mm, batches, cfg, lam, seed=seed, targets=targets,
-                              init_theta=prev if warm_start else None, checkpoint_dir=d,
-                              progress=progress)
+            res = train_masks(mm, batches, lcfg, lam, seed=seed, targets=targets,
+                              init_theta=init, checkpoint_dir=d, progress=progress)
             if d is not None:
                 res.save(d, extra={"ablation": str(mm.ablation), "error": str(mm.error),
                                    "relaxation": str(cfg.relaxation),
-                                   "objective": str(cfg.objective), "warm_start": warm_start})
+                                   "objective": str(cfg.objective), "init": how or "cold"})
         out[lam] = res
         prev = res.theta
     return out

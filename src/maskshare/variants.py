@@ -69,9 +69,11 @@ def run_seeds(cfg: RunConfig) -> list[int]:
 
 def mask_jobs(cfg: RunConfig) -> list[tuple[str, float, int]]:
     """Every (variant name, lambda, seed) to train: all variants at the first seed; the main
-    variant also at the second seed (stability)."""
+    variant also at the second seed (stability). Lambdas ascending: a continued sweep
+    (`masks.continue_sweep`) trains each from the previous one."""
     seeds = run_seeds(cfg)
-    jobs = [(v.name, lam, seeds[0]) for v in variants(cfg) for lam in cfg.masks.lambda_grid]
+    grid = sorted(cfg.masks.lambda_grid)
+    jobs = [(v.name, lam, seeds[0]) for v in variants(cfg) for lam in grid]
     if len(seeds) > 1:
-        jobs += [(main_variant(cfg).name, lam, seeds[1]) for lam in cfg.masks.lambda_grid]
+        jobs += [(main_variant(cfg).name, lam, seeds[1]) for lam in grid]
     return jobs

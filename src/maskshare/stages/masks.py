@@ -79,8 +79,48 @@ def batch_items(mm, items, slot_arrays: list, batch_size: int) -> list:
                       counterfactual_tokens=cf_tokens)
 
 
+def mask_start(cfg, variant: str, lam: float) -> tuple[str, float | None]:
+    """Where the mask (variant, lam) starts (maskshare.warm_start): ("continue", the previous
+    lambda) with `masks.continue_sweep` for every lambda but the sweep's smallest; else
+    ("attribution", None) with `masks.init: attribution` where the variant has IG scores;
+    else ("cold", None). The plan orders the calls by it."""
+    from maskshare.stages.attribution import attribution_variants
+
+    grid = sorted(cfg.masks.lambda_grid)
+    i = grid.index(lam)
+    if cfg.masks.continue_sweep and i > 0:
+        return "continue", grid[i - 1]
+    if (cfg.masks.init == "attribution" and "ig" in cfg.attribution.methods
+            and variant in {v.name for v in attribution_variants(cfg)}):
+        return "attribution", None
+    return "cold", None
+
+
+def starting_theta(run: Path, cfg, variant: Variant, lam: float, seed: int, prep, targets):
+    """(initial theta or None for a cold start, how it starts: `mask_start`'s kind)."""
+    from maskshare.mask_training import TrainResult, slot_weights
+    from maskshare.stages.attribution import load_scores
+    from maskshare.warm_start import attribution_logits, continued_theta
+
+    how, prev = mask_start(cfg, variant.name, lam)
+    if how == "continue":
+        path = RunLayout(run).masks(variant, prev, seed)
+        if not (path / "masks.safetensors").is_file():
+            raise RuntimeError(f"lambda {lam:g} continues from lambda {prev:g}, whose mask "
+                               f"is not there ({path}): the plan trains it first")
+        return continued_theta(TrainResult.load(path).theta), how
+    if how == "attribution":
+        scores = load_scores(run, variant, "ig")
+        return attribution_logits(scores, lam, targets.scale,
+                                  slot_weights(prep.batches, prep.mm.n_slots),
+                                  open_ratio=cfg.masks.init_open_ratio,
+                                  init_logit=cfg.masks.init_logit), how
+    return None, how
+
+
 def build(run: Path, variant: Variant | str, lam: float, seed: int) -> Path:
-    from maskshare.mask_training import train_masks
+    from maskshare.mask_training import compute_targets, train_masks
+    from maskshare.warm_start import warm_config
 
     if isinstance(variant, str):
         variant = Variant.parse(variant)
@@ -89,14 +129,19 @@ def build(run: Path, variant: Variant | str, lam: float, seed: int) -> Path:
     out = layout.masks(variant, lam, seed)
     t0 = time.time()
     prep = prepare_variant(run, variant, "train", cfg.masks.max_train_prompts)
+    targets = compute_targets(prep.mm, prep.batches, cfg.masks.objective, cfg.masks.scale)
+    init, how = starting_theta(run, cfg, variant, lam, seed, prep, targets)
+    mcfg = cfg.masks if init is None else warm_config(cfg.masks)
     ckpt = layout.checkpoint(variant, lam, seed)
-    res = train_masks(prep.mm, prep.batches, cfg.masks, lam, seed=seed, checkpoint_dir=ckpt)
+    res = train_masks(prep.mm, prep.batches, mcfg, lam, seed=seed, targets=targets,
+                      init_theta=init, checkpoint_dir=ckpt)
     with building(out) as tmp:
         res.save(tmp, extra={"variant": variant.name, "ablation": variant.ablation.value,
-                             "error": cfg.masks.error.value})
+                             "error": cfg.masks.error.value, "init": how})
         write_manifest(tmp, config=cfg.masks.model_dump(mode="json"), seed=seed,
                        timings={"train_s": time.time() - t0},
-                       extra={"variant": variant.name, "lambda": lam})
+                       extra={"variant": variant.name, "lambda": lam, "init": how,
+                              "steps_run": len(res.history), "steps_max": mcfg.steps})
     shutil.rmtree(ckpt, ignore_errors=True)
     return out
 

@@ -2,7 +2,9 @@
 
     dataset -> groups(kind) -> stats(kind)     for every grouping the variants need
             -> attribution(variant)            node attribution (attribution.variants)
-            -> masks(variant, lambda, seed)    every mask job (independent of each other)
+            -> masks(variant, lambda, seed)    lambdas ascending: with masks.continue_sweep a
+                                               chain per (variant, seed), each lambda starting
+                                               from the previous one's mask; chains in parallel
             -> evaluate
 
 This is the only place that orders the stages: `maskshare.pipeline.run_pipeline` executes
@@ -47,7 +49,7 @@ class Stage:
     describe: Callable[..., str]                # the "cached: ..." label
     inputs: tuple[str, ...]                     # config fields (dotted) its key hashes
     also_needs: Callable[[RunLayout], list[Path]] = lambda layout: []  # files besides output
-    fan_out: bool = False                       # calls are independent: may run in parallel
+    fan_out: bool = False                       # calls may run in parallel, each after its `after`
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
@@ -147,22 +149,59 @@ def plan(cfg: RunConfig) -> list[StageCall]:
         g = make_call(cfg, "groups", [data], kind=kind.value)
         stats_by_kind[kind.value] = make_call(cfg, "stats", [g], kind=kind.value)
         calls += [g, stats_by_kind[kind.value]]
-    calls += [make_call(cfg, "attribution", [stats_by_kind[v.grouping.value]], variant=v.name)
-              for v in attribution.attribution_variants(cfg)]
-    mask_calls = [make_call(cfg, "masks", [stats_by_kind[Variant.parse(v).grouping.value]],
-                            variant=v, lam=lam, seed=seed)
-                  for v, lam, seed in mask_jobs(cfg)]
-    calls += mask_calls
+    attr = {v.name: make_call(cfg, "attribution", [stats_by_kind[v.grouping.value]],
+                              variant=v.name)
+            for v in attribution.attribution_variants(cfg)}
+    calls += list(attr.values())
+    calls += _mask_calls(cfg, stats_by_kind, attr)
     return [*calls, make_call(cfg, "evaluate", calls)]
+
+
+def _mask_calls(cfg: RunConfig, stats_by_kind: dict[str, StageCall],
+                attr: dict[str, StageCall]) -> list[StageCall]:
+    """The mask calls (lambdas ascending per variant and seed), each after what it starts
+    from (`masks.mask_start`): the previous lambda's mask (a chain per variant and seed), or
+    the variant's attribution scores; then the evaluation after all of them."""
+    out: list[StageCall] = []
+    last: dict[tuple[str, int], StageCall] = {}
+    for v, lam, seed in mask_jobs(cfg):
+        how, _ = masks.mask_start(cfg, v, lam)
+        after = [stats_by_kind[Variant.parse(v).grouping.value]]
+        if how == "attribution":
+            after.append(attr[v])
+        elif how == "continue":
+            after.append(last[(v, seed)])
+        last[(v, seed)] = make_call(cfg, "masks", after, variant=v, lam=lam, seed=seed)
+        out.append(last[(v, seed)])
+    return out
 
 
 def phases(calls: list[StageCall]) -> tuple[list[StageCall], list[StageCall], list[StageCall]]:
     """(calls before the fan-out, the fan-out calls, calls after): the fan-out calls depend
-    only on the first part and only the last part depends on them."""
+    on the first part and on each other only along their `after` keys (a continued sweep is
+    a chain per variant and seed: `chains`), and only the last part depends on them."""
     idx = [i for i, c in enumerate(calls) if c.spec.fan_out]
     if not idx:
         return list(calls), [], []
     return list(calls[:idx[0]]), calls[idx[0]:idx[-1] + 1], list(calls[idx[-1] + 1:])
+
+
+def chains(calls: list[StageCall]) -> list[list[StageCall]]:
+    """`calls` (in plan order) cut into chains: a call goes after the one of `calls` its
+    `after` names (at most one here: a mask continues one denser mask), or starts a chain.
+    Chains are independent of each other: what runs in parallel."""
+    where: dict[str, list[StageCall]] = {}
+    out: list[list[StageCall]] = []
+    for c in calls:
+        prev = [k for k in c.after if k in where]
+        if len(prev) > 1:
+            raise ValueError(f"{c.describe()} reads {len(prev)} calls of its own phase")
+        chain = where[prev[0]] if prev else []
+        if not prev:
+            out.append(chain)
+        chain.append(c)
+        where[c.key] = chain
+    return out
 
 
 def execute(calls: list[StageCall], run: str | Path) -> list[Path]:
