@@ -25,6 +25,7 @@ processes) and this process's core slots (runs on one machine take turns).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,8 @@ class StageCall:
         One builder per output across processes (`stage_lock`): a second run of the same
         config waits, then finds the output complete and reuses it. The build holds this
         process's share of the machine's cores (`compute_slot`), so two runs on one machine
-        take turns instead of oversubscribing the cores."""
+        take turns instead of oversubscribing the cores; "building: <what>" and "built:
+        <what> (N s)" are logged while the slots are held."""
         from maskshare.compute_slot import compute_slot
         from maskshare.resources import load_run_config
         from maskshare.runtime import thread_count
@@ -118,7 +120,12 @@ class StageCall:
                 return out
             threads = thread_count(load_run_config(run).threads)
             with compute_slot(threads, self.describe()):
-                return self.spec.build(Path(run), **self.params)
+                logger.info("building: %s", self.describe())
+                t0 = time.perf_counter()
+                try:
+                    return self.spec.build(Path(run), **self.params)
+                finally:  # still holding the core slots: logged before another run's start
+                    logger.info("built: %s (%.1f s)", self.describe(), time.perf_counter() - t0)
 
     def _cached(self, run: str | Path) -> bool:
         if self.is_done(run):
