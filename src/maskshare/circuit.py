@@ -8,8 +8,7 @@ latents per SAE (hook) per slot. Everything is plain JSON.
 
 from __future__ import annotations
 
-import heapq
-
+import numpy as np
 import torch
 
 from maskshare.activations import padded_batches, run_to_deepest
@@ -43,40 +42,39 @@ def top_activating_tokens(model, saes: dict, tokens: list[list[int]],
     want = {h: torch.as_tensor(v, dtype=torch.long) for h, v in latents.items() if v}
     if not want:
         return {}
-    heaps: dict[str, dict[int, list]] = {h: {int(i): [] for i in v} for h, v in want.items()}
+    # every non-BOS, non-padding token's activations, rows in (prompt, position) order
+    acts: dict[str, list[torch.Tensor]] = {h: [] for h in want}
+    where: list[tuple[int, int]] = []
     for batch in padded_batches(tokens, batch_size, order="shortest"):
-        idx, lens = batch.idx, batch.lengths
         cache = run_to_deepest(model, batch.tokens, list(want), batch.attention_mask)
         for h, ids in want.items():
-            acts = saes[h].encode(cache[h])[..., ids]  # [B, P, n]
-            for b, i in enumerate(idx):
-                a = acts[b, 1:int(lens[b])]  # non-BOS, non-padding
-                if a.numel() == 0:
-                    continue
-                top = torch.topk(a, min(k, a.shape[0]), dim=0)
-                for j, lat in enumerate(ids.tolist()):
-                    for v, p in zip(top.values[:, j].tolist(), top.indices[:, j].tolist(),
-                                    strict=True):
-                        if v <= 0:
-                            continue
-                        item = (v, -i, -(p + 1))
-                        hp = heaps[h][lat]
-                        if len(hp) < k:
-                            heapq.heappush(hp, item)
-                        elif item > hp[0]:
-                            heapq.heapreplace(hp, item)
+            a = saes[h].encode(cache[h])[..., ids]  # [B, P, n]
+            acts[h] += [a[b, 1:int(n)].float() for b, n in enumerate(batch.lengths)]
+        where += [(int(i), p) for i, n in zip(batch.idx, batch.lengths, strict=True)
+                  for p in range(1, int(n))]
+    order = sorted(range(len(where)), key=where.__getitem__)
+    where = [where[j] for j in order]
     out: dict = {}
-    for h, per in heaps.items():
+    for h, ids in want.items():
+        a = torch.cat(acts[h])[torch.as_tensor(order, dtype=torch.long)]  # [T, n]
         out[h] = {}
-        for lat, hp in per.items():
+        if a.shape[0] == 0:
+            out[h] = {int(lat): [] for lat in ids}
+            continue
+        # highest first; ties to the earlier prompt, then the earlier position (stable)
+        top = np.argsort(-a.numpy(), axis=0, kind="stable")[:k]
+        for j, lat in enumerate(ids.tolist()):
             rows = []
-            for v, ni, np_ in sorted(hp, reverse=True):
-                i, pos = -ni, -np_
+            for t in top[:, j].tolist():
+                v = float(a[t, j])
+                if v <= 0:
+                    break
+                i, pos = where[t]
                 strs = token_strs[i]
-                rows.append({"prompt": int(i), "pos": int(pos), "token": strs[pos],
+                rows.append({"prompt": i, "pos": pos, "token": strs[pos],
                              "context": "".join(strs[max(1, pos - context):pos + 1]),
                              "before": "".join(strs[1:pos]), "after": "".join(strs[pos + 1:]),
-                             "activation": float(v)})
+                             "activation": v})
             out[h][lat] = rows
     return out
 
