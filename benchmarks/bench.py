@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench.py [--device cpu|cuda] [--quick] [--skip-pipeline]
         [--short-step-only]
-        [--warm-only] [--run RUN] [--warm-lambdas L1 L2]
+        [--warm-only | --skip-warm] [--run RUN] [--warm-lambdas L1 L2 ...]
 
 Prints a table and writes JSON to benchmarks/results/latest.json and
 benchmarks/results/<device>.json. Sections (each a function of a model, SAEs and prompts,
@@ -197,7 +197,7 @@ def run_all(args) -> dict:
     else:
         res["scaling"] = bench_scaling(model, saes, toks, ans, cf, device=device, repeats=2)
     res["scaling_complexity"] = SCALING_NOTE
-    if device == "cpu":  # the section runs where the masks stage runs here
+    if device == "cpu" and not args.skip_warm:  # where the masks stage runs here
         res["steps_to_circuit"] = run_section(args, lambda: (model, saes, source, prompts))
     if args.skip_pipeline:
         res["pipeline_skipped"] = "--skip-pipeline"
@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the short-prompt step section (printed, not written)")
     ap.add_argument("--warm-only", action="store_true",
                     help="only the steps-to-circuit section (cold vs warm-started masks)")
+    ap.add_argument("--skip-warm", action="store_true",
+                    help="skip the steps-to-circuit section (run it alone with --warm-only)")
     ap.add_argument("--run", help="steps-to-circuit on this built run's main variant (its "
                     "groups and statistics) instead of from-end slots")
     ap.add_argument("--warm-lambdas", nargs="+", type=float, default=[0.01, 0.03],
