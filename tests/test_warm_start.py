@@ -211,3 +211,17 @@ def test_the_plan_chains_each_variant_and_seed_from_dense_to_sparse():
     assert len(chains(flat)) == len(flat) == 9
     cold = phases(plan(_run_cfg(continue_sweep=False, init="cold")))[1]
     assert all(len(c.after) == 1 for c in cold)  # the stats only
+
+
+def test_prepared_batches_compute_their_targets_once_per_setting(task):
+    from maskshare.stages.masks import Prepared
+
+    mm, batches = task["mm"], task["batches"]
+    prep = Prepared(mm, batches, items=None, slots=[], slot_map={})
+    first = prep.targets("logit-diff", "task")
+    assert prep.targets("logit-diff", "task") is first  # kept: the sweep's masks share it
+    fresh = compute_targets(mm, batches, "logit-diff", "task")
+    assert first.scale == fresh.scale
+    assert all(torch.equal(a, b) for a, b in zip(first.ld, fresh.ld, strict=True))
+    other = prep.targets("logit-diff", "none")  # another setting: its own targets
+    assert other is not first and other.scale != first.scale

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from maskshare.artifacts import building, write_manifest
@@ -35,6 +35,19 @@ class Prepared:
     items: object       # polars DataFrame of the split's items
     slots: list         # slot array per item, in the items' order
     slot_map: dict      # {prompt_id: slots} for every item of the run
+    _targets: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def targets(self, objective, scale: str):
+        """M's targets on these batches (`mask_training.compute_targets`: the full-mask and
+        the empty-mask pass over every prompt), computed once per (objective, scale) and
+        kept with the prepared batches, so the masks of a sweep trained in this process
+        share them. Read-only for training."""
+        from maskshare.mask_training import compute_targets
+
+        key = (str(objective), str(scale))
+        if key not in self._targets:
+            self._targets[key] = compute_targets(self.mm, self.batches, objective, scale)
+        return self._targets[key]
 
 
 def prepare_variant(run: str | Path, variant: Variant | str, split: str,
@@ -119,7 +132,7 @@ def starting_theta(run: Path, cfg, variant: Variant, lam: float, seed: int, prep
 
 
 def build(run: Path, variant: Variant | str, lam: float, seed: int) -> Path:
-    from maskshare.mask_training import compute_targets, train_masks
+    from maskshare.mask_training import train_masks
     from maskshare.warm_start import warm_config
 
     if isinstance(variant, str):
@@ -129,7 +142,7 @@ def build(run: Path, variant: Variant | str, lam: float, seed: int) -> Path:
     out = layout.masks(variant, lam, seed)
     t0 = time.time()
     prep = prepare_variant(run, variant, "train", cfg.masks.max_train_prompts)
-    targets = compute_targets(prep.mm, prep.batches, cfg.masks.objective, cfg.masks.scale)
+    targets = prep.targets(cfg.masks.objective, cfg.masks.scale)
     init, how = starting_theta(run, cfg, variant, lam, seed, prep, targets)
     mcfg = cfg.masks if init is None else warm_config(cfg.masks)
     ckpt = layout.checkpoint(variant, lam, seed)
