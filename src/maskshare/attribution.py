@@ -22,11 +22,16 @@ picks the size that matches a target `latents_per_token`, the size the evaluatio
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from maskshare.masking import MaskedModel, Masks, PreparedBatch
+
+if TYPE_CHECKING:
+    from maskshare.variants import Variant
 
 
 class AttributionMethod(StrEnum):
@@ -144,3 +149,20 @@ def circuit_at_size(scores: Masks, slots: list[np.ndarray], latents_per_token: f
     size = np.concatenate([[0.0], np.cumsum(share[si])])
     k = int(np.argmin(np.abs(size - latents_per_token)))
     return top_circuit(scores, k)
+
+
+def load_scores(run: str | Path, variant: Variant | str, method: str):
+    """The per-triple scores {hook: tensor[n_slots, d_sae]} (float) the stage wrote for
+    `method` (`atp`/`ig`, or the method's full name), hooks shallowest first."""
+    from safetensors import safe_open
+
+    from maskshare.layout import RunLayout
+
+    short = {v: k for k, v in SHORT_NAMES.items()}[method_of(method)]
+    path = RunLayout(run).attribution_scores(variant, short)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {short} attribution scores for {variant}: {path} "
+                                "(is it in the config's attribution.methods?)")
+    with safe_open(str(path), framework="pt") as f:
+        hooks = [h for h in (f.metadata() or {}).get("hooks", "").split(",") if h]
+        return {h: f.get_tensor(h) for h in hooks}

@@ -77,3 +77,11 @@ def mask_jobs(cfg: RunConfig) -> list[tuple[str, float, int]]:
     if len(seeds) > 1:
         jobs += [(main_variant(cfg).name, lam, seeds[1]) for lam in grid]
     return jobs
+
+
+def attribution_variants(cfg: RunConfig) -> list[Variant]:
+    """The variants the stage scores: none without methods; the main variant, or (`all`)
+    every variant whose masks are trained."""
+    if not cfg.attribution.methods:
+        return []
+    return variants(cfg) if cfg.attribution.variants == "all" else [main_variant(cfg)]

@@ -15,19 +15,12 @@ import time
 from pathlib import Path
 
 from maskshare.artifacts import building, save_tensors, write_manifest
+from maskshare.attribution import load_scores  # noqa: F401  (the stage's readers use it from here)
 from maskshare.comparison import TopTriples
 from maskshare.config import RunConfig
 from maskshare.layout import RunLayout
 from maskshare.resources import load_run_config
-from maskshare.variants import Variant, main_variant, variants
-
-
-def attribution_variants(cfg: RunConfig) -> list[Variant]:
-    """The variants the stage scores: none without methods; the main variant, or (`all`)
-    every variant whose masks are trained."""
-    if not cfg.attribution.methods:
-        return []
-    return variants(cfg) if cfg.attribution.variants == "all" else [main_variant(cfg)]
+from maskshare.variants import Variant, attribution_variants
 
 
 def attribution_methods(cfg: RunConfig) -> list[TopTriples]:
@@ -62,23 +55,6 @@ def build(run: Path, variant: Variant | str) -> Path:
                               "ablation": variant.ablation.value,
                               "error": cfg.masks.error.value})
     return out
-
-
-def load_scores(run: str | Path, variant: Variant | str, method: str):
-    """The per-triple scores {hook: tensor[n_slots, d_sae]} (float) the stage wrote for
-    `method` (`atp`/`ig`, or the method's full name), hooks shallowest first."""
-    from safetensors import safe_open
-
-    from maskshare.attribution import SHORT_NAMES, method_of
-
-    short = {v: k for k, v in SHORT_NAMES.items()}[method_of(method)]
-    path = RunLayout(run).attribution_scores(variant, short)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {short} attribution scores for {variant}: {path} "
-                                "(is it in the config's attribution.methods?)")
-    with safe_open(str(path), framework="pt") as f:
-        hooks = [h for h in (f.metadata() or {}).get("hooks", "").split(",") if h]
-        return {h: f.get_tensor(h) for h in hooks}
 
 
 BRACKET = (0.5, 2.0)  # extra circuits at these multiples of the sweep's sparsest / densest size

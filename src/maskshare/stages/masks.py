@@ -97,7 +97,7 @@ def mask_start(cfg, variant: str, lam: float) -> tuple[str, float | None]:
     lambda) with `masks.continue_sweep` for every lambda but the sweep's smallest; else
     ("attribution", None) with `masks.init: attribution` where the variant has IG scores;
     else ("cold", None). The plan orders the calls by it."""
-    from maskshare.stages.attribution import attribution_variants
+    from maskshare.variants import attribution_variants
 
     grid = sorted(cfg.masks.lambda_grid)
     i = grid.index(lam)
@@ -111,8 +111,8 @@ def mask_start(cfg, variant: str, lam: float) -> tuple[str, float | None]:
 
 def starting_theta(run: Path, cfg, variant: Variant, lam: float, seed: int, prep, targets):
     """(initial theta or None for a cold start, how it starts: `mask_start`'s kind)."""
+    from maskshare.attribution import load_scores
     from maskshare.mask_training import TrainResult, slot_weights
-    from maskshare.stages.attribution import load_scores
     from maskshare.warm_start import attribution_logits, continued_theta
 
     how, prev = mask_start(cfg, variant.name, lam)
