@@ -122,7 +122,7 @@ def bench_steps_to_circuit(mm, train_batches, eval_batches, eval_slots, cfg, lam
     from maskshare.attribution import attribution_by_method, method_of
     from maskshare.evaluation import reference_lds
     from maskshare.mask_training import compute_targets, slot_weights
-    from maskshare.warm_start import attribution_logits, warm_config
+    from maskshare.warm_start import attribution_start, continued_theta, warm_config
 
     ctx = {"mm": mm, "train": train_batches, "eval": eval_batches, "slots": eval_slots,
            "targets": compute_targets(mm, train_batches, cfg.objective, cfg.scale),
@@ -133,18 +133,16 @@ def bench_steps_to_circuit(mm, train_batches, eval_batches, eval_slots, cfg, lam
     wcfg, rows, prev = warm_config(cfg), [], None
     for lam in sorted(lambdas):
         if prev is None:
-            w_init = attribution_logits(ig, lam, ctx["targets"].scale,
-                                        slot_weights(train_batches, mm.n_slots),
-                                        open_ratio=cfg.init_open_ratio,
-                                        init_logit=cfg.init_logit)
+            w_init = attribution_start(ig, cfg, lam, ctx["targets"].scale,
+                                       slot_weights(train_batches, mm.n_slots))
         else:
-            w_init = {h: t.clone() for h, t in prev["warm"]["res"].theta.items()}
+            w_init = continued_theta(prev["warm"]["res"].theta)
         runs = {"cold": _train(ctx, cfg, lam, None, 5) | {"start": "cold"},
                 "warm": _train(ctx, wcfg, lam, w_init, check_every)
                 | {"start": "attribution" if prev is None else "continued"},
                 "short": _train(ctx, wcfg, lam, None, wcfg.steps) | {"start": "cold"}}
         if prev is not None:
-            c_init = {h: t.clone() for h, t in prev["cold"]["res"].theta.items()}
+            c_init = continued_theta(prev["cold"]["res"].theta)
             runs["continued"] = _train(ctx, wcfg, lam, c_init, wcfg.steps) | {
                 "start": "continued"}
         rows.append(_row(lam, runs, f_tol, size_tol))

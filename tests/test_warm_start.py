@@ -22,7 +22,7 @@ from maskshare.mask_training import (
 from maskshare.masking import MaskedModel
 from maskshare.slot_stats import compute_slot_stats
 from maskshare.testing import tiny_task
-from maskshare.warm_start import CLOSED_LOGIT, attribution_logits, warm_config
+from maskshare.warm_start import CLOSED_LOGIT, attribution_logits, attribution_start, warm_config
 
 PROMPTS = ["The chemical symbol for gold is", "Element: Gold\nSymbol:", "gold Au 79",
            "The chemical symbol for iron is", "x = [1, 2, 3]", "The chemical symbol for tin is"]
@@ -97,8 +97,7 @@ def test_on_real_scores_the_top_triples_start_open_and_the_rest_closed(task):
 # ---- training from a warm start ----
 
 def _warm_theta(task, lam, cfg):
-    return attribution_logits(task["scores"], lam, task["targets"].scale, task["w"],
-                              open_ratio=cfg.init_open_ratio, init_logit=cfg.init_logit)
+    return attribution_start(task["scores"], cfg, lam, task["targets"].scale, task["w"])
 
 
 def test_warm_started_training_is_reproducible_to_the_byte(task, tmp_path):

@@ -352,7 +352,7 @@ def train_sweep(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
     (`attribution_logits`), else it is cold. A warm-started lambda trains `warm_config(cfg)`.
     With `out_dir`, each lambda checkpoints and saves into `out_dir/<lambda>/`; a finished
     lambda with the same run key is loaded, not retrained."""
-    from maskshare.warm_start import attribution_logits, continued_theta, warm_config
+    from maskshare.warm_start import attribution_start, continued_theta, warm_config
 
     targets = compute_targets(mm, batches, cfg.objective, cfg.scale)
     out: dict[float, TrainResult] = {}
@@ -362,9 +362,8 @@ def train_sweep(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
         if warm_start and prev is not None:
             init, how = continued_theta(prev), "continue"
         elif init_scores is not None:
-            init = attribution_logits(init_scores, lam, targets.scale,
-                                      slot_weights(batches, mm.n_slots),
-                                      open_ratio=cfg.init_open_ratio, init_logit=cfg.init_logit)
+            init = attribution_start(init_scores, cfg, lam, targets.scale,
+                                     slot_weights(batches, mm.n_slots))
             how = "attribution"
         lcfg = cfg if init is None else warm_config(cfg)
         d = Path(out_dir) / f"{lam:g}" if out_dir is not None else None

@@ -68,6 +68,15 @@ def attribution_logits(scores: dict[str, Tensor], lam: float, scale: float,
     return out
 
 
+def attribution_start(scores: dict[str, Tensor], cfg: MaskConfig, lam: float, scale: float,
+                      weights: Tensor) -> dict[str, Tensor]:
+    """`attribution_logits` with the training's own settings (`init_open_ratio`,
+    `init_logit`): the start of a mask trained under `cfg` at `lam` from `scores`, with the
+    task scale and slot weights (`mask_training.slot_weights`) of its training prompts."""
+    return attribution_logits(scores, lam, scale, weights, open_ratio=cfg.init_open_ratio,
+                              init_logit=cfg.init_logit)
+
+
 def open_triples(theta: dict[str, Tensor]) -> int:
     """Triples starting open (theta > 0), BOS excluded."""
     return int(sum((t[1:] > 0).sum() for t in theta.values()))

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from maskshare.artifacts import building, save_tensors, write_manifest
-from maskshare.attribution import load_scores  # noqa: F401  (the stage's readers use it from here)
+from maskshare.attribution import load_scores
 from maskshare.comparison import TopTriples
 from maskshare.config import RunConfig
 from maskshare.layout import RunLayout

@@ -113,7 +113,7 @@ def starting_theta(run: Path, cfg, variant: Variant, lam: float, seed: int, prep
     """(initial theta or None for a cold start, how it starts: `mask_start`'s kind)."""
     from maskshare.attribution import load_scores
     from maskshare.mask_training import TrainResult, slot_weights
-    from maskshare.warm_start import attribution_logits, continued_theta
+    from maskshare.warm_start import attribution_start, continued_theta
 
     how, prev = mask_start(cfg, variant.name, lam)
     if how == "continue":
@@ -124,10 +124,8 @@ def starting_theta(run: Path, cfg, variant: Variant, lam: float, seed: int, prep
         return continued_theta(TrainResult.load(path).theta), how
     if how == "attribution":
         scores = load_scores(run, variant, "ig")
-        return attribution_logits(scores, lam, targets.scale,
-                                  slot_weights(prep.batches, prep.mm.n_slots),
-                                  open_ratio=cfg.masks.init_open_ratio,
-                                  init_logit=cfg.masks.init_logit), how
+        return attribution_start(scores, cfg.masks, lam, targets.scale,
+                                 slot_weights(prep.batches, prep.mm.n_slots)), how
     return None, how
 
 

@@ -35,7 +35,7 @@ from maskshare.artifacts import hash_config, is_complete, stage_lock
 from maskshare.config import RunConfig
 from maskshare.layout import RunLayout
 from maskshare.stages import attribution, dataset, evaluate, groups, masks, stats
-from maskshare.variants import Variant, grouping_kinds, mask_jobs
+from maskshare.variants import Variant, attribution_variants, grouping_kinds, mask_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def plan(cfg: RunConfig) -> list[StageCall]:
         calls += [g, stats_by_kind[kind.value]]
     attr = {v.name: make_call(cfg, "attribution", [stats_by_kind[v.grouping.value]],
                               variant=v.name)
-            for v in attribution.attribution_variants(cfg)}
+            for v in attribution_variants(cfg)}
     calls += list(attr.values())
     calls += _mask_calls(cfg, stats_by_kind, attr)
     return [*calls, make_call(cfg, "evaluate", calls)]
