@@ -1,5 +1,6 @@
 """`maskshare datasets list | show NAME | add SPEC.yaml | build NAME [--model M] [--variant V]
-| import FILE --name NAME [--format auto|clean-patch|prompts] [--held-out-group G ...] [--equal-length-pairs] [--force]`."""
+| import FILE --name NAME [--format auto|clean-patch|prompts|mib|recall] [--column FIELD=PATH ...]
+[--counterfactual FIELD] [--held-out-group G ...] [--equal-length-pairs] [--force]`."""
 
 from __future__ import annotations
 
@@ -29,10 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "and print its pass table per group")
     p.add_argument("file", metavar="FILE", help="JSON array, JSON lines, CSV or parquet")
     p.add_argument("--name", required=True, help="the new dataset's name")
-    p.add_argument("--format", default="auto", choices=["auto", "clean-patch", "prompts"],
+    p.add_argument("--format", default="auto",
+                   choices=["auto", "clean-patch", "prompts", "mib", "recall"],
                    help="clean-patch: clean_prefix/clean_answer/patch_answer[/patch_prefix/case];"
                    " prompts: prompt/answer/counterfactual[/counterfactual_prompt/group/entity]; "
-                   "auto: from the keys (default)")
+                   "mib: the MIB circuit tasks (IOI, multiple choice, arithmetic); recall: "
+                   "subject/attribute/prompt/relation, counterfactuals chosen; "
+                   "auto: from the keys (default); see docs/formats.md")
+    p.add_argument("--column", action="append", default=[], metavar="FIELD=PATH",
+                   type=column_arg, help="read FIELD (prompt, answer, counterfactual, "
+                   "counterfactual_prompt, group, entity, id) from a column or a field path "
+                   "(metadata.subject, choices.label[answerKey]); repeatable")
+    p.add_argument("--counterfactual", default=None, metavar="FIELD",
+                   help="mib: the counterfactual object to patch from (default: the benchmark "
+                   "loader's, e.g. s2_io_flip_counterfactual for IOI)")
     p.add_argument("--held-out-group", action="append", default=[], metavar="G",
                    help="a group (clean-patch: case) never trained on; repeatable")
     p.add_argument("--test-fraction", type=float, default=0.2,
@@ -45,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--min-items", type=int, default=None,
                    help="fail if fewer items pass (default: DatasetRef's, 20)")
     p.add_argument("--no-progress", action="store_true")
+
+
+def column_arg(text: str) -> tuple[str, str]:
+    """FIELD=PATH (argparse turns the ValueError into a one-line usage error)."""
+    field, sep, path = text.partition("=")
+    if not sep or not field.strip() or not path.strip():
+        raise ValueError(text)
+    return field.strip(), path.strip()
 
 
 def positive_int(text: str) -> int:
@@ -167,14 +186,31 @@ def _import(args) -> int:
     from maskshare.datasets.importing import describe_ignored, plan_import, write_plan
     from maskshare.models import load_model
 
+    loaded: list = []
+
+    def get_model():
+        if not loaded:
+            loaded.append(load_model(args.model))
+        return loaded[0]
+
+    def first_token(text: str):  # the recall format only: loads the model once rows check out
+        ids = get_model().tokenizer(text, add_special_tokens=False)["input_ids"]
+        return int(ids[0]) if ids else None
+
     plan = plan_import(args.file, args.name, fmt=args.format,
                        held_out_groups=args.held_out_group, force=args.force,
                        test_fraction=args.test_fraction,
-                       equal_length_pairs=args.equal_length_pairs)
+                       equal_length_pairs=args.equal_length_pairs,
+                       columns=dict(args.column), counterfactual=args.counterfactual,
+                       first_token=first_token)
     note = describe_ignored(plan.ignored)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    model = load_model(args.model)
+    if plan.detected and plan.format in ("mib", "recall"):
+        print(f"detected format: {plan.format} (from the keys of the first row)")
+    for n in plan.notes:
+        print(f"{plan.format}: {n}")
+    model = get_model()
     kw = {} if args.min_items is None else {"min_items": args.min_items}
     ref = DatasetRef(name=args.name, variant="freeform", **kw)
     try:

@@ -4,8 +4,9 @@ A row is `prompt`, `answer`, `counterfactual`, optionally `counterfactual_prompt
 patch prompt of a clean/patch pair), `group` (a structure or source: held-out groups play
 the part held-out phrasings play in template datasets) and `entity` (the split unit; without
 it each prompt text is its own unit). Tables are JSON arrays, JSON lines, CSV or parquet;
-`columns` maps these fields to a table's own column names, e.g. the Sparse Feature Circuits
-clean/patch files:
+`columns` maps these fields to a table's own column names, or to field paths into nested
+rows (`symbol_counterfactual.prompt`, `choices.label[answerKey]`: datasets/fieldpath.py),
+e.g. the Sparse Feature Circuits clean/patch files:
 
     columns: {prompt: clean_prefix, answer: clean_answer, counterfactual: patch_answer,
               counterfactual_prompt: patch_prefix, group: case}
@@ -25,6 +26,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field, model_validator
 
+from maskshare.datasets.fieldpath import PathError, is_path, parse, resolve, top_key
 from maskshare.errors import UserError
 from maskshare.validation import Strict, read_text_file
 
@@ -78,6 +80,9 @@ class PromptDatasetSpec(Strict):
         bad = sorted(set(self.columns) - set(FIELDS))
         if bad:
             raise ValueError(f"columns: unknown field(s) {bad}; map any of {list(FIELDS)}")
+        for path in self.columns.values():
+            if is_path(path):
+                parse(path)  # ValueError on a malformed path
         if len(set(self.split.held_out_groups)) != len(self.split.held_out_groups):
             raise ValueError(f"split.held_out_groups repeats: {self.split.held_out_groups}")
         return self
@@ -136,12 +141,20 @@ def read_rows(path: Path) -> list[tuple[str, Any]]:
 
 
 def detect_format(rows: list[tuple[str, Any]], where: str) -> str:
-    """`clean-patch` or `prompts`, from the keys of the first row."""
+    """`clean-patch`, `prompts`, `mib` or `recall`, from the keys of the first row: a row with
+    `prompt` and `answer` is `prompts` (as before the other two existed)."""
+    from maskshare.datasets.formats import looks_like_mib, looks_like_recall
+
     loc, first = rows[0]
     if not isinstance(first, dict):
         raise UserError(f"{where}: {loc}: expected an object, got {type(first).__name__}")
     if "clean_prefix" in first:
         return "clean-patch"
+    if "prompt" in first and "answer" not in first:
+        if looks_like_mib(first):
+            return "mib"
+        if looks_like_recall(first):
+            return "recall"
     if "prompt" in first:
         return "prompts"
     raise UserError(f"{where}: cannot tell the format from the keys {sorted(first)[:8]}; "
@@ -159,7 +172,7 @@ def normalise_rows(rows: list[tuple[str, Any]], columns: dict[str, str],
         if not isinstance(r, dict):
             raise UserError(f"{where}: {loc}: expected an object, got {type(r).__name__}")
         for f in FIELDS:
-            v = r.get(col[f])
+            v = _value(r, col[f], f in REQUIRED, f"{where}: {loc}")
             if v is None:
                 if f in REQUIRED:
                     raise UserError(f"{where}: {loc}: missing field {col[f]!r}")
@@ -179,8 +192,21 @@ def normalise_rows(rows: list[tuple[str, Any]], columns: dict[str, str],
     return pl.DataFrame(out, schema={f: pl.String for f in FIELDS})
 
 
+def _value(r: dict, column: str, required: bool, where: str) -> Any:
+    """The row's value for a column or a field path (datasets/fieldpath.py); None if absent
+    (a path that does not resolve for a required field is a UserError naming the path)."""
+    if not is_path(column) or column in r:
+        return r.get(column)
+    try:
+        return resolve(r, column)
+    except PathError as e:
+        if e.missing and not required:
+            return None
+        raise UserError(f"{where}: field path {column!r} does not resolve: {e}") from None
+
+
 def unknown_keys(rows: list[tuple[str, Any]], columns: dict[str, str]) -> Counter:
-    known = {columns.get(f, f) for f in FIELDS}
+    known = {columns.get(f, f) for f in FIELDS} | {top_key(columns.get(f, f)) for f in FIELDS}
     return Counter(k for _, r in rows if isinstance(r, dict) for k in r if k not in known)
 
 
