@@ -266,3 +266,73 @@ def test_old_formats_are_still_detected_first(tmp_path):
     assert fmt(ioi_rows()[0]) == "mib"
     assert fmt(recall_rows_()[0]) == "recall"
     assert fmt({"prompt": "p"}) == "prompts"  # and then: missing field 'answer'
+
+
+# ------------------------------------------------------------------------- shipped examples
+def _examples_module():
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    try:
+        import make_examples
+    finally:
+        sys.path.remove(str(root / "scripts"))
+    return root, make_examples
+
+
+def test_shipped_examples_match_their_generator_and_import():
+    root, gen = _examples_module()
+    for name, rows in (("ioi-mib", gen.ioi_rows()), ("recall", gen.recall_rows())):
+        lines = (root / "data" / "examples" / f"{name}.jsonl").read_text().splitlines()
+        assert [json.loads(x) for x in lines] == rows, name
+    ioi = gen.ioi_rows()
+    assert 150 <= len(ioi) <= 300 and len({r["metadata"]["template"] for r in ioi}) >= 4
+    for r in ioi:  # the flip swaps the second subject mention for the indirect object
+        m = r["metadata"]
+        head, s2, tail = r["prompt"].rpartition(m["subject"])
+        assert s2 and r["prompt"].count(m["subject"]) == 2
+        assert r["s2_io_flip_counterfactual"]["prompt"] == head + m["indirect_object"] + tail
+        assert r["abc_counterfactual"]["prompt"] == head + m["random_c"] + tail
+    # the committed import is what importing the example gives (no tokenizer needed)
+    plan = plan_import(root / "data" / "examples" / "ioi-mib.jsonl", "ioi-mib", force=True,
+                       columns={"group": "metadata.template"}, held_out_groups=["friends"])
+    assert plan.table_bytes == (root / "data" / "sources" / "ioi-mib.jsonl").read_bytes()
+    assert plan.spec_text == (root / "data" / "datasets" / "ioi-mib.yaml").read_text()
+
+
+def test_shipped_recall_facts_are_consistent():
+    import periodictable
+
+    _, gen = _examples_module()
+    rows = gen.recall_rows()
+    assert 300 <= len(rows) <= 600
+    facts: dict = {}
+    for r in rows:  # one attribute per (relation, subject), every phrasing names its subject
+        facts.setdefault((r["relation"], r["subject"]), set()).add(r["attribute"])
+        assert r["subject"].lower() in r["prompt"].lower()
+    assert all(len(v) == 1 for v in facts.values())
+    by_rel: dict = {}
+    for (rel, _), _v in facts.items():
+        by_rel[rel] = by_rel.get(rel, 0) + 1
+    assert len(by_rel) >= 5 and min(by_rel.values()) >= 20
+    for (rel, subject), (attr,) in facts.items():
+        if rel == "symbol":
+            assert periodictable.elements.symbol(attr).name == subject.replace(
+                "aluminium", "aluminum")
+
+
+@pytest.mark.real_model
+def test_shipped_recall_import_matches_the_committed_files():
+    from pathlib import Path
+
+    from maskshare.models import embedded_hf_dir, load_tokenizer
+
+    root = Path(__file__).resolve().parents[1]
+    tok = load_tokenizer(embedded_hf_dir())
+    plan = plan_import(root / "data" / "examples" / "recall.jsonl", "recall", fmt="recall",
+                       force=True, held_out_groups=["language"],
+                       first_token=lambda t: tok(t, add_special_tokens=False)["input_ids"][0])
+    assert plan.table_bytes == (root / "data" / "sources" / "recall.jsonl").read_bytes()
+    assert plan.spec_text == (root / "data" / "datasets" / "recall.yaml").read_text()

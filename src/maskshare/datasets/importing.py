@@ -153,6 +153,8 @@ def plan_import(path: str | Path, name: str, *, fmt: str = "auto",
         raise UserError(f"--counterfactual applies to the mib format, not {fmt}")
     canon, mapping, notes = _canonical_rows(rows, fmt, columns, str(path), seed,
                                             counterfactual, first_token)
+    if columns:  # the spec's comment says where each field came from
+        notes.append("columns " + ", ".join(f"{f}={p}" for f, p in columns.items()))
     df = normalise_rows(canon, mapping, str(path))
     held = list(dict.fromkeys(held_out_groups))
     check_groups(df, held, where=str(path))
