@@ -247,13 +247,14 @@ def resolve_circuit(run: Path, variant: str | None = None, lam: float | None = N
     return cfg, v, float(lam), int(seed), d
 
 
-def _items_frame(checked: list[_Checked], grouping_kind: str):
+def items_frame(tokens: list[list[int]], grouping_kind: str):
+    """What a fitted grouping's `assign` reads of new prompts (token rows, BOS first); a
+    `roles` grouping sees bos, other and final (new prompts carry no span labels)."""
     import polars as pl
 
-    rows = {"prompt_id": [i for i in range(len(checked))],
-            "tokens": [c.tokens for c in checked]}
+    rows = {"prompt_id": list(range(len(tokens))), "tokens": [list(t) for t in tokens]}
     if grouping_kind == "roles":
-        rows["roles"] = [["bos"] + ["other"] * (len(c.tokens) - 2) + ["final"] for c in checked]
+        rows["roles"] = [["bos"] + ["other"] * (len(t) - 2) + ["final"] for t in tokens]
     return pl.DataFrame(rows, schema={"prompt_id": pl.Int64, "tokens": pl.List(pl.Int64),
                                       **({"roles": pl.List(pl.String)} if "roles" in rows
                                          else {})})
@@ -339,7 +340,8 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
     checked, n_read = _check_prompts(model, list(prompts), skipped, tlen)
     cfs, picked = _counterfactual_ids(model, checked)
 
-    assignment = grouping.assign(model, _items_frame(checked, v.grouping.value))
+    assignment = grouping.assign(model, items_frame([c.tokens for c in checked],
+                                                     v.grouping.value))
     slots = [np.asarray(s, dtype=np.int64) for s in assignment.slots]
     stats = SlotStats.load(RunLayout(run).slot_stats(v.grouping))
     mm = MaskedModel(model, get_saes(cfg), stats, grouping.n_slots, ablation=v.ablation,

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("datasets", "list | show NAME | add SPEC.yaml | build NAME"),
     "groups": ("groups", "show RUN [--html FILE]: inspect a run's position groups"),
     "eval": ("evaluate", "apply a run's circuit to new prompts (JSON lines)"),
+    "export": ("export", "RUN [--format json|csv] [--out FILE]: the circuit and its slots"),
     "report": ("report", "RUN: rebuild RUN/report.html; --runs A B ...: compare runs"),
     "serve": ("serve", "serve the scheduled deployments on a Prefect server"),
     "sweep": ("sweep", "mask training over datasets x groupings x ablations x lambdas on Dask"),

@@ -34,16 +34,12 @@ def _fmt(v) -> str:
 
 
 def run(args) -> int:
-    from maskshare.apply import CF_FILE, evaluate_prompts, read_prompts
-    from maskshare.errors import UserError
-    from maskshare.layout import RunLayout
+    from maskshare.apply import CF_FILE
+    from maskshare.run_handle import open_run
 
-    run_dir = Path(args.run)
-    if not RunLayout(run_dir).config.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
-    prompts, skipped = read_prompts(args.prompts)
-    res = evaluate_prompts(run_dir, prompts, variant=args.variant, lam=args.lam,
-                           seed=args.seed, skipped=skipped)
+    # the notebook API's call (maskshare.open_run(RUN).evaluate), so both give the same
+    res = open_run(Path(args.run)).evaluate(args.prompts, variant=args.variant, lam=args.lam,
+                                            seed=args.seed)
     for s in res["skipped"]:
         print(f"skipped line {s['line']}: {s['reason']}", file=sys.stderr)
     if res["n_skipped"]:
