@@ -336,3 +336,13 @@ def test_shipped_recall_import_matches_the_committed_files():
                        first_token=lambda t: tok(t, add_special_tokens=False)["input_ids"][0])
     assert plan.table_bytes == (root / "data" / "sources" / "recall.jsonl").read_bytes()
     assert plan.spec_text == (root / "data" / "datasets" / "recall.yaml").read_text()
+
+
+def test_the_older_formats_still_write_the_committed_bytes():
+    """The shipped agreement set (clean-patch) imports to the committed spec and rows."""
+    root, _ = _examples_module()
+    plan = plan_import(root / "data" / "examples" / "agreement.jsonl", "agreement", force=True,
+                       held_out_groups=["rc"], equal_length_pairs=True)
+    assert plan.format == "clean-patch" and plan.notes == ()
+    assert plan.table_bytes == (root / "data" / "sources" / "agreement.jsonl").read_bytes()
+    assert plan.spec_text == (root / "data" / "datasets" / "agreement.yaml").read_text()
