@@ -212,14 +212,17 @@ class MaskedModel:
     @torch.no_grad()
     def prepare(self, tokens: list[list[int]], slots: list[np.ndarray], answer_ids: list[int],
                 counterfactual_ids: list[int], batch_size: int = 32,
-                counterfactual_tokens: list[list[int]] | None = None) -> list[PreparedBatch]:
+                counterfactual_tokens: list[list[int]] | None = None,
+                counterfactual_slots: list[np.ndarray] | None = None) -> list[PreparedBatch]:
         """Group prompts by length into batches and cache what the masks cannot change.
         `counterfactual_tokens` (ablation `counterfactual` only): each prompt's counterfactual
-        prompt, of the same token length."""
+        prompt, of the same token length; with `counterfactual_slots` (their slots) of any
+        length, patched slot by slot (maskshare.slot_patching)."""
         check_inputs(tokens, slots, self.n_slots)
         if not (len(answer_ids) == len(counterfactual_ids) == len(tokens)):
             raise UserError("need one answer and one counterfactual id per prompt")
-        if self.ablation == Ablation.COUNTERFACTUAL:
+        by_slot = counterfactual_slots is not None
+        if self.ablation == Ablation.COUNTERFACTUAL and not by_slot:
             check_counterfactual_tokens(tokens, counterfactual_tokens)
         out = []
         for pb in padded_batches(tokens, batch_size, order="shortest"):
@@ -236,7 +239,13 @@ class MaskedModel:
                 a = sae.encode(resid)
                 b.first_latents = a
                 b.first_error = resid - sae.decode(a)
-            if self.ablation == Ablation.COUNTERFACTUAL:
+            if self.ablation == Ablation.COUNTERFACTUAL and by_slot:
+                from maskshare.slot_patching import slot_aligned_latents
+
+                b.cf_latents = slot_aligned_latents(
+                    self, [counterfactual_tokens[i] for i in idx], [slots[i] for i in idx],
+                    [counterfactual_slots[i] for i in idx], toks.shape[1])
+            elif self.ablation == Ablation.COUNTERFACTUAL:
                 b.cf_latents = self._counterfactual_latents(counterfactual_tokens, idx, att)
             out.append(b)
         return out
