@@ -346,3 +346,23 @@ def test_the_older_formats_still_write_the_committed_bytes():
     assert plan.format == "clean-patch" and plan.notes == ()
     assert plan.table_bytes == (root / "data" / "sources" / "agreement.jsonl").read_bytes()
     assert plan.spec_text == (root / "data" / "datasets" / "agreement.yaml").read_text()
+
+
+@pytest.mark.real_model
+def test_real_model_knows_the_shipped_recall_facts(dirs, capsys, real_model, monkeypatch):
+    """SmolLM2 passes the logit-diff filter on nearly every shipped recall row (436 of 452
+    measured), every relation included; " Paris" beats its counterfactual after "The
+    capital of France is"."""
+    root, _ = _examples_module()
+    monkeypatch.setattr("maskshare.models.load_model", lambda name: real_model)
+    rc, out, err = run_cli(["datasets", "import", str(root / "data" / "examples" /
+                                                      "recall.jsonl"), "--name", "facts",
+                            "--held-out-group", "language", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "detected format: recall" in out
+    items = build_dataset(DatasetRef(name="facts", behaviour_filter="none"), real_model,
+                          progress=False).items
+    paris = items.filter(pl.col("prompt") == "The capital of France is")
+    assert paris["answer"].item() == " Paris" and paris["logit_diff"].item() > 0
+    passed = items.group_by("phrasing").agg((pl.col("logit_diff") > 0).mean().alias("p"))
+    assert passed.height == 5 and passed["p"].min() >= 0.85, passed
