@@ -100,7 +100,7 @@ def _canonical_rows(rows, fmt: str, columns: dict[str, str], where: str, seed: i
     """(rows for normalise_rows, its column mapping, notes): the mib and recall formats turn
     each row into canonical fields first, then `columns` overrides read the original row."""
     from maskshare.datasets.formats import mib_counterfactual_field, mib_row, recall_rows
-    from maskshare.datasets.prompts import _value
+    from maskshare.datasets.prompts import field_value
 
     if fmt in ("clean-patch", "prompts"):
         return rows, {**(CLEAN_PATCH if fmt == "clean-patch" else {}), **columns}, []
@@ -122,7 +122,7 @@ def _canonical_rows(rows, fmt: str, columns: dict[str, str], where: str, seed: i
                      f"first token, chosen by seed {seed}")
     for (loc, raw), (_, row) in zip(rows, out, strict=True):
         for f, path in columns.items():
-            row[f] = _value(raw, path, f in REQUIRED, f"{where}: {loc}")
+            row[f] = field_value(raw, path, f in REQUIRED, f"{where}: {loc}")
     return out, {}, notes
 
 

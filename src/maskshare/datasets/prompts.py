@@ -172,7 +172,7 @@ def normalise_rows(rows: list[tuple[str, Any]], columns: dict[str, str],
         if not isinstance(r, dict):
             raise UserError(f"{where}: {loc}: expected an object, got {type(r).__name__}")
         for f in FIELDS:
-            v = _value(r, col[f], f in REQUIRED, f"{where}: {loc}")
+            v = field_value(r, col[f], f in REQUIRED, f"{where}: {loc}")
             if v is None:
                 if f in REQUIRED:
                     raise UserError(f"{where}: {loc}: missing field {col[f]!r}")
@@ -192,7 +192,7 @@ def normalise_rows(rows: list[tuple[str, Any]], columns: dict[str, str],
     return pl.DataFrame(out, schema={f: pl.String for f in FIELDS})
 
 
-def _value(r: dict, column: str, required: bool, where: str) -> Any:
+def field_value(r: dict, column: str, required: bool, where: str) -> Any:
     """The row's value for a column or a field path (datasets/fieldpath.py); None if absent
     (a path that does not resolve for a required field is a UserError naming the path)."""
     if not is_path(column) or column in r:
