@@ -138,7 +138,7 @@ def _build(args) -> int:
     from maskshare.config import DatasetRef
     from maskshare.datasets import build_dataset, load_spec
     from maskshare.datasets.build import TooFewItems
-    from maskshare.models import load_model
+    from maskshare.model.models import load_model
 
     spec = load_spec(args.name)
     variants = spec.variants() if args.variant == "both" else [args.variant]
@@ -165,7 +165,7 @@ def _import(args) -> int:
     from maskshare.config import DatasetRef
     from maskshare.datasets.build import TooFewItems, build_from_table
     from maskshare.datasets.importing import describe_ignored, plan_import, write_plan
-    from maskshare.models import load_model
+    from maskshare.model.models import load_model
 
     plan = plan_import(args.file, args.name, fmt=args.format,
                        held_out_groups=args.held_out_group, force=args.force,

@@ -34,9 +34,9 @@ def _fmt(v) -> str:
 
 
 def run(args) -> int:
-    from maskshare.apply import CF_FILE, evaluate_prompts, read_prompts
     from maskshare.errors import UserError
-    from maskshare.layout import RunLayout
+    from maskshare.evaluation.apply import CF_FILE, evaluate_prompts, read_prompts
+    from maskshare.run.layout import RunLayout
 
     run_dir = Path(args.run)
     if not RunLayout(run_dir).config.is_file():
