@@ -6,7 +6,7 @@
 
 Prints a table and writes JSON to benchmarks/results/latest.json and
 benchmarks/results/<device>.json. Sections (each a function of a model, SAEs and prompts,
-so tests/test_bench.py runs them on the tiny model):
+so tests/benchmarks/test_bench.py runs them on the tiny model):
 
 - machine: cores, torch threads (= available cores, `configure_threads`), torch, device;
 - collection: tokens/s for attention features, for all SAE latents, and for both in one
@@ -51,7 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench_* modules beside this file
 
-from bench_common import (  # noqa: E402,F401 - re-exported for tests/test_bench.py
+from bench_common import (  # noqa: E402,F401 - re-exported for tests/benchmarks/test_bench.py
     RESULTS,
     ROOT,
     load_setup,

@@ -62,8 +62,8 @@ def machine_info(device: str) -> dict:
 
 def load_setup(device: str, n_prompts: int | None = None):
     """The embedded model, its SAEs (or random stand-ins, said so) and real prompts."""
-    from maskshare.models import load_model
-    from maskshare.saes import SAESetConfig, load_saes
+    from maskshare.model.models import load_model
+    from maskshare.model.sae_set import SAESetConfig, load_saes
     from maskshare.testing import tiny_saes
 
     model = load_model("smollm2-135m")  # on the CPU first: slot stats run there
@@ -82,7 +82,7 @@ def load_setup(device: str, n_prompts: int | None = None):
 def real_prompts(model) -> dict:
     """tokens / answer / counterfactual ids of the built default dataset (elements-symbol,
     free-form; all splits), in a seeded shuffled order; a small fallback set if unavailable."""
-    from maskshare.models import tokenize_prompt
+    from maskshare.model.models import tokenize_prompt
 
     try:
         from maskshare.config import DatasetRef

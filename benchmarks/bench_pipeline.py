@@ -26,7 +26,7 @@ def tile_features(feats, tokens: list[list[int]], n_target: int, noise: float = 
     fresh prompt ids and small Gaussian noise (noise * column std) on every copy."""
     import polars as pl
 
-    from maskshare.features import TokenFeatures
+    from maskshare.grouping.features import TokenFeatures
 
     n_real = len(feats)
     reps = max(1, -(-n_target // n_real))
@@ -92,7 +92,7 @@ def bench_pipeline(config: Path, device: str, threads: int) -> dict:
     cfg_path.write_text(dump_config(cfg))
     env = dict(os.environ, MASKSHARE_CACHE=str(cache), MASKSHARE_THREADS=str(threads),
                HF_HUB_OFFLINE="1")
-    out = {"config": str(config), "runner": "maskshare.pipeline.run_pipeline (no Prefect)",
+    out = {"config": str(config), "runner": "maskshare.stages.pipeline.run_pipeline (no Prefect)",
            "tmp": str(tmp)}
     for label in ("cold", "cached"):
         res = tmp / f"{label}.json"
@@ -116,7 +116,7 @@ def _pipeline_child(config: str, out: str) -> None:
     import logging
 
     from maskshare.config import load_config
-    from maskshare.pipeline import run_pipeline
+    from maskshare.stages.pipeline import run_pipeline
 
     logging.basicConfig(level=logging.INFO)
     t0 = time.perf_counter()

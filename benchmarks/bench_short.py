@@ -28,9 +28,9 @@ def bench_short_step(model, saes: dict, tokens, answers, counterfactuals, n_prom
     12-token prompts, on the path now and before; with the ratios before/now and short/12."""
     from bench_step import _frozen, _StepRunner
 
-    from maskshare.masking import MaskedModel
-    from maskshare.models import fast_weight_layout
-    from maskshare.slot_stats import compute_slot_stats
+    from maskshare.masks.masking import MaskedModel
+    from maskshare.masks.slot_stats import compute_slot_stats
+    from maskshare.model.models import fast_weight_layout
 
     idx = [i % len(tokens) for i in range(n_prompts)]
     base = [tokens[i] for i in idx]

@@ -24,9 +24,9 @@ def bench_collection(model, saes: dict, tokens: list[list[int]], device: str = "
                      repeats: int = 2, batch_size: int = 32, feature_cfg=None) -> dict:
     """Tokens/s: attention features (every layer by default), every SAE's latents, and both in
     one pass; each stops after the deepest hook it needs. Returns the features too (`_features`)."""
-    from maskshare.activations import padded_batches, stop_layer
     from maskshare.config import AttentionFeatures
-    from maskshare.features import attention_features, selected_layers
+    from maskshare.grouping.features import attention_features, selected_layers
+    from maskshare.model.activations import padded_batches, stop_layer
 
     cfg = feature_cfg or AttentionFeatures()
     n_tok = sum(len(t) for t in tokens)
@@ -78,8 +78,8 @@ def _plain_fwd_bwd(model, mm, batch) -> None:
     """The floor: the same layers (start_layer .. last) forward + backward on the same batch,
     same length groups, the two tokens' logits at the final positions (as the masked step),
     no SAEs and no masks."""
-    from maskshare.activations import at_final, final_logit_diff, length_parts
-    from maskshare.prepared import sub_batch
+    from maskshare.masks.prepared import sub_batch
+    from maskshare.model.activations import at_final, final_logit_diff, length_parts
 
     parts = length_parts(batch.lengths.tolist(), mm.max_parts, mm.min_saving,
                          mm.min_split_tokens) \
@@ -101,7 +101,7 @@ class _StepRunner:
 
     def __init__(self, mm, batch, device: str, lam: float = 0.01):
         from maskshare.config import MaskConfig
-        from maskshare.mask_training import compute_targets, slot_weights
+        from maskshare.masks.training import compute_targets, slot_weights
 
         self.mm, self.batch, self.lam = mm, batch, lam
         self.cfg = MaskConfig(steps=150)
@@ -115,7 +115,7 @@ class _StepRunner:
 
     def __call__(self) -> None:
         from maskshare.config import Objective
-        from maskshare.mask_training import objective_loss, relaxed_masks
+        from maskshare.masks.training import objective_loss, relaxed_masks
 
         masks, probs = relaxed_masks(self.theta, self.cfg, self.t, 0)
         obj = objective_loss(self.mm, self.batch, masks, self.targets, 0, Objective.LOGIT_DIFF)
@@ -128,7 +128,7 @@ class _StepRunner:
 
 
 def _frozen(model, saes):
-    from maskshare.mask_training import FrozenWeights
+    from maskshare.masks.training import FrozenWeights
 
     return FrozenWeights(model, *saes.values())
 
@@ -141,8 +141,8 @@ def bench_mask_step(model, saes: dict, tokens, answers, counterfactuals, n_slots
     first written (mask expanded per token by a gather, error `clean` with two decodes). One
     batch of all `tokens`. `stats` (SlotStats) is computed on the CPU unless given. `error`:
     the SAE error term, by default the default config's."""
-    from maskshare.masking import MaskedModel
-    from maskshare.slot_stats import compute_slot_stats
+    from maskshare.masks.masking import MaskedModel
+    from maskshare.masks.slot_stats import compute_slot_stats
 
     slots = from_end_slots(tokens, n_slots)
     if stats is None:
@@ -248,8 +248,8 @@ def bench_scaling(model, saes: dict, tokens, answers, counterfactuals, *,
     varying one of (prompts, prompt length, SAEs, slots) at a time around `base`
     (prompts, length or None for the real lengths, SAEs, slots). SAE subsets keep the
     shallowest hook, so the layers run stay the same."""
-    from maskshare.masking import MaskedModel
-    from maskshare.slot_stats import compute_slot_stats
+    from maskshare.masks.masking import MaskedModel
+    from maskshare.masks.slot_stats import compute_slot_stats
 
     hooks = list(saes)
     bp, bl, bs, bk = base

@@ -50,7 +50,7 @@ class _Tracker:
             self.snaps[step + 1] = {h: (t.detach() > 0).float() for h, t in self.theta.items()}
 
     def curve(self, mm, batches, slots, ref, res) -> list[dict]:
-        from maskshare.evaluation import size_metrics
+        from maskshare.evaluation.metrics import size_metrics
 
         self.snaps[len(res.history)] = res.masks()
         out, last = [], None
@@ -69,8 +69,8 @@ def _train(ctx, cfg, lam, init, every) -> dict:
     """One training on the context's batches with snapshots every `every` steps: its
     result, CPU seconds, the held-out curve of its snapshots and how many triples it
     started with open."""
-    import maskshare.mask_training as mt
-    from maskshare.warm_start import open_triples
+    import maskshare.masks.training as mt
+    from maskshare.masks.warm_start import open_triples
 
     tr = _Tracker(every)
     orig, mt._initial_theta = tr.spy(mt)
@@ -94,7 +94,7 @@ def _reached(curve: list[dict], f: float, lpt: float, f_tol: float, size_tol: fl
 def _row(lam, runs: dict, f_tol: float, size_tol: float) -> dict:
     """One lambda's figures: per training, F and size of its final circuit, steps run and
     to the cold circuit, CPU s, Jaccard overlap with the cold and the short cold circuit."""
-    from maskshare.evaluation import jaccard
+    from maskshare.evaluation.metrics import jaccard
 
     f, lpt = runs["cold"]["curve"][-1]["f"], runs["cold"]["curve"][-1]["lpt"]
     out = {"lambda": lam, "cold_curve": runs["cold"]["curve"],
@@ -119,10 +119,10 @@ def bench_steps_to_circuit(mm, train_batches, eval_batches, eval_slots, cfg, lam
     first lambda from IG scores, each next one continued from the previous warm mask;
     warm_steps), `short` (cold, warm_steps: the control) and from the second lambda on
     `continued` (warm_steps from the previous cold mask: a chain without attribution)."""
-    from maskshare.attribution import attribution_by_method, method_of
-    from maskshare.evaluation import reference_lds
-    from maskshare.mask_training import compute_targets, slot_weights
-    from maskshare.warm_start import attribution_start, continued_theta, warm_config
+    from maskshare.evaluation.metrics import reference_lds
+    from maskshare.masks.attribution import attribution_by_method, method_of
+    from maskshare.masks.training import compute_targets, slot_weights
+    from maskshare.masks.warm_start import attribution_start, continued_theta, warm_config
 
     ctx = {"mm": mm, "train": train_batches, "eval": eval_batches, "slots": eval_slots,
            "targets": compute_targets(mm, train_batches, cfg.objective, cfg.scale),
@@ -151,7 +151,7 @@ def bench_steps_to_circuit(mm, train_batches, eval_batches, eval_slots, cfg, lam
 
 
 def _summary(rows, attr_cpu, cfg, wcfg, n_batches, f_tol, size_tol) -> dict:
-    from maskshare.evaluation import f_at_size
+    from maskshare.evaluation.metrics import f_at_size
 
     def total(name, key):
         return sum(r[name][key] for r in rows)
@@ -214,9 +214,9 @@ def print_lines(s: dict) -> list[str]:
 def setup_from_run(run: str, n_train: int, n_eval: int, split: str = "test_phrasing"):
     """(masked model, training batches, held-out batches and slots, MaskConfig) of a built
     run's main variant (its groups and statistics; seeded samples of the splits)."""
-    from maskshare.resources import load_run_config
+    from maskshare.run.resources import load_run_config
+    from maskshare.run.variants import main_variant
     from maskshare.stages.masks import prepare_variant
-    from maskshare.variants import main_variant
 
     cfg = load_run_config(run)
     v = main_variant(cfg)
@@ -231,8 +231,8 @@ def setup_from_prompts(model, saes, toks, ans, cf, n_train: int, n_eval: int,
     from bench_common import default_error, from_end_slots
 
     from maskshare.config import MaskConfig
-    from maskshare.masking import MaskedModel
-    from maskshare.slot_stats import compute_slot_stats
+    from maskshare.masks.masking import MaskedModel
+    from maskshare.masks.slot_stats import compute_slot_stats
 
     slots = from_end_slots(toks, n_slots)
     tr, ev = slice(0, n_train), slice(n_train, n_train + n_eval)

@@ -40,7 +40,7 @@ TEMPLATED = [PHRASINGS[0]]
 
 
 def _row(model, pid, tpl, rel, name, k, split, variant):
-    from maskshare.models import tokenize_prompt
+    from maskshare.model.models import tokenize_prompt
 
     tok = model.tokenizer
     text = tpl.replace("{X}", name)
@@ -106,7 +106,7 @@ def evaluate(cfg: GroupingConfig, model, items, features) -> dict:
 
 
 def _subset(f, mask):
-    from maskshare.features import TokenFeatures
+    from maskshare.grouping.features import TokenFeatures
 
     return TokenFeatures(f.matrix[mask], f.prompt_id[mask], f.position[mask], f.length[mask],
                          f.names)
@@ -167,8 +167,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from maskshare.features import items_features
-    from maskshare.models import load_model
+    from maskshare.grouping.features import items_features
+    from maskshare.model.models import load_model
 
     model = load_model("smollm2-135m")
     base = GroupingConfig()

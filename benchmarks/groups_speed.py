@@ -25,10 +25,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from maskshare.activations import padded_batches
 from maskshare.config import DatasetRef, GroupingConfig
-from maskshare.features import TokenFeatures, items_features
 from maskshare.grouping import make_grouping
+from maskshare.grouping.features import TokenFeatures, items_features
+from maskshare.model.activations import padded_batches
 
 
 def peak_rss_mib() -> float:
@@ -72,7 +72,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     from maskshare.datasets import build_dataset
-    from maskshare.models import load_model
+    from maskshare.model.models import load_model
 
     t0 = time.perf_counter()
     model = load_model("smollm2-135m")

@@ -21,12 +21,12 @@ from pathlib import Path
 import yaml
 
 from maskshare.artifacts import hash_config, write_json_atomic
-from maskshare.comparison import heldout_splits
 from maskshare.config import MaskConfig
-from maskshare.layout import RunLayout
-from maskshare.resources import load_run_config, load_run_items
+from maskshare.evaluation.comparison import heldout_splits
+from maskshare.run.layout import RunLayout
+from maskshare.run.resources import load_run_config, load_run_items
+from maskshare.run.variants import main_variant
 from maskshare.stages.masks import train_and_evaluate
-from maskshare.variants import main_variant
 
 
 def parse_sets(pairs: list[str]) -> dict:

@@ -37,14 +37,14 @@ def main() -> None:
     ap.add_argument("--n-slots", type=int, default=12)
     args = ap.parse_args()
 
-    from maskshare.activations import unembed_final
     from maskshare.config import MaskConfig
-    from maskshare.mask_training import compute_targets, train_masks
-    from maskshare.masking import MaskedModel
-    from maskshare.models import load_model, tokenize_prompt
+    from maskshare.masks.masking import MaskedModel
+    from maskshare.masks.slot_stats import compute_slot_stats
+    from maskshare.masks.training import compute_targets, train_masks
+    from maskshare.model.activations import unembed_final
+    from maskshare.model.models import load_model, tokenize_prompt
+    from maskshare.model.sae_set import SAESetConfig, load_saes
     from maskshare.runtime import configure_threads
-    from maskshare.saes import SAESetConfig, load_saes
-    from maskshare.slot_stats import compute_slot_stats
     from maskshare.testing import tiny_saes
 
     threads = configure_threads()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from maskshare.layout import RunLayout
+from maskshare.run.layout import RunLayout
 
 
 def _f(v, nd=3) -> str:

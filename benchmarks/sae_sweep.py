@@ -19,15 +19,15 @@ from pathlib import Path
 
 import torch
 
-from maskshare.sae_quality import ce_recovered, sae_stats
-from maskshare.sae_training import SAETrainingConfig, prepare_training, train_sae
+from maskshare.saes.quality import ce_recovered, sae_stats
+from maskshare.saes.training import SAETrainingConfig, prepare_training, train_sae
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def heldout_acts(data, hook: str) -> torch.Tensor:
     """Held-out activations (float32 transformer_lens model, BOS dropped)."""
-    from maskshare.activations import run_to_deepest
+    from maskshare.model.activations import run_to_deepest
 
     rows = data.corpus.heldout
     out = []
@@ -49,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     base = SAETrainingConfig(threads=args.threads, autocast=True, batch_size=4096, lr=2e-3)
     data = prepare_training(base)
-    from maskshare.sae_training import training_activations
+    from maskshare.saes.training import training_activations
 
     acts, info = training_activations(data.store, args.hook, base)
     acts = acts[: args.tokens]

@@ -22,11 +22,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from maskshare.comparison import HEADLINE_METRICS
 from maskshare.config import RunConfig, load_config
 from maskshare.errors import UserError
-from maskshare.layout import RunLayout
-from maskshare.resources import load_run_config, prepare_run, run_dir_for
+from maskshare.evaluation.comparison import HEADLINE_METRICS
+from maskshare.run.layout import RunLayout
+from maskshare.run.resources import load_run_config, prepare_run, run_dir_for
 from maskshare.stages.plan import STAGES, StageCall, phases, plan
 
 
@@ -176,7 +176,7 @@ def pipeline_flow(config: RunConfig | None = None, config_path: str | None = Non
         else:
             train_masks_flow(run)
         evaluate_flow(run)
-    except UserError:  # bad input leaves nothing behind (as maskshare.pipeline.run_pipeline)
+    except UserError:  # bad input leaves nothing behind (as maskshare.stages.pipeline.run_pipeline)
         if fresh:
             shutil.rmtree(run, ignore_errors=True)
         raise

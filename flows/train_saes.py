@@ -1,10 +1,10 @@
-"""Prefect flow `train-saes`: a thin wrapper over `maskshare.sae_training.train_saes`."""
+"""Prefect flow `train-saes`: a thin wrapper over `maskshare.saes.training.train_saes`."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from maskshare.sae_training import SAETrainingConfig, train_saes
+from maskshare.saes.training import SAETrainingConfig, train_saes
 
 
 @flow(name="train-saes")

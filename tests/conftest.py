@@ -24,7 +24,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def real_model():
     """The embedded SmolLM2-135M (loaded once per session)."""
-    from maskshare.models import load_model
+    from maskshare.model.models import load_model
 
     return load_model("smollm2-135m")
 
@@ -50,7 +50,7 @@ def finished_tiny_run(tmp_path_factory):
     """(config path, run dir, cache dir) of one finished tiny end-to-end run (~20 s, once per
     session). Shared: tests must not modify it; copy it to change anything."""
     from maskshare.config import load_config
-    from maskshare.pipeline import run_pipeline
+    from maskshare.stages.pipeline import run_pipeline
     from maskshare.testing import write_tiny_run_setup
 
     root = tmp_path_factory.mktemp("tiny-run")

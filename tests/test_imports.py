@@ -75,9 +75,9 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_graph_sees_function_level_and_relative_imports():
     g = import_graph()
-    assert "maskshare.activations" in g["maskshare.slot_stats"]
-    # sae_quality imports maskshare.models inside a function
-    assert "maskshare.models" in g["maskshare.sae_quality"]
+    assert "maskshare.model.activations" in g["maskshare.masks.slot_stats"]
+    # sae_quality imports maskshare.model.models inside a function
+    assert "maskshare.model.models" in g["maskshare.saes.quality"]
     assert "maskshare.datasets.spec" in g["maskshare.datasets.build"]
 
 

@@ -295,12 +295,12 @@ def config_env(tmp_path, monkeypatch):
     (tmp_path / "cache").mkdir()
     parse_config(base)  # the base is valid: every refusal is the mutation's doing
 
-    import maskshare.pipeline
+    import maskshare.stages.pipeline
 
     def accepted(cfg):  # a config that gets this far was not refused at the boundary
         raise AssertionError(f"accepted: {cfg.model_dump(mode='json')}")
 
-    monkeypatch.setattr(maskshare.pipeline, "run_pipeline", accepted)
+    monkeypatch.setattr(maskshare.stages.pipeline, "run_pipeline", accepted)
     return tmp_path, base
 
 

@@ -1,6 +1,6 @@
 """maskshare: circuits of SAE latents over attention-grouped token slots.
 
-From Python: `run = maskshare.open_run(RUN_DIR)` (maskshare.run_handle; docs/api.md).
+From Python: `run = maskshare.open_run(RUN_DIR)` (maskshare.run.handle; docs/api.md).
 """
 
 __version__ = "0.1.0"
@@ -8,9 +8,9 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name in ("open_run", "Run"):  # lazily: `import maskshare` stays light
-        from maskshare import run_handle
+        from maskshare.run import handle
 
-        return getattr(run_handle, name)
+        return getattr(handle, name)
     raise AttributeError(f"module 'maskshare' has no attribute {name!r}")
 
 

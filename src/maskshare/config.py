@@ -28,7 +28,7 @@ from maskshare.domains import (
     not_bool,
 )
 from maskshare.errors import UserError
-from maskshare.saes import SAESetConfig
+from maskshare.model.sae_set import SAESetConfig
 from maskshare.validation import Strict, read_yaml_file, validation_message
 
 
@@ -228,7 +228,7 @@ class MaskConfig(Strict):
     # steps, but not before `early_stop_min_steps`; None: always run `steps`
     early_stop_patience: Count | None = 10
     early_stop_min_steps: NonNegInt = 10
-    # where training starts (maskshare.warm_start): `cold` (init_logit everywhere) or
+    # where training starts (maskshare.masks.warm_start): `cold` (init_logit everywhere) or
     # `attribution` (the variant's integrated-gradients scores from stage attribution,
     # mapped to logits by a benefit/cost rule that opens triples whose score exceeds
     # `init_open_ratio` x their penalty; a variant without scores starts cold)

@@ -78,7 +78,7 @@ def tiny_saes(model, hooks: list[str] | None = None, d_sae: int = 64, seed: int 
     """Random StandardSAEs (seeded) at `hooks` (default: resid_post of every layer)."""
     from sae_lens import StandardSAE, StandardSAEConfig
 
-    from maskshare.activations import hook_name
+    from maskshare.model.activations import hook_name
 
     hooks = hooks or [hook_name("resid_post", i) for i in range(model.cfg.n_layers)]
     out = {}

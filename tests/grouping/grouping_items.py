@@ -8,7 +8,7 @@ from __future__ import annotations
 import polars as pl
 
 from maskshare.config import AttentionFeatures, GroupingConfig
-from maskshare.models import tokenize_prompt
+from maskshare.model.models import tokenize_prompt
 
 ELEMENTS = ["gold", "silver", "iron", "copper", "zinc", "tin", "lead", "neon", "argon",
             "helium", "oxygen", "carbon", "sodium", "calcium", "nickel", "cobalt"]

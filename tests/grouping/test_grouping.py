@@ -16,9 +16,9 @@ from grouping_items import ELEMENTS, cfg, every_feature, make_items
 
 from maskshare.config import AttentionFeatures
 from maskshare.errors import UserError
-from maskshare.features import attention_features, items_features
 from maskshare.grouping import grouping_quality, load_grouping, make_grouping
-from maskshare.models import tokenize_prompt
+from maskshare.grouping.features import attention_features, items_features
+from maskshare.model.models import tokenize_prompt
 
 # ---------------------------------------------------------------- features
 
@@ -65,7 +65,7 @@ def test_prompt_features_same_alone_and_in_padded_batch(model):
 
 
 def test_default_layers_are_the_last_third(model):
-    from maskshare.features import selected_layers
+    from maskshare.grouping.features import selected_layers
 
     assert model.cfg.n_layers == 2
     assert selected_layers(model, AttentionFeatures()) == [1]
@@ -112,7 +112,7 @@ def test_feature_layers_validated(model):
 
 @pytest.fixture(scope="module")
 def run_dir(model, tmp_path_factory):
-    from maskshare.groups_view import write_group_artifacts
+    from maskshare.report.groups_view import write_group_artifacts
 
     items = make_items(model, held_out=3)
     g = make_grouping(cfg(n_slots=6), seed=0)
@@ -169,7 +169,7 @@ def test_groups_show_missing_kind_is_bad_input(run_dir, capsys):
 
 
 def test_write_group_artifacts_defaults_take_projection_and_quality(model, tmp_path):
-    from maskshare.groups_view import write_group_artifacts
+    from maskshare.report.groups_view import write_group_artifacts
 
     items = make_items(model, elements=ELEMENTS[:6])
     g = make_grouping(cfg(n_slots=5), seed=0).fit(model, items)

@@ -8,8 +8,8 @@ from grouping_items import cfg, make_items
 
 from maskshare.config import GroupingConfig, GroupingKind
 from maskshare.errors import UserError
-from maskshare.features import items_features
 from maskshare.grouping import load_grouping, make_grouping
+from maskshare.grouping.features import items_features
 
 # ---------------------------------------------------------------- attention grouping
 
@@ -173,7 +173,7 @@ def test_group_directories_of_two_fits_are_byte_identical(model, items, tmp_path
     """write_group_artifacts twice: every file but the manifest's creation time is equal."""
     import json
 
-    from maskshare.groups_view import write_group_artifacts
+    from maskshare.report.groups_view import write_group_artifacts
 
     for name in ("a", "b"):
         g = make_grouping(cfg(n_slots=6), seed=2).fit(model, items)

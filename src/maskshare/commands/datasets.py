@@ -157,7 +157,7 @@ def _build(args) -> int:
     from maskshare.config import DatasetRef
     from maskshare.datasets import build_dataset, load_spec
     from maskshare.datasets.build import TooFewItems
-    from maskshare.models import load_model
+    from maskshare.model.models import load_model
 
     spec = load_spec(args.name)
     variants = spec.variants() if args.variant == "both" else [args.variant]
@@ -184,7 +184,7 @@ def _import(args) -> int:
     from maskshare.config import DatasetRef
     from maskshare.datasets.build import TooFewItems, build_from_table
     from maskshare.datasets.importing import describe_ignored, plan_import, write_plan
-    from maskshare.models import load_model
+    from maskshare.model.models import load_model
 
     loaded: list = []
 

@@ -34,8 +34,8 @@ def _fmt(v) -> str:
 
 
 def run(args) -> int:
-    from maskshare.apply import CF_FILE
-    from maskshare.run_handle import open_run
+    from maskshare.evaluation.apply import CF_FILE
+    from maskshare.run.handle import open_run
 
     # the notebook API's call (maskshare.open_run(RUN).evaluate), so both give the same
     res = open_run(Path(args.run)).evaluate(args.prompts, variant=args.variant, lam=args.lam,

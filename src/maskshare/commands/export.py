@@ -41,7 +41,7 @@ def export_document(run, variant=None, lam=None, seed=None) -> dict:
 
 
 def run(args) -> int:
-    from maskshare.run_handle import open_run
+    from maskshare.run.handle import open_run
 
     r = open_run(args.run)
     if args.format == "json":

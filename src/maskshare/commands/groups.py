@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from maskshare.errors import UserError
-    from maskshare.groups_view import show
+    from maskshare.report.groups_view import show
 
     if getattr(args, "action", None) != "show":
         raise UserError("usage: maskshare groups show RUN [--html FILE] [--kind KIND]")

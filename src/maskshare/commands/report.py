@@ -23,9 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     """Every UserError before anything is written."""
-    from maskshare import browser
     from maskshare.errors import UserError
-    from maskshare.report_data import is_run_dir
+    from maskshare.report import browser
+    from maskshare.report.data import is_run_dir
 
     if (args.run_dir is None) == (args.runs is None):
         raise UserError("give one run directory (maskshare report RUN) or several with "
@@ -42,8 +42,8 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskshare import browser
-    from maskshare.report import write_comparison, write_report
+    from maskshare.report import browser
+    from maskshare.report.page import write_comparison, write_report
 
     _check(args)
     if args.runs is not None:

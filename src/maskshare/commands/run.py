@@ -19,13 +19,13 @@ def add_arguments(p) -> None:
 
 
 def print_headline(run: Path) -> None:
-    from maskshare.layout import RunLayout
+    from maskshare.run.layout import RunLayout
 
     mpath = RunLayout(run).metrics
     if not mpath.is_file():
         return
     metrics = json.loads(mpath.read_text())
-    from maskshare.comparison import HEADLINE_METRICS
+    from maskshare.evaluation.comparison import HEADLINE_METRICS
 
     for k in HEADLINE_METRICS:
         if k in metrics and metrics[k] is not None:
@@ -38,7 +38,7 @@ def run(args) -> int:
 
     cfg = load_config(args.config)  # bad config: UserError before anything is written
     if args.no_prefect:
-        from maskshare.pipeline import run_pipeline
+        from maskshare.stages.pipeline import run_pipeline
 
         run_dir = run_pipeline(cfg)
     else:

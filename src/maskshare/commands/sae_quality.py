@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from maskshare.errors import UserError
-    from maskshare.sae_quality import quality_markdown, sae_quality
+    from maskshare.saes.quality import quality_markdown, sae_quality
 
     if args.ce_rows < 1:
         raise UserError("--ce-rows must be at least 1")

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_training_config(args: argparse.Namespace):
     from pydantic import ValidationError
 
-    from maskshare.sae_training import SAETrainingConfig
+    from maskshare.saes.training import SAETrainingConfig
     from maskshare.validation import read_yaml_file, validation_message
 
     data: dict = {}
@@ -53,7 +53,7 @@ def load_training_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskshare.sae_training import train_saes
+    from maskshare.saes.training import train_saes
 
     cfg = load_training_config(args)
     if args.sample_worker:
@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
 
 def sample_worker(cfg, spec: str) -> int:
     """Sample worker I of N's shards of the corpus's model-written text."""
-    from maskshare.corpus import build_corpus
-    from maskshare.corpus_sampling import model_sampler
-    from maskshare.models import load_tokenizer
+    from maskshare.model.models import load_tokenizer
     from maskshare.runtime import configure_threads
+    from maskshare.saes.corpus import build_corpus
+    from maskshare.saes.corpus_sampling import model_sampler
 
     try:
         worker, workers = (int(x) for x in spec.split("/"))
@@ -77,7 +77,7 @@ def sample_worker(cfg, spec: str) -> int:
     if not 0 <= worker < workers:
         raise UserError(f"--sample-worker {spec!r}: I must be in 0..N-1")
     configure_threads(cfg.threads or 1)
-    from maskshare.models import EMBEDDED, embedded_hf_dir
+    from maskshare.model.models import EMBEDDED, embedded_hf_dir
 
     tok = load_tokenizer(embedded_hf_dir() if cfg.model == EMBEDDED else cfg.model)
     build_corpus(tok, cfg.corpus, model_sampler(cfg.model, cfg.corpus, tok, None, worker,

@@ -7,6 +7,8 @@ schema.
     add_spec(path_to_yaml) -> Path
     build_dataset(ref: DatasetRef, model, *, progress=True) -> BuiltDataset
     load_items(path) -> polars.DataFrame
+
+May import: the root's shared modules and `maskshare.model` (building runs the model).
 """
 
 from maskshare.datasets.build import BuiltDataset, build_dataset

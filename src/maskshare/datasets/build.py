@@ -20,7 +20,6 @@ import polars as pl
 import torch
 import yaml
 
-from maskshare.activations import clean_final_logits, logit_diff, pad_id, padded_batches
 from maskshare.artifacts import building, hash_config, is_complete, read_manifest, write_manifest
 from maskshare.datasets.registry import find_spec
 from maskshare.datasets.rows import first_token, split_entities, split_of, token_roles
@@ -28,7 +27,8 @@ from maskshare.datasets.schema import ITEMS_SCHEMA, PASS_TABLE_SCHEMA, load_item
 from maskshare.datasets.sources import check_source, load_source
 from maskshare.datasets.spec import DatasetSpec, Phrasing, parse_template, render
 from maskshare.errors import UserError
-from maskshare.models import bos_id
+from maskshare.model.activations import clean_final_logits, logit_diff, pad_id, padded_batches
+from maskshare.model.models import bos_id
 from maskshare.runtime import cache_dir
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,11 @@ One interface for every kind (`make_grouping(cfg, seed)`):
     g.save(dir); g2 = load_grouping(dir)
 
 Modules: `base` (the interface, `Assignment`, save/load, the groupings without fitted
-state), `attention` (clusters of attention features), `quality` (ARI, purity, stability),
-`persist` (fitted scikit-learn objects in skops files, byte-reproducible, no pickle).
+state), `features` (per-token attention features), `attention` (clusters of attention
+features), `quality` (ARI, purity, stability), `persist` (fitted scikit-learn objects in
+skops files, byte-reproducible, no pickle), `registry` (kind -> class).
+
+May import: the root's shared modules and `maskshare.model`.
 """
 
 from maskshare.grouping.attention import GROUPING_SKOPS, OOD_PERCENTILE, AttentionGrouping

@@ -1,6 +1,6 @@
 """The attention grouping: slots are clusters of per-token attention features.
 
-Features (`maskshare.features`) are standardised (`StandardScaler`, near-constant columns
+Features (`maskshare.grouping.features`) are standardised (`StandardScaler`, near-constant columns
 left unscaled), reduced (`PCA`) and clustered (KMeans, agglomerative/Ward, Gaussian mixture
 or HDBSCAN). BOS is slot 0; with `pin_final` the last token of each prompt is slot 1; the
 clusters take the remaining slots, numbered by their mean position from the end (nearest
@@ -28,8 +28,8 @@ import numpy as np
 
 from maskshare.config import GroupingConfig, GroupingKind
 from maskshare.errors import UserError
-from maskshare.features import TokenFeatures, items_features
 from maskshare.grouping.base import Assignment, Grouping, prompt_ids, token_lists
+from maskshare.grouping.features import TokenFeatures, items_features
 from maskshare.grouping.persist import dump_fitted, load_fitted
 
 logger = logging.getLogger(__name__)

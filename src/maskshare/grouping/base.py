@@ -26,7 +26,7 @@ from maskshare.config import GroupingConfig, GroupingKind
 from maskshare.errors import UserError
 
 if TYPE_CHECKING:
-    from maskshare.features import TokenFeatures
+    from maskshare.grouping.features import TokenFeatures
 
 GROUPING_JSON = "grouping.json"
 # 1: arrays in grouping.safetensors (hand-written transforms); 2: fitted objects in skops

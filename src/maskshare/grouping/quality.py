@@ -19,7 +19,7 @@ from maskshare.config import GroupingConfig
 from maskshare.grouping.base import Assignment, Grouping, token_lists
 
 if TYPE_CHECKING:
-    from maskshare.features import TokenFeatures
+    from maskshare.grouping.features import TokenFeatures
 
 
 def template_positions(items) -> np.ndarray | None:

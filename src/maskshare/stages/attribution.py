@@ -1,5 +1,5 @@
 """Stage `attribution`: node attribution scores of one variant over its (slot, SAE, latent)
-triples, with the variant's ablation as the reference (`maskshare.attribution`), on the
+triples, with the variant's ablation as the reference (`maskshare.masks.attribution`), on the
 training split's prepared batches (the prompts its masks train on):
 RUN/attribution/<variant>/<method>.safetensors for each of `attribution.methods` (`atp`:
 attribution patching, `ig`: integrated gradients with `attribution.ig_steps` steps).
@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 from maskshare.artifacts import building, save_tensors, write_manifest
-from maskshare.attribution import load_scores
-from maskshare.comparison import TopTriples
 from maskshare.config import RunConfig
-from maskshare.layout import RunLayout
-from maskshare.resources import load_run_config
-from maskshare.variants import Variant, attribution_variants
+from maskshare.evaluation.comparison import TopTriples
+from maskshare.masks.attribution import load_scores
+from maskshare.run.layout import RunLayout
+from maskshare.run.resources import load_run_config
+from maskshare.run.variants import Variant, attribution_variants
 
 
 def attribution_methods(cfg: RunConfig) -> list[TopTriples]:
@@ -29,7 +29,7 @@ def attribution_methods(cfg: RunConfig) -> list[TopTriples]:
 
 
 def build(run: Path, variant: Variant | str) -> Path:
-    from maskshare.attribution import attribution_by_method, method_of
+    from maskshare.masks.attribution import attribution_by_method, method_of
     from maskshare.stages.masks import prepare_variant
 
     variant = Variant.parse(variant) if isinstance(variant, str) else variant
@@ -68,8 +68,8 @@ def matched_circuits(run: str | Path, method: TopTriples, seed: int) -> list[tup
     twice the densest of those sizes. A mask keeps different slots than the ranking does,
     so on a held-out split the two sizes differ; the extra points let each attribution
     curve be read at the masks' sizes there (`f_at_size` never extrapolates)."""
-    from maskshare.attribution import circuit_at_size
-    from maskshare.evaluation import size_metrics
+    from maskshare.evaluation.metrics import size_metrics
+    from maskshare.masks.attribution import circuit_at_size
     from maskshare.stages.masks import load_masks, prepare_variant
 
     cfg = load_run_config(run)

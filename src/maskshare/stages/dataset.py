@@ -8,8 +8,8 @@ from pathlib import Path
 
 from maskshare.artifacts import building, write_manifest
 from maskshare.errors import UserError
-from maskshare.layout import RunLayout
-from maskshare.resources import get_model, load_run_config
+from maskshare.run.layout import RunLayout
+from maskshare.run.resources import get_model, load_run_config
 
 
 def build(run: Path) -> Path:

@@ -3,7 +3,7 @@ splits, choose the run's lambda, compare methods at matched size, list the circu
 RUN/evaluate/ (curves, comparisons, per-prompt lds, circuit), RUN/metrics.json and
 RUN/report.html.
 
-The rules (lambda choice, matched size, curves) live in `maskshare.comparison`; this
+The rules (lambda choice, matched size, curves) live in `maskshare.evaluation.comparison`; this
 module computes the rows they need and writes the results. Cost: a variant's circuits,
 complements and empty circuit on a split share stacked passes (`evaluate_sweep`); M_clean
 per split and the reference lds per (split, grouping, ablation) are computed once
@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from maskshare.artifacts import building, write_json_atomic, write_manifest
-from maskshare.comparison import (
+from maskshare.config import RunConfig
+from maskshare.errors import UserError
+from maskshare.evaluation.comparison import (
     EvalRow,
     TopTriples,
     choose_lambda,
@@ -35,10 +37,8 @@ from maskshare.comparison import (
     pick,
     quality_metrics,
 )
-from maskshare.config import RunConfig
-from maskshare.errors import UserError
-from maskshare.layout import RunLayout
-from maskshare.resources import (
+from maskshare.run.layout import RunLayout
+from maskshare.run.resources import (
     get_model,
     get_saes,
     load_run_config,
@@ -46,9 +46,9 @@ from maskshare.resources import (
     split_items,
     token_lists,
 )
+from maskshare.run.variants import Variant, main_variant, run_seeds, variants
 from maskshare.stages.attribution import attribution_methods, matched_circuits
 from maskshare.stages.masks import load_masks, prepare_variant
-from maskshare.variants import Variant, main_variant, run_seeds, variants
 
 
 @dataclass
@@ -90,7 +90,7 @@ def score_masks(run: Path, cfg: RunConfig, variant: Variant, masks: dict, split:
     ({key: mask}) of `variant` on `split` (the selection split: its seeded sample). M_clean
     and the reference lds come from `cache` when it has them (else they are computed, the
     empty circuit in the same stacked passes as the masks, and kept there)."""
-    from maskshare.evaluation import evaluate_sweep
+    from maskshare.evaluation.metrics import evaluate_sweep
 
     rule = cfg.evaluate
     limit = rule.select_limit if split == rule.select_split else None
@@ -120,7 +120,7 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
     other variants' calls (`EvalCache`). `circuits`: (method, [(lambda or None, binary
     masks)]) scored in place of the learned masks, rows named by the method (attribution
     circuits, `attribution_rows`)."""
-    from maskshare.evaluation import subset_metrics
+    from maskshare.evaluation.metrics import subset_metrics
 
     cache = cache if cache is not None else EvalCache()
     if clean is not None:
@@ -211,7 +211,7 @@ def build(run: Path) -> Path:
 
 def stability_metrics(run: Path, main: Variant, lam: float, seeds: list[int]) -> dict:
     """Jaccard overlap of the main variant's masks at the first two seeds."""
-    from maskshare.evaluation import jaccard
+    from maskshare.evaluation.metrics import jaccard
 
     if len(seeds) < 2:
         return {}
@@ -223,8 +223,8 @@ def stability_metrics(run: Path, main: Variant, lam: float, seeds: list[int]) ->
 def circuit_listing(run: Path, cfg: RunConfig, variant: Variant, lam: float, seed: int,
                     items) -> dict:
     """The kept latents with their slot means and top-activating training tokens."""
-    from maskshare.circuit import circuit_summary, kept_latents, top_activating_tokens
-    from maskshare.slot_stats import SlotStats
+    from maskshare.masks.circuit import circuit_summary, kept_latents, top_activating_tokens
+    from maskshare.masks.slot_stats import SlotStats
 
     masks = load_masks(run, variant, lam, seed)
     stats = SlotStats.load(RunLayout(run).slot_stats(variant.grouping))
@@ -235,7 +235,7 @@ def circuit_listing(run: Path, cfg: RunConfig, variant: Variant, lam: float, see
 
 
 def write_run_report(run: Path) -> None:
-    """report.html, built from the run directory's files alone (see maskshare.report)."""
-    from maskshare.report import write_report
+    """report.html, built from the run directory's files alone (see maskshare.report.page)."""
+    from maskshare.report.page import write_report
 
     write_report(run)

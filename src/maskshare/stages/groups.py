@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from maskshare.config import GroupingKind
-from maskshare.layout import RunLayout
-from maskshare.resources import get_model, load_run_config, load_run_items
+from maskshare.run.layout import RunLayout
+from maskshare.run.resources import get_model, load_run_config, load_run_items
 
 
 def build(run: Path, kind: GroupingKind | str) -> Path:
     from maskshare.grouping import grouping_quality, make_grouping, stability
-    from maskshare.groups_view import write_group_artifacts
+    from maskshare.report.groups_view import write_group_artifacts
 
     kind = GroupingKind(kind)
     cfg = load_run_config(run)
@@ -28,7 +28,7 @@ def build(run: Path, kind: GroupingKind | str) -> Path:
     grouping = make_grouping(gcfg, seed=cfg.seed)
     feats = train_feats = None
     if kind == GroupingKind.ATTENTION:  # one forward pass serves fit, assign and stability
-        from maskshare.features import items_features
+        from maskshare.grouping.features import items_features
 
         feats = items_features(model, items, gcfg.features, batch_size=gcfg.batch_size,
                                progress=True)
@@ -46,7 +46,7 @@ def build(run: Path, kind: GroupingKind | str) -> Path:
 
 def subset_features(f, prompt_ids: list[int]):
     """The rows of `f` belonging to `prompt_ids`, in the order of `prompt_ids`."""
-    from maskshare.features import TokenFeatures
+    from maskshare.grouping.features import TokenFeatures
 
     order = {int(p): i for i, p in enumerate(prompt_ids)}
     rows = np.array([i for i, p in enumerate(f.prompt_id.tolist()) if p in order], dtype=np.int64)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from maskshare.artifacts import building, write_manifest
 from maskshare.config import MaskConfig
-from maskshare.layout import RunLayout
-from maskshare.resources import (
+from maskshare.run.layout import RunLayout
+from maskshare.run.resources import (
     get_model,
     get_saes,
     load_run_config,
@@ -22,15 +22,15 @@ from maskshare.resources import (
     split_items,
     token_lists,
 )
+from maskshare.run.variants import Variant
 from maskshare.stages.groups import load_slots
-from maskshare.variants import Variant
 
 
 @dataclass(frozen=True)
 class Prepared:
     """A variant's masked model and the prompts of a split, batched for it."""
 
-    mm: object          # maskshare.masking.MaskedModel
+    mm: object          # maskshare.masks.masking.MaskedModel
     batches: list
     items: object       # polars DataFrame of the split's items
     slots: list         # slot array per item, in the items' order
@@ -42,7 +42,7 @@ class Prepared:
         the empty-mask pass over every prompt), computed once per (objective, scale) and
         kept with the prepared batches, so the masks of a sweep trained in this process
         share them. Read-only for training."""
-        from maskshare.mask_training import compute_targets
+        from maskshare.masks.training import compute_targets
 
         key = (str(objective), str(scale))
         if key not in self._targets:
@@ -61,8 +61,8 @@ def prepare_variant(run: str | Path, variant: Variant | str, split: str,
 
 @functools.lru_cache(maxsize=4)
 def _prepared(run: str, variant_name: str, split: str, limit: int | None) -> Prepared:
-    from maskshare.masking import MaskedModel
-    from maskshare.slot_stats import SlotStats
+    from maskshare.masks.masking import MaskedModel
+    from maskshare.masks.slot_stats import SlotStats
 
     cfg = load_run_config(run)
     variant = Variant.parse(variant_name)
@@ -93,11 +93,11 @@ def batch_items(mm, items, slot_arrays: list, batch_size: int) -> list:
 
 
 def mask_start(cfg, variant: str, lam: float) -> tuple[str, float | None]:
-    """Where the mask (variant, lam) starts (maskshare.warm_start): ("continue", the previous
+    """Where the mask (variant, lam) starts (maskshare.masks.warm_start): ("continue", the previous
     lambda) with `masks.continue_sweep` for every lambda but the sweep's smallest; else
     ("attribution", None) with `masks.init: attribution` where the variant has IG scores;
     else ("cold", None). The plan orders the calls by it."""
-    from maskshare.variants import attribution_variants
+    from maskshare.run.variants import attribution_variants
 
     grid = sorted(cfg.masks.lambda_grid)
     i = grid.index(lam)
@@ -111,9 +111,9 @@ def mask_start(cfg, variant: str, lam: float) -> tuple[str, float | None]:
 
 def starting_theta(run: Path, cfg, variant: Variant, lam: float, seed: int, prep, targets):
     """(initial theta or None for a cold start, how it starts: `mask_start`'s kind)."""
-    from maskshare.attribution import load_scores
-    from maskshare.mask_training import TrainResult, slot_weights
-    from maskshare.warm_start import attribution_start, continued_theta
+    from maskshare.masks.attribution import load_scores
+    from maskshare.masks.training import TrainResult, slot_weights
+    from maskshare.masks.warm_start import attribution_start, continued_theta
 
     how, prev = mask_start(cfg, variant.name, lam)
     if how == "continue":
@@ -130,8 +130,8 @@ def starting_theta(run: Path, cfg, variant: Variant, lam: float, seed: int, prep
 
 
 def build(run: Path, variant: Variant | str, lam: float, seed: int) -> Path:
-    from maskshare.mask_training import train_masks
-    from maskshare.warm_start import warm_config
+    from maskshare.masks.training import train_masks
+    from maskshare.masks.warm_start import warm_config
 
     if isinstance(variant, str):
         variant = Variant.parse(variant)
@@ -159,7 +159,7 @@ def build(run: Path, variant: Variant | str, lam: float, seed: int) -> Path:
 
 def load_masks(run: str | Path, variant: Variant | str, lam: float, seed: int):
     """The binarised masks {hook: bool[slot, latent]} the masks stage wrote."""
-    from maskshare.mask_training import TrainResult
+    from maskshare.masks.training import TrainResult
 
     return TrainResult.load(RunLayout(run).masks(variant, lam, seed)).masks()
 
@@ -167,7 +167,7 @@ def load_masks(run: str | Path, variant: Variant | str, lam: float, seed: int):
 @functools.lru_cache(maxsize=4)
 def split_reference(run: str, variant_name: str, split: str):
     """The reference logit differences (M, clean, empty) of a variant on a split."""
-    from maskshare.evaluation import reference_lds
+    from maskshare.evaluation.metrics import reference_lds
 
     prep = prepare_variant(run, variant_name, split)
     return reference_lds(prep.mm, prep.batches)
@@ -177,7 +177,7 @@ def split_reference(run: str, variant_name: str, split: str):
 class Trained:
     """A mask trained by `train_and_evaluate` and its metrics per evaluated split."""
 
-    result: object              # maskshare.mask_training.TrainResult
+    result: object              # maskshare.masks.training.TrainResult
     train_s: float
     n_train_prompts: int
     metrics: dict[str, dict]    # split -> evaluate_masks output
@@ -190,8 +190,8 @@ def train_and_evaluate(run: str | Path, variant: Variant | str, lam: float, seed
     most `train_limit` prompts, as the masks stage does) with the run's mask settings or
     `masks`; evaluate it on each of `eval_splits` against that split's reference. Slot
     statistics stay the run's. Writes nothing."""
-    from maskshare.evaluation import evaluate_masks
-    from maskshare.mask_training import train_masks
+    from maskshare.evaluation.metrics import evaluate_masks
+    from maskshare.masks.training import train_masks
 
     run = str(run)
     cfg = load_run_config(run)

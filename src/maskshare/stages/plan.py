@@ -7,7 +7,7 @@
                                                from the previous one's mask; chains in parallel
             -> evaluate
 
-This is the only place that orders the stages: `maskshare.pipeline.run_pipeline` executes
+This is the only place that orders the stages: `maskshare.stages.pipeline.run_pipeline` executes
 the plan in process; the Prefect flows (flows/) run each `StageCall` as a task named after
 its stage, fanning the mask calls out to workers.
 
@@ -33,9 +33,9 @@ from typing import Any
 
 from maskshare.artifacts import hash_config, is_complete, stage_lock
 from maskshare.config import RunConfig
-from maskshare.layout import RunLayout
+from maskshare.run.layout import RunLayout
+from maskshare.run.variants import Variant, attribution_variants, grouping_kinds, mask_jobs
 from maskshare.stages import attribution, dataset, evaluate, groups, masks, stats
-from maskshare.variants import Variant, attribution_variants, grouping_kinds, mask_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ class StageCall:
         process's share of the machine's cores (`compute_slot`), so two runs on one machine
         take turns instead of oversubscribing the cores; "building: <what>" and "built:
         <what> (N s)" are logged while the slots are held."""
-        from maskshare.compute_slot import compute_slot
-        from maskshare.resources import load_run_config
+        from maskshare.run.compute_slot import compute_slot
+        from maskshare.run.resources import load_run_config
         from maskshare.runtime import thread_count
 
         out = self.output(run)

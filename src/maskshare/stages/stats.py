@@ -8,8 +8,8 @@ from pathlib import Path
 
 from maskshare.artifacts import building, write_manifest
 from maskshare.config import GroupingKind
-from maskshare.layout import RunLayout
-from maskshare.resources import (
+from maskshare.run.layout import RunLayout
+from maskshare.run.resources import (
     get_model,
     get_saes,
     load_run_config,
@@ -21,7 +21,7 @@ from maskshare.stages.groups import load_slots
 
 
 def build(run: Path, kind: GroupingKind | str) -> Path:
-    from maskshare.slot_stats import compute_slot_stats
+    from maskshare.masks.slot_stats import compute_slot_stats
 
     kind = GroupingKind(kind)
     cfg = load_run_config(run)

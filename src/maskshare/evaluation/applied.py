@@ -1,0 +1,145 @@
+"""A run's circuit on any forward pass of the model: `with run.applied(model): model(...)`.
+
+Inside the `with` block every forward pass of `model` (a HookedTransformer or
+HookedSAETransformer without SAEs attached, the run's model) runs with the circuit spliced
+in at each of the run's SAE hooks, as `MaskedModel.splice` computes it for training and
+evaluation:
+
+    a' = m[s] * enc(x) + (1 - m[s]) * abl[s];   x' = dec(a') + err
+
+Each call's tokens get their slots from the run's fitted grouping first (one clean pass with
+the hooks off, as `maskshare eval` assigns them). Every row must start with BOS; pass a
+string or a list of strings and they are tokenised as the run's prompts are (BOS, then the
+text; a list is right-padded with an attention mask), or token rows (`run.tokens(text)`),
+with `attention_mask=` when they are padded. BOS and padding pass untouched. Ablations:
+`slot-mean`, `global-mean` or `zero` (the run's own by default); `counterfactual` needs
+paired prompts and is refused. Calls that hold only part of a prompt (`generate` with a KV
+cache) cannot be given slots and are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from maskshare.config import Ablation
+from maskshare.errors import UserError
+
+
+@dataclass
+class SlotBatch:
+    """What `MaskedModel.splice` reads of a batch: slots [B, P] (-1 on padding)."""
+
+    slots: Tensor
+    cf_latents: dict | None = None
+
+    @property
+    def untouched(self) -> Tensor:
+        pos0 = torch.zeros_like(self.slots, dtype=torch.bool)
+        pos0[:, 0] = True
+        return pos0 | (self.slots < 0)
+
+
+class AppliedCircuit:
+    """The context manager `Run.applied` returns; `last_slots` holds the slots [B, P] of the
+    latest call (-1 on padding)."""
+
+    def __init__(self, model, masked, masks: dict, grouping, grouping_kind: str, bos: int):
+        self.model, self.mm, self.masks = model, masked, masks
+        self.grouping, self.kind, self.bos = grouping, grouping_kind, bos
+        self.last_slots: Tensor | None = None
+        self._handles: list = []
+        self._busy = False
+        self._batch: SlotBatch | None = None
+
+    def __enter__(self) -> AppliedCircuit:
+        missing = [h for h in self.mm.hooks if h not in self.model.hook_dict]
+        if missing:
+            raise UserError(f"the model has no hook point(s) {missing}: apply the circuit to "
+                            "the run's own model")
+        self._handles.append(self.model.register_forward_pre_hook(self._pre, with_kwargs=True))
+        for h in self.mm.hooks:
+            self._handles.append(self.model.hook_dict[h].register_forward_hook(self._splicer(h)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._batch = None
+
+    # ---- per call: tokens -> slots ----
+    def _pre(self, module, args, kwargs):
+        if self._busy:
+            return None
+        inp = args[0] if args else kwargs.get("input")
+        changed = False
+        if isinstance(inp, str) or (isinstance(inp, (list, tuple)) and inp
+                                    and all(isinstance(x, str) for x in inp)):
+            toks, att = self._tokenise([inp] if isinstance(inp, str) else list(inp))
+            args = (toks, *args[1:]) if args else args
+            if not args:
+                kwargs["input"] = toks
+            if att is not None:
+                kwargs["attention_mask"] = att
+            changed = True
+        elif not (isinstance(inp, Tensor) and not inp.is_floating_point()):
+            raise UserError("inside run.applied(...), call the model on text or on token rows "
+                            "that start with BOS (run.tokens(text)), not on residuals")
+        else:
+            toks, att = inp, kwargs.get("attention_mask")
+        self._batch = SlotBatch(self._slots(toks, att))
+        self.last_slots = self._batch.slots
+        return (args, kwargs) if changed else None
+
+    def _tokenise(self, texts: list[str]) -> tuple[Tensor, Tensor | None]:
+        from maskshare.model.activations import pad_batch
+        from maskshare.model.models import tokenize_prompt
+
+        rows = [tokenize_prompt(self.model, t) for t in texts]
+        toks, att, _ = pad_batch(rows, list(range(len(rows))))
+        return toks, (att if len({len(r) for r in rows}) > 1 else None)
+
+    def _slots(self, toks: Tensor, att: Tensor | None) -> Tensor:
+        from maskshare.evaluation.apply import items_frame
+        from maskshare.model.activations import pad_slots
+
+        if toks.ndim == 1:
+            toks = toks[None]
+        lengths = att.sum(1).tolist() if att is not None else [toks.shape[1]] * toks.shape[0]
+        rows = [toks[b, :int(n)].tolist() for b, n in enumerate(lengths)]
+        if any(not r or r[0] != self.bos for r in rows):
+            raise UserError("every row must start with BOS (the run's prompts do): pass text, "
+                            "or tokens from run.tokens(text); a KV-cached call (generate) "
+                            "cannot be given slots")
+        self._busy = True  # the grouping may run the model: no slots, no splicing then
+        try:
+            assignment = self.grouping.assign(self.model, items_frame(rows, self.kind))
+        finally:
+            self._busy = False
+        slots = [np.asarray(s, dtype=np.int64) for s in assignment.slots]
+        return pad_slots(slots, list(range(len(rows))), toks.shape[1])
+
+    def _splicer(self, hook: str):
+        def fn(module, inputs, output):
+            if self._busy or self._batch is None:
+                return None
+            return self.mm.splice(hook, output, self._batch, self.masks[hook])
+        return fn
+
+
+def check_ablation(ablation: str | Ablation) -> Ablation:
+    try:
+        a = Ablation(ablation)
+    except ValueError:
+        raise UserError(f"ablation {ablation!r}: use slot-mean, global-mean or zero") from None
+    if a == Ablation.COUNTERFACTUAL:
+        raise UserError("the counterfactual ablation patches from paired prompts; "
+                        "run.applied(...) takes slot-mean, global-mean or zero")
+    return a
+
+
+__all__ = ["AppliedCircuit", "SlotBatch", "check_ablation"]

@@ -1,0 +1,365 @@
+"""Apply a trained run's circuit to new prompts (what `maskshare eval` does).
+
+    prompts, skipped = read_prompts("new.jsonl")           # bad lines -> skipped, with reasons
+    result = evaluate_prompts(run_dir, prompts, skipped=skipped)
+
+A prompt file holds JSON lines `{"prompt": "...", "answer": " Au", "counterfactual": " Ag"}`;
+`counterfactual` is optional: without it the clean model's highest-scoring token other than
+the answer (and other than special tokens such as BOS) is used, and the result says so per
+prompt and overall (`counterfactual_source`). Blank lines are ignored.
+
+The circuit is the run's main variant (or `variant`) at the run's chosen lambda
+(`metrics.json`, or `lam`), trained with the run's first seed (or `seed`). Each new prompt's
+tokens get their slots from the run's fitted grouping, assigned without refitting; the share
+of tokens the grouping finds out of distribution is reported (`ood_fraction`). New prompts
+carry no span labels, so a `roles` grouping sees BOS, the final token and `other`.
+
+Answers and counterfactuals of several tokens are scored by their first token (as datasets
+are). A bad prompt (malformed line, empty prompt, answer or counterfactual that tokenises to
+nothing, counterfactual equal to the answer or sharing its first token, longer than the
+model's context, a length the `template` grouping was not fitted on) is skipped with its line
+number and reason; it never stops the batch. Fields other than the prompt fields (an id, a
+phrasing label) are ignored with one warning for the whole file. No usable prompt at all is a `UserError`. Nothing is written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maskshare.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+FIELDS = ("prompt", "answer", "counterfactual")
+CF_FILE, CF_MODEL = "file", "clean-model top token"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt to score; `line` is its line number in the file (1-based), if any."""
+
+    prompt: str
+    answer: str
+    counterfactual: str | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A prompt that could not be used, and why (one line, fit for stderr)."""
+
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}" if self.line is not None else self.reason
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "reason": self.reason}
+
+
+# ----------------------------------------------------------------------------- reading
+def parse_prompt(obj: Any, line: int | None = None) -> Prompt:
+    """A `Prompt` from one decoded JSON value; ValueError (one-line reason) if it is not one."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object with {FIELDS[:2]}, got {type(obj).__name__}")
+    missing = [k for k in FIELDS[:2] if k not in obj]
+    if missing:
+        raise ValueError(f"missing field(s) {missing}")
+    for k in FIELDS:
+        v = obj.get(k)
+        if k == "counterfactual" and v is None:
+            continue
+        if not isinstance(v, str):
+            raise ValueError(f"{k!r} must be a string, got {type(v).__name__}")
+    if not obj["prompt"].strip():
+        raise ValueError("empty prompt")
+    if not obj["answer"]:
+        raise ValueError("empty answer")
+    cf = obj.get("counterfactual")
+    if cf == "":
+        raise ValueError("empty counterfactual (leave the field out to let the model pick one)")
+    if cf is not None and cf == obj["answer"]:
+        raise ValueError(f"counterfactual equals the answer ({cf!r})")
+    return Prompt(prompt=obj["prompt"], answer=obj["answer"], counterfactual=cf, line=line)
+
+
+def parse_prompt_line(text: str, line: int | None = None) -> Prompt:
+    """Parse one JSON line; ValueError with a one-line reason if it is malformed."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise ValueError("malformed JSON (nested too deeply)") from None
+    return parse_prompt(obj, line)
+
+
+def unknown_fields(text: str) -> list[str]:
+    """Keys of a JSON-line object that are not prompt fields (typos get a note)."""
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return []
+    return sorted(str(k) for k in obj if k not in FIELDS) if isinstance(obj, dict) else []
+
+
+def read_prompts(path: str | Path) -> tuple[list[Prompt], list[Skipped]]:
+    """Prompts of a JSON-lines file and the lines skipped; UserError if it cannot be read."""
+    from maskshare.validation import read_text_file
+
+    p = Path(path)
+    text = read_text_file(p, "prompts")
+    prompts, skipped = [], []
+    extra_fields: Counter = Counter()
+    for i, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            prompts.append(parse_prompt_line(raw, i))
+        except ValueError as e:
+            skipped.append(Skipped(i, str(e)))
+            continue
+        extra_fields.update(unknown_fields(raw))
+    if extra_fields:  # one warning for the file, not one per line (ids, labels are common)
+        n_lines = sum(1 for raw in text.splitlines() if raw.strip() and unknown_fields(raw))
+        logger.warning("%s: ignoring field(s) %s on %d line(s) (known: %s)", p,
+                       ", ".join(f"{k!r}" for k in sorted(extra_fields)), n_lines,
+                       list(FIELDS))
+    return prompts, skipped
+
+
+# ----------------------------------------------------------------------------- checking
+@dataclass
+class _Checked:
+    prompt: Prompt
+    tokens: list[int]
+    answer_id: int
+    counterfactual_id: int | None
+
+
+def _first_token(tokenizer, text: str, what: str) -> int:
+    """The token an answer is scored by: its first (answers of several tokens included)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"{what} {text!r} has no tokens")
+    return int(ids[0])
+
+
+def check_prompt(model, p: Prompt, *, template_length: int | None = None) -> _Checked:
+    """Tokenise `p` for `model`; ValueError (one-line reason) if it cannot be scored."""
+    from maskshare.model.models import tokenize_prompt
+
+    tok = model.tokenizer
+    tokens = tokenize_prompt(model, p.prompt)
+    if len(tokens) < 2:
+        raise ValueError("empty prompt (no tokens)")
+    if len(tokens) > model.cfg.n_ctx:
+        raise ValueError(f"prompt is {len(tokens)} tokens, longer than the model's context "
+                         f"({model.cfg.n_ctx})")
+    if template_length is not None and len(tokens) != template_length:
+        raise ValueError(f"prompt is {len(tokens)} tokens; the run's template grouping only "
+                         f"takes {template_length}-token prompts")
+    a = _first_token(tok, p.answer, "answer")
+    c = None
+    if p.counterfactual is not None:
+        c = _first_token(tok, p.counterfactual, "counterfactual")
+        if c == a:
+            raise ValueError(f"answer {p.answer!r} and counterfactual {p.counterfactual!r} share "
+                             f"their first token {tok.decode([a])!r} (answers are scored by "
+                             "their first token)")
+    return _Checked(p, tokens, a, c)
+
+
+def _as_prompt(x: Prompt | dict, i: int) -> Prompt:
+    if isinstance(x, Prompt):
+        return x
+    return parse_prompt(x, line=i + 1)
+
+
+def model_counterfactuals(model, tokens: list[list[int]], answer_ids: list[int],
+                          batch_size: int = 32) -> list[int]:
+    """Per prompt, the clean model's highest-scoring next token other than the answer and
+    the tokenizer's special tokens."""
+    import torch
+
+    from maskshare.model.activations import clean_final_logits, padded_batches
+
+    banned = sorted({int(t) for t in (model.tokenizer.all_special_ids or [])
+                     if 0 <= int(t) < model.cfg.d_vocab})
+    out = [0] * len(tokens)
+    with torch.no_grad():
+        for batch in padded_batches(tokens, batch_size, order="shortest"):
+            logits = clean_final_logits(model, batch.tokens, batch.lengths,
+                                        batch.attention_mask).clone()
+            if banned:
+                logits[:, banned] = float("-inf")
+            for b, i in enumerate(batch.idx):
+                logits[b, answer_ids[i]] = float("-inf")
+                out[i] = int(logits[b].argmax())
+    return out
+
+
+# ----------------------------------------------------------------------------- the circuit
+def resolve_circuit(run: Path, variant: str | None = None, lam: float | None = None,
+                    seed: int | None = None):
+    """(config, Variant, lambda, seed, masks dir) of the circuit to apply; UserError if the
+    run does not hold it."""
+    from maskshare.artifacts import is_complete
+    from maskshare.run.layout import RunLayout
+    from maskshare.run.resources import load_run_config
+    from maskshare.run.variants import Variant, main_variant, variants
+
+    cfg = load_run_config(run)
+    if variant is None:
+        v = main_variant(cfg)
+    else:
+        try:
+            v = Variant.parse(variant)
+        except ValueError:
+            known = ", ".join(x.name for x in variants(cfg))
+            raise UserError(f"unknown variant {variant!r}; this run has: {known}") from None
+    if lam is None:
+        mpath = RunLayout(run).metrics
+        try:
+            metrics = json.loads(mpath.read_text())
+            lam = float(metrics["lambda"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise UserError(f"{run} has no chosen lambda ({mpath} missing or incomplete): "
+                            "finish the run with `maskshare run`, or pass --lambda") from None
+    if seed is None:
+        seed = (cfg.evaluate.seeds or [cfg.seed])[0]
+    d = RunLayout(run).masks(v, lam, seed)
+    if not is_complete(d):
+        vdir = RunLayout(run).variant_masks(v)
+        have = sorted(p.name for p in vdir.glob("lam*_seed*")
+                      if is_complete(p)) if vdir.is_dir() else []
+        raise UserError(f"{run} has no complete circuit for variant {v.name}, lambda {lam:g}, "
+                        f"seed {seed}; it has: {', '.join(have) or 'none'}")
+    return cfg, v, float(lam), int(seed), d
+
+
+def items_frame(tokens: list[list[int]], grouping_kind: str):
+    """What a fitted grouping's `assign` reads of new prompts (token rows, BOS first); a
+    `roles` grouping sees bos, other and final (new prompts carry no span labels)."""
+    import polars as pl
+
+    rows = {"prompt_id": list(range(len(tokens))), "tokens": [list(t) for t in tokens]}
+    if grouping_kind == "roles":
+        rows["roles"] = [["bos"] + ["other"] * (len(t) - 2) + ["final"] for t in tokens]
+    return pl.DataFrame(rows, schema={"prompt_id": pl.Int64, "tokens": pl.List(pl.Int64),
+                                      **({"roles": pl.List(pl.String)} if "roles" in rows
+                                         else {})})
+
+
+def _check_prompts(model, raw: list, skipped: list[Skipped],
+                   template_length: int | None) -> tuple[list[_Checked], int]:
+    """The usable prompts of `raw` (the others join `skipped`, sorted by line) and how many
+    were read (malformed lines already in `skipped` included); UserError when none is."""
+    n_unparsed = len(skipped)  # lines that never became prompts (malformed)
+    checked: list[_Checked] = []
+    for i, x in enumerate(raw):
+        line = x.line if isinstance(x, Prompt) else i + 1
+        try:
+            checked.append(check_prompt(model, _as_prompt(x, i), template_length=template_length))
+        except ValueError as e:
+            skipped.append(Skipped(line, str(e)))
+    n_read = len(raw) + n_unparsed
+    skipped.sort(key=lambda s: (s.line is None, s.line or 0))
+    if not checked:
+        first = f" (first: {skipped[0]})" if skipped else ""
+        raise UserError(f"no usable prompts: {n_read} read, {len(skipped)} skipped{first}")
+    return checked, n_read
+
+
+def _counterfactual_ids(model, checked: list[_Checked]) -> tuple[list[int], dict[int, int]]:
+    """Each prompt's counterfactual id: the file's, else the clean model's top other token
+    (those picked by the model: {prompt index: id})."""
+    tokens = [c.tokens for c in checked]
+    answers = [c.answer_id for c in checked]
+    need = [i for i, c in enumerate(checked) if c.counterfactual_id is None]
+    picked = dict(zip(need, model_counterfactuals(model, [tokens[i] for i in need],
+                                                  [answers[i] for i in need]), strict=True)) \
+        if need else {}
+    cfs = [c.counterfactual_id if c.counterfactual_id is not None else picked[i]
+           for i, c in enumerate(checked)]
+    return cfs, picked
+
+
+def _per_prompt_rows(tokenizer, checked: list[_Checked], cfs: list[int],
+                     picked: dict[int, int], slots: list[np.ndarray],
+                     per: dict[str, Any]) -> list[dict]:
+    rows = []
+    for i, c in enumerate(checked):
+        row = {"line": c.prompt.line, "prompt": c.prompt.prompt, "answer": c.prompt.answer,
+               "counterfactual": tokenizer.decode([cfs[i]]),
+               "counterfactual_source": CF_MODEL if i in picked else CF_FILE,
+               "slots": [int(s) for s in slots[i]]}
+        for k, vals in per.items():
+            row[k] = float(vals[i])
+        rows.append(row)
+    return rows
+
+
+def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
+                     variant: str | None = None, lam: float | None = None,
+                     seed: int | None = None, skipped: Iterable[Skipped] = (),
+                     batch_size: int | None = None) -> dict:
+    """Score the circuit of `run` on `prompts`; returns a JSON-serialisable dict.
+
+    Keys: `n_prompts` (read, skipped ones included), `n_scored`, `n_skipped`, `skipped`
+    (line and reason each), `faithfulness`, `faithfulness_vs_clean`, `completeness`,
+    `latents_per_token`, `circuit_size`, `distinct_latents`, `ld_model`, `ld_model_clean`,
+    `ld_circuit`, `ld_ablated`, `ld_complement`, `ood_fraction`, `counterfactual_source`
+    (`file`, `clean-model top token`, or `mixed`), `n_counterfactual_from_model`,
+    `variant`, `lambda`, `seed`, `run`, `per_prompt`, and `note` where a metric is undefined.
+    UserError when the run lacks the circuit or no prompt is usable.
+    """
+    from maskshare.evaluation.metrics import evaluate_masks
+    from maskshare.grouping import load_grouping
+    from maskshare.masks.masking import MaskedModel
+    from maskshare.masks.slot_stats import SlotStats
+    from maskshare.masks.training import TrainResult
+    from maskshare.run.layout import RunLayout
+    from maskshare.run.resources import get_model, get_saes
+
+    run = Path(run)
+    cfg, v, lam, seed, mdir = resolve_circuit(run, variant, lam, seed)
+    skipped = list(skipped)
+    model = get_model(cfg)
+    grouping = load_grouping(RunLayout(run).groups(v.grouping))
+    tlen = len(grouping.slot_names) if v.grouping.value == "template" else None
+    checked, n_read = _check_prompts(model, list(prompts), skipped, tlen)
+    cfs, picked = _counterfactual_ids(model, checked)
+
+    assignment = grouping.assign(model, items_frame([c.tokens for c in checked],
+                                                     v.grouping.value))
+    slots = [np.asarray(s, dtype=np.int64) for s in assignment.slots]
+    stats = SlotStats.load(RunLayout(run).slot_stats(v.grouping))
+    mm = MaskedModel(model, get_saes(cfg), stats, grouping.n_slots, ablation=v.ablation,
+                     error=cfg.masks.error)
+    batches = mm.prepare([c.tokens for c in checked], slots, [c.answer_id for c in checked],
+                         cfs, batch_size=batch_size or cfg.masks.batch_size)
+    m = evaluate_masks(mm, batches, TrainResult.load(mdir).masks(), slots)
+    per = m.pop("per_prompt", {})
+    m.pop("kept_per_hook", None)
+    source = CF_FILE if not picked else CF_MODEL if len(picked) == len(checked) else "mixed"
+    return {
+        "run": str(run), "variant": v.name, "lambda": lam, "seed": seed,
+        "grouping": v.grouping.value, "ablation": v.ablation.value,
+        "error_term": cfg.masks.error.value,
+        **m,
+        "n_prompts": n_read, "n_scored": len(checked), "n_skipped": len(skipped),
+        "skipped": [s.as_dict() for s in skipped],
+        "ood_fraction": float(assignment.ood_fraction),
+        "counterfactual_source": source, "n_counterfactual_from_model": len(picked),
+        "per_prompt": _per_prompt_rows(model.tokenizer, checked, cfs, picked, slots, per),
+    }

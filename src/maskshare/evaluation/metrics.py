@@ -1,0 +1,234 @@
+"""Metrics of a binarised circuit on given (held-out) prompts. Plain, JSON-serialisable dicts.
+
+ld(X) is the mean over prompts of logit(answer) - logit(counterfactual) at each prompt's
+final position under variant X:
+- M: every SAE spliced in, every latent kept (the run's error term); M_clean: the model alone;
+- empty: every latent ablated; circuit: the mask; complement: the mask's complement.
+
+    faithfulness          = (ld(C) - ld(empty)) / (ld(M) - ld(empty))
+    faithfulness_vs_clean = (ld(C) - ld(empty)) / (ld(M_clean) - ld(empty))
+    completeness          = faithfulness of the complement (low is good)
+
+Size, over the evaluated prompts' non-BOS tokens (slot 0 / BOS is never ablated, so never
+counted): `latents_per_token` is the mean over those tokens of the latents kept at the
+token's slot, summed over SAEs; `circuit_size` counts kept (slot, SAE, latent) triples in
+the slots those tokens actually use (`slots_used` of them); `circuit_size_all_slots` counts
+every non-BOS slot; `distinct_latents` counts distinct (SAE, latent) pairs kept anywhere.
+A ratio whose denominator is (near) zero, and every metric on zero prompts, is None with a
+`note` saying why: never a division by zero.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from maskshare.config import ErrorTerm
+from maskshare.masks.masking import (
+    MaskedModel,
+    Masks,
+    PreparedBatch,
+    complement,
+    empty_masks,
+    full_masks,
+)
+
+EPS = 1e-6
+
+
+def _ratio(num: float, den: float) -> float | None:
+    if not (math.isfinite(num) and math.isfinite(den)) or abs(den) < EPS:
+        return None
+    return float(num / den)
+
+
+def size_metrics(masks: Masks, slots: list[np.ndarray]) -> dict:
+    """Size of a binary mask, weighted by the tokens of `slots` (one array per prompt)."""
+    hooks = list(masks)
+    n_slots = next(iter(masks.values())).shape[0]
+    kept_per_slot = sum((masks[h] > 0.5).sum(1).double() for h in hooks)  # [n_slots]
+    counts = np.zeros(n_slots)
+    for s in slots:
+        s = np.asarray(s)[1:]
+        s = s[s >= 0]
+        counts += np.bincount(s, minlength=n_slots)[:n_slots]
+    n_tok = counts.sum()
+    used = np.nonzero(counts)[0]
+    used = used[used != 0]
+    kept_np = kept_per_slot.numpy()
+    distinct = 0
+    for h in hooks:
+        any_kept = (masks[h][1:] > 0.5).any(0)
+        distinct += int(any_kept.sum())
+    return {
+        "latents_per_token": float((counts * kept_np).sum() / n_tok) if n_tok else None,
+        "circuit_size": int(kept_np[used].sum()),
+        "slots_used": int(len(used)),
+        "circuit_size_all_slots": int(kept_np[1:].sum()),
+        "distinct_latents": distinct,
+        "kept_per_hook": {h: int((masks[h][1:] > 0.5).sum()) for h in hooks},
+        "n_tokens": int(n_tok),
+    }
+
+
+def reference_lds(mm: MaskedModel, batches: list[PreparedBatch],
+                  clean: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-prompt ld under M, M_clean and empty: the same for every mask of a variant, so a
+    sweep computes them once and passes them to `evaluate_masks(..., reference=...)`.
+
+    M_clean depends only on the prompts, so `clean` (from `mm.clean_logit_diffs` on the same
+    prompts, in the same order) can be shared across variants. With error `clean`, M is the
+    model itself (every splice returns its input where the mask is 1), so ld(M) = ld(M_clean)
+    and its pass is skipped. The empty circuit and M share their passes
+    (`mm.logit_diffs_many`)."""
+    return _reference(mm, batches, clean, [])[0]
+
+
+def _reference(mm: MaskedModel, batches: list[PreparedBatch], clean: np.ndarray | None,
+               masks: list[Masks]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """(reference lds, lds under each of `masks`): the masks, the empty circuit and (unless
+    the error term is `clean`) M in the same stacked passes."""
+    if clean is None:
+        clean = mm.clean_logit_diffs(batches)
+    extra = [empty_masks(mm.saes, mm.n_slots)]
+    if mm.error != ErrorTerm.CLEAN:
+        extra.append(full_masks(mm.saes, mm.n_slots))
+    lds = mm.logit_diffs_many(batches, [*masks, *extra])
+    ref = {"ld_model": clean if mm.error == ErrorTerm.CLEAN else lds[len(masks) + 1],
+           "ld_model_clean": clean, "ld_ablated": lds[len(masks)]}
+    return ref, lds[:len(masks)]
+
+
+def prompt_slots(batches: list[PreparedBatch]) -> list[np.ndarray]:
+    """Each prompt's slot array, in the batches' row order (padding cut off)."""
+    return [row[:int(ln)].numpy() for b in batches
+            for row, ln in zip(b.slots, b.lengths, strict=True)]
+
+
+def evaluate_sweep(mm: MaskedModel, batches: list[PreparedBatch], masks: dict[Any, Masks],
+                   slots: list[np.ndarray] | None = None,
+                   reference: dict[str, np.ndarray] | None = None,
+                   clean: np.ndarray | None = None) -> tuple[dict[Any, dict], dict]:
+    """`evaluate_masks` for every mask of `masks` ({key: binary mask}, e.g. one per lambda)
+    on the same prompts: ({key: its result}, the reference used). Every circuit and
+    complement, and the empty circuit and M when `reference` is not given (computed here,
+    with `clean` as M_clean when given), run in shared stacked passes."""
+    n = sum(len(b) for b in batches)
+    if slots is None:
+        slots = prompt_slots(batches)
+    keys = list(masks)
+    if n == 0:
+        return {k: _no_prompts(mm, masks[k], slots) for k in keys}, reference or {}
+    pairs = [m for k in keys for m in (masks[k], complement(masks[k]))]
+    if reference is None:
+        reference, lds = _reference(mm, batches, clean, pairs)
+    else:
+        lds = mm.logit_diffs_many(batches, pairs)
+    out = {}
+    for i, k in enumerate(keys):
+        res: dict = {"n_prompts": n, "n_scored": n, "ablation": str(mm.ablation),
+                     "error": str(mm.error), **size_metrics(masks[k], slots)}
+        ld = {**reference, "ld_circuit": lds[2 * i], "ld_complement": lds[2 * i + 1]}
+        res.update(ld_metrics(ld))
+        res["per_prompt"] = {name: [float(x) for x in v] for name, v in ld.items()}
+        out[k] = res
+    return out, reference
+
+
+def _no_prompts(mm: MaskedModel, masks: Masks, slots: list[np.ndarray]) -> dict:
+    keys = ("ld_model", "ld_model_clean", "ld_ablated", "ld_circuit", "ld_complement",
+            "faithfulness", "faithfulness_vs_clean", "completeness")
+    return {"n_prompts": 0, "n_scored": 0, "ablation": str(mm.ablation),
+            "error": str(mm.error), **size_metrics(masks, slots), **{k: None for k in keys},
+            "note": "no usable prompts: nothing to evaluate"}
+
+
+def evaluate_masks(mm: MaskedModel, batches: list[PreparedBatch], masks: Masks,
+                   slots: list[np.ndarray] | None = None,
+                   reference: dict[str, np.ndarray] | None = None) -> dict:
+    """ld under M, M_clean, empty, circuit, complement; F, F vs clean, completeness; size.
+
+    `masks` must be binary (`binarize(theta)`); `slots` are the evaluated prompts' slot
+    arrays (for the size); if None they are read from the batches. `reference`: the
+    output of `reference_lds` on the same batches, to skip recomputing it. The circuit,
+    its complement (and the empty circuit and M) share their passes (`evaluate_sweep`).
+    """
+    return evaluate_sweep(mm, batches, {0: masks}, slots, reference)[0][0]
+
+
+def ld_metrics(ld: dict[str, np.ndarray]) -> dict:
+    """Mean lds, F, F vs clean and completeness (with a `note` where a ratio is undefined)
+    from per-prompt lds (`evaluate_masks`'s `per_prompt`, or a subset of its prompts)."""
+    means = {k: float(np.mean(v)) for k, v in ld.items()}
+    out: dict = dict(means)
+    e = means["ld_ablated"]
+    out["faithfulness"] = _ratio(means["ld_circuit"] - e, means["ld_model"] - e)
+    out["faithfulness_vs_clean"] = _ratio(means["ld_circuit"] - e, means["ld_model_clean"] - e)
+    out["completeness"] = _ratio(means["ld_complement"] - e, means["ld_model"] - e)
+    notes = []
+    if out["faithfulness"] is None:
+        notes.append("ld(M) equals ld(empty): faithfulness undefined")
+    if out["faithfulness_vs_clean"] is None:
+        notes.append("ld(M_clean) equals ld(empty): faithfulness vs clean undefined")
+    if notes:
+        out["note"] = "; ".join(notes)
+    return out
+
+
+def subset_metrics(result: dict, idx: list[int], masks: Masks,
+                   slots: list[np.ndarray]) -> dict:
+    """`evaluate_masks`'s metrics restricted to the prompts `idx` (positions in its prompt
+    order; `slots`: theirs), from its per-prompt lds: no further forward pass."""
+    ld = {k: np.asarray(v)[idx] for k, v in result["per_prompt"].items()}
+    out = {"n_prompts": len(idx), "n_scored": len(idx), "ablation": result["ablation"],
+           "error": result["error"], **size_metrics(masks, slots)}
+    out.update(ld_metrics(ld))
+    return out
+
+
+def curve_area(sizes: list[float], faithfulness: list[float | None],
+               x_range: tuple[float, float] | None = None) -> float | None:
+    """Mean F over log10(latents per token): the area under the F-versus-size curve divided
+    by the width of `x_range` in log10 units (default: the points' own span). F is clipped
+    to [0, 1]; outside the points it is held at the nearest point's value. Points whose F
+    is None are skipped; fewer than one usable point gives None."""
+    pts = sorted((float(s), min(max(float(f), 0.0), 1.0)) for s, f in zip(sizes, faithfulness,
+                                                                           strict=True)
+                 if f is not None and s is not None and s > 0 and math.isfinite(f))
+    if not pts:
+        return None
+    xs = np.log10([p[0] for p in pts])
+    ys = np.array([p[1] for p in pts])
+    lo, hi = (xs[0], xs[-1]) if x_range is None else (math.log10(x_range[0]),
+                                                       math.log10(x_range[1]))
+    if hi - lo < 1e-12:
+        return float(np.interp(lo, xs, ys))
+    grid = np.linspace(lo, hi, 513)
+    return float(np.trapezoid(np.interp(grid, xs, ys), grid) / (hi - lo))
+
+
+def f_at_size(sizes: list[float], faithfulness: list[float | None], target: float) -> float | None:
+    """F read off the curve at `target` latents per token (linear in log size; None outside
+    the measured range, where reading it off would be extrapolation)."""
+    pts = sorted((float(s), float(f)) for s, f in zip(sizes, faithfulness, strict=True)
+                 if f is not None and s is not None and s > 0)
+    if not pts or target < pts[0][0] or target > pts[-1][0] or target <= 0:
+        return None
+    return float(np.interp(math.log10(target), np.log10([p[0] for p in pts]),
+                           [p[1] for p in pts]))
+
+
+def jaccard(a: Masks, b: Masks, level: str = "triples") -> float | None:
+    """Jaccard overlap of two binary masks' kept latents: over (slot, SAE, latent) triples
+    (non-BOS slots) or, with level="latents", over distinct (SAE, latent) pairs. None when
+    both are empty."""
+    inter = union = 0
+    for h in a:
+        x, y = a[h][1:] > 0.5, b[h][1:] > 0.5
+        if level == "latents":
+            x, y = x.any(0), y.any(0)
+        inter += int((x & y).sum())
+        union += int((x | y).sum())
+    return None if union == 0 else inter / union

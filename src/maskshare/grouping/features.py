@@ -1,0 +1,211 @@
+"""Per-token attention features: how the model treats each token, as a vector.
+
+Definition (for token t of a prompt of length n, positions 0..n-1, BOS at 0, with
+A[l, h] the attention pattern of layer l, head h, rows = queries, columns = keys):
+
+- `from_final`: A[l, h][n-1, t] for every selected (layer, head): the attention the final
+  position pays to t.
+- `to_bos`:  A[l, h][t, 0]   (attention t pays to BOS)
+- `to_self`: A[l, h][t, t]   (attention t pays to itself)
+- `to_prev`: A[l, h][t, t-1] (attention t pays to its predecessor; 0 for t = 0)
+- `position_from_end` (optional): n-1-t, as log1p(n-1-t) when `log_scale`.
+
+Defaults (`AttentionFeatures`): `from_final` only, in the last third of the layers
+(`layer_start_fraction` 0.67: layers 20-29 of SmolLM2's 30), log scale; chosen on
+elements-symbol (docs/groups-results.md). With `log_scale` every attention value becomes
+log(a + 1e-4). `dtype: bfloat16` runs the forward pass under autocast (faster on CPUs with
+bfloat16 instructions, slightly different values). Patterns come from
+`blocks.L.attn.hook_pattern`, which is per query head also under grouped-query attention.
+Columns are ordered feature group by feature group (as listed), layer-major then head
+within each group; `TokenFeatures.names` names them.
+
+Batches are right-padded and run under the causal mask with no attention mask, so a real
+token never sees padding: a prompt's features are the same alone or in a batch, and
+padding never becomes a row. The model runs only up to the deepest selected layer's
+attention pattern (the forward pass is stopped there), and only the needed slices of each
+pattern are kept. Prompts are batched by length to keep padding small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from maskshare.config import AttentionFeatures
+from maskshare.errors import UserError
+from maskshare.model.activations import hook_name, length_batches, pad_batch, pad_id
+
+LOG_EPS = 1e-4
+DEFAULT_MAX_BATCH_TOKENS = 2048  # padded tokens a batch
+
+
+@dataclass
+class TokenFeatures:
+    """One row per real token: `matrix[i]` belongs to token `position[i]` of `prompt_id[i]`."""
+
+    matrix: np.ndarray       # float32 [n_tokens, n_features]
+    prompt_id: np.ndarray    # int64 [n_tokens]
+    position: np.ndarray     # int64 [n_tokens]
+    length: np.ndarray       # int64 [n_tokens]: the length of the token's prompt
+    names: list[str]
+
+    def __len__(self) -> int:
+        return int(self.matrix.shape[0])
+
+
+def selected_layers(model, cfg: AttentionFeatures) -> list[int]:
+    """The layers whose heads give features: `cfg.layers`, or when that is None the layers
+    from floor(layer_start_fraction x n_layers) to the last (every layer for 0)."""
+    n = model.cfg.n_layers
+    if cfg.layers is None:
+        start = min(n - 1, int(np.floor(cfg.layer_start_fraction * n + 1e-9)))
+        layers = list(range(start, n))
+    else:
+        layers = sorted(set(cfg.layers))
+    bad = [x for x in layers if not 0 <= x < n]
+    if bad:
+        raise UserError(f"grouping.features.layers: {bad} out of range for a {n}-layer model "
+                        f"(use 0..{n - 1}, or leave it empty for every layer)")
+    if not layers:
+        raise UserError("grouping.features.layers is empty: name at least one layer")
+    return layers
+
+
+def feature_names(model, cfg: AttentionFeatures) -> list[str]:
+    layers = selected_layers(model, cfg)
+    heads = range(model.cfg.n_heads)
+    names: list[str] = []
+    for group, on in (("from_final", cfg.from_final), ("to_bos", cfg.to_bos),
+                      ("to_self", cfg.to_self), ("to_prev", cfg.to_prev)):
+        if on:
+            names += [f"{group}.L{layer}.H{h}" for layer in layers for h in heads]
+    if cfg.position_from_end:
+        names.append("position_from_end")
+    if not names:
+        raise UserError("grouping.features: every feature is switched off; enable at least one")
+    return names
+
+
+class _StopForward(Exception):
+    """Raised by the deepest needed hook: the rest of the forward pass is not needed."""
+
+
+def _attention_groups(cfg: AttentionFeatures) -> list[str]:
+    return [g for g, on in (("from_final", cfg.from_final), ("to_bos", cfg.to_bos),
+                            ("to_self", cfg.to_self), ("to_prev", cfg.to_prev)) if on]
+
+
+def _check_prompts(model, tokens: list[list[int]], prompt_ids: list[int] | None) -> list[int]:
+    """The prompt ids (0.. by default); UserError for an empty or over-long prompt."""
+    if prompt_ids is None:
+        prompt_ids = list(range(len(tokens)))
+    if len(prompt_ids) != len(tokens):
+        raise ValueError("prompt_ids and tokens differ in length")
+    if any(len(t) == 0 for t in tokens):
+        raise UserError("a prompt has no tokens")
+    n_ctx = model.cfg.n_ctx
+    if any(len(t) > n_ctx for t in tokens):
+        raise UserError(f"a prompt is longer than the model's context ({n_ctx} tokens)")
+    return prompt_ids
+
+
+def _pattern_values(model, batch: Tensor, lens: Tensor, layers: list[int], groups: list[str],
+                    dtype: str) -> Tensor:
+    """[B, T, group, layer, head]: what each selected layer's pattern hook keeps of one
+    right-padded batch (no attention mask: causal attention keeps padding out); the pass
+    stops at the deepest selected layer."""
+    B, T = batch.shape
+    out = torch.zeros(B, T, len(groups), len(layers), model.cfg.n_heads)
+    bi = torch.arange(B)
+    layer_index = {layer: i for i, layer in enumerate(layers)}
+    deepest = hook_name("pattern", max(layers))
+
+    def keep(pattern, hook):
+        li = layer_index[int(hook.name.split(".")[1])]
+        p = pattern.detach().float().cpu()  # [B, H, q, k]
+        for g, name in enumerate(groups):
+            if name == "from_final":
+                v = p[bi, :, lens - 1, :]                      # [B, H, k]
+            elif name == "to_bos":
+                v = p[..., 0]                                  # [B, H, q]
+            elif name == "to_self":
+                v = p.diagonal(0, -2, -1)                      # [B, H, q]
+            else:  # to_prev: 0 for t = 0
+                v = torch.nn.functional.pad(p.diagonal(-1, -2, -1), (1, 0))
+            out[:, :, g, li, :] = v.transpose(1, 2)
+        if hook.name == deepest:
+            raise _StopForward
+
+    autocast = torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16,
+                              enabled=dtype == "bfloat16")
+    with torch.inference_mode(), autocast:
+        try:
+            model.run_with_hooks(batch, fwd_hooks=[(hook_name("pattern", layer), keep)
+                                                   for layer in layers])
+        except _StopForward:
+            pass
+    return out
+
+
+def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | None = None,
+                       prompt_ids: list[int] | None = None, batch_size: int = 32,
+                       progress: bool = False,
+                       max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS) -> TokenFeatures:
+    """Attention features of every token of every prompt (see the module docstring).
+
+    `tokens`: one id list per prompt, BOS first. Returns a `TokenFeatures` whose rows are
+    ordered prompt by prompt (in the given order), position by position.
+
+    Cost: one forward pass up to the deepest selected layer's attention pattern, nothing
+    cached but the feature values: each layer's hook keeps only the rows/columns it needs
+    (the final query row, the BOS column, the diagonal and the sub-diagonal). Prompts are
+    batched by length (at most `batch_size` prompts and `max_batch_tokens` padded tokens a
+    batch), so padding costs little.
+    """
+    cfg = cfg or AttentionFeatures()
+    layers = selected_layers(model, cfg)
+    names = feature_names(model, cfg)
+    prompt_ids = _check_prompts(model, tokens, prompt_ids)
+    pad = pad_id(model)
+    groups = _attention_groups(cfg)
+    n_att = len(groups) * len(layers) * model.cfg.n_heads
+
+    lengths = np.asarray([len(t) for t in tokens], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    n_rows = int(starts[-1])
+    matrix = np.empty((n_rows, len(names)), dtype=np.float32)
+    # longest prompts first, at most `max_batch_tokens` padded tokens a batch
+    batches = length_batches(lengths, batch_size, order="longest", max_tokens=max_batch_tokens)
+    if progress:
+        from tqdm import tqdm
+        batches = tqdm(batches, desc="attention features", unit="batch")
+    for chunk in batches:
+        batch, _, lens = pad_batch(tokens, chunk, pad, device=model.cfg.device)
+        B, T = batch.shape
+        out = _pattern_values(model, batch, lens, layers, groups, cfg.dtype)
+        real = torch.arange(T)[None, :] < lens[:, None]          # [B, T]
+        vals = out.reshape(B, T, n_att)[real]                    # prompt by prompt, in order
+        if cfg.log_scale:
+            vals = torch.log(vals + LOG_EPS)
+        from_end = (lens[:, None] - 1 - torch.arange(T)[None, :])[real].float()
+        dest = np.concatenate([np.arange(starts[j], starts[j + 1]) for j in chunk])
+        matrix[dest, :n_att] = vals.numpy()
+        if cfg.position_from_end:
+            matrix[dest, n_att] = (torch.log1p(from_end) if cfg.log_scale else from_end).numpy()
+    pid = np.repeat(np.asarray(prompt_ids, dtype=np.int64), lengths)
+    position = (np.arange(n_rows, dtype=np.int64) - np.repeat(starts[:-1], lengths)
+                if n_rows else np.zeros(0, np.int64))
+    return TokenFeatures(matrix, pid, position, np.repeat(lengths, lengths), names)
+
+
+def items_features(model, items, cfg: AttentionFeatures | None = None, batch_size: int = 32,
+                   progress: bool = False,
+                   max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS) -> TokenFeatures:
+    """`attention_features` of a dataset items table (columns `prompt_id`, `tokens`)."""
+    return attention_features(model, [list(t) for t in items["tokens"].to_list()], cfg,
+                              prompt_ids=[int(x) for x in items["prompt_id"].to_list()],
+                              batch_size=batch_size, progress=progress,
+                              max_batch_tokens=max_batch_tokens)
