@@ -58,7 +58,7 @@ def test_import_keeps_equal_length_pairs_and_a_run_compares_patching(dirs, tmp_p
     for r in items.iter_rows(named=True):  # only pairs of equal token length are left
         assert len(r["counterfactual_tokens"]) == len(r["tokens"])
     built = build_dataset(DatasetRef(name="pairs", behaviour_filter=False, max_items=60,
-                                     min_items=5), __import__("maskshare.model.models").models
+                                     min_items=5), __import__("maskshare.model.models").model.models
                           .load_model("tiny"), progress=False)
     assert built.pass_table["n_dropped"].sum() > 0  # the longer prefixes, counted
     curves = pl.read_parquet(run / "evaluate" / "curves.parquet")
