@@ -79,17 +79,11 @@ def _prepared(run: str, variant_name: str, split: str, limit: int | None) -> Pre
 
 
 def batch_items(mm, items, slot_arrays: list, batch_size: int) -> list:
-    """Batches for `mm`; with ablation `counterfactual`, the items' counterfactual prompts
-    (`counterfactual_tokens`, prompt datasets only) come along for patching."""
-    from maskshare.config import Ablation
-
-    cf_tokens = None
-    if mm.ablation == Ablation.COUNTERFACTUAL and "counterfactual_tokens" in items.columns:
-        cf_tokens = [None if t is None else list(map(int, t))
-                     for t in items["counterfactual_tokens"].to_list()]
+    """Batches for `mm`, with what its ablation needs per prompt from the items (e.g. the
+    counterfactual prompts for `counterfactual` patching)."""
     return mm.prepare(token_lists(items), slot_arrays, items["answer_id"].to_list(),
                       items["counterfactual_id"].to_list(), batch_size=batch_size,
-                      counterfactual_tokens=cf_tokens)
+                      ablation_data=mm.ablation_method.prompt_data(items))
 
 
 def mask_start(cfg, variant: str, lam: float) -> tuple[str, float | None]:
