@@ -28,17 +28,24 @@ from maskshare.domains import (
     not_bool,
 )
 from maskshare.errors import UserError
+from maskshare.kinds import ABLATIONS, GROUPINGS, KindName
 from maskshare.model.sae_set import SAESetConfig
 from maskshare.validation import Strict, read_yaml_file, validation_message
 
 
-class Ablation(StrEnum):
-    SLOT_MEAN = "slot-mean"
-    GLOBAL_MEAN = "global-mean"
-    ZERO = "zero"
-    # each token's latents replaced by those of the counterfactual prompt at the same
-    # position (activation patching; needs prompt pairs of equal token length)
-    COUNTERFACTUAL = "counterfactual"
+class Ablation(KindName):
+    """An ablation's name (`maskshare.kinds.ABLATIONS`; each is a class in
+    `maskshare.masks.ablations` that owns its values)."""
+
+    registry = ABLATIONS
+
+
+Ablation.SLOT_MEAN = Ablation("slot-mean")
+Ablation.GLOBAL_MEAN = Ablation("global-mean")
+Ablation.ZERO = Ablation("zero")
+# each token's latents replaced by those of the counterfactual prompt at the same
+# position (activation patching; needs prompt pairs of equal token length)
+Ablation.COUNTERFACTUAL = Ablation("counterfactual")
 
 
 class ErrorTerm(StrEnum):
@@ -58,12 +65,18 @@ class Relaxation(StrEnum):
     HARD_CONCRETE = "hard-concrete"
 
 
-class GroupingKind(StrEnum):
-    ATTENTION = "attention"
-    TEMPLATE = "template"
-    SINGLE = "single"
-    FROM_END = "from-end"
-    ROLES = "roles"
+class GroupingKind(KindName):
+    """A grouping kind's name (`maskshare.kinds.GROUPINGS`; each is a `Grouping` class that
+    owns what it needs and how it assigns slots)."""
+
+    registry = GROUPINGS
+
+
+GroupingKind.ATTENTION = GroupingKind("attention")
+GroupingKind.TEMPLATE = GroupingKind("template")
+GroupingKind.SINGLE = GroupingKind("single")
+GroupingKind.FROM_END = GroupingKind("from-end")
+GroupingKind.ROLES = GroupingKind("roles")
 
 
 class DatasetRef(Strict):

@@ -32,39 +32,48 @@ def _rows_with_unequal_pairs() -> list[dict]:
 
 
 @pytest.mark.slow
-def test_import_keeps_equal_length_pairs_and_a_run_compares_patching(dirs, tmp_path, capsys,
-                                                                      monkeypatch):
+def test_import_keeps_equal_length_pairs_and_a_run_patches_pairs_of_any_length(
+        dirs, tmp_path, capsys, monkeypatch):
     from maskshare.stages.pipeline import run_pipeline
     from maskshare.testing import write_tiny_run_setup
 
     data, _ = dirs
     f = write_rows(tmp_path / "pairs.jsonl", _rows_with_unequal_pairs())
-    rc, out, err = run_cli(["datasets", "import", str(f), "--name", "pairs", "--model", "tiny",
-                            "--held-out-group", "list", "--min-items", "1", "--no-progress",
-                            "--equal-length-pairs"],
-                           capsys)
+    common = ["--model", "tiny", "--held-out-group", "list", "--min-items", "1", "--no-progress"]
+    rc, out, err = run_cli(["datasets", "import", str(f), "--name", "pairs", *common,
+                            "--equal-length-pairs"], capsys)
     assert rc == 0, err
     spec, _ = find_spec("pairs")
     assert spec.filter.equal_length_pairs
+    built = build_dataset(DatasetRef(name="pairs", behaviour_filter=False, max_items=60,
+                                     min_items=5), __import__("maskshare.model.models").model.models
+                          .load_model("tiny"), progress=False)
+    assert built.pass_table["n_dropped"].sum() > 0  # the longer prefixes, counted
+    for r in built.items.iter_rows(named=True):  # only pairs of equal token length are left
+        assert len(r["counterfactual_tokens"]) == len(r["tokens"])
+    # without --equal-length-pairs every pair is kept, and patched slot by slot
+    rc, out, err = run_cli(["datasets", "import", str(f), "--name", "pairs-all", *common], capsys)
+    assert rc == 0, err
     monkeypatch.setenv("MASKSHARE_THREADS", "1")
-    cfg_path = write_tiny_run_setup(tmp_path / "run", dataset="pairs")
+    cfg_path = write_tiny_run_setup(tmp_path / "run", dataset="pairs-all")
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["evaluate"]["ablations"] = ["counterfactual", "zero"]
     cfg["evaluate"]["seeds"] = [0]
     cfg_path.write_text(yaml.safe_dump(cfg))
     run = run_pipeline(load_config(cfg_path))
     items = load_items(run / "dataset")
-    assert items.height > 0
-    for r in items.iter_rows(named=True):  # only pairs of equal token length are left
-        assert len(r["counterfactual_tokens"]) == len(r["tokens"])
-    built = build_dataset(DatasetRef(name="pairs", behaviour_filter=False, max_items=60,
-                                     min_items=5), __import__("maskshare.model.models").model.models
-                          .load_model("tiny"), progress=False)
-    assert built.pass_table["n_dropped"].sum() > 0  # the longer prefixes, counted
+    assert any(len(r["counterfactual_tokens"]) != len(r["tokens"])
+               for r in items.iter_rows(named=True))
     curves = pl.read_parquet(run / "evaluate" / "curves.parquet")
     assert "attention__counterfactual" in set(curves["variant"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert "baseline_attention__counterfactual" in metrics
+    reports = metrics["ablation_reports"]["attention__counterfactual"]
+    for split, rep in reports.items():  # every non-BOS token took one of the three patches
+        n = sum(rep[k] for k in ("same", "fewer", "none"))
+        assert n > 0 and abs(sum(rep[f"{k}_fraction"] for k in ("same", "fewer", "none"))
+                             - 1) < 1e-9, split
+    assert any(rep["fewer"] + rep["none"] > 0 for rep in reports.values())  # unequal pairs
     # the held-out rows of the trained groups, also scored per group
     assert {"test_entity:question", "test_entity:statement"} <= set(curves["split"])
     assert "faithfulness_test_entity:question" in metrics
@@ -74,7 +83,7 @@ def test_import_keeps_equal_length_pairs_and_a_run_compares_patching(dirs, tmp_p
 def test_patching_needs_a_dataset_with_counterfactual_prompts():
     cfg = parse_config({"evaluate": {"ablations": ["counterfactual"]}})
     spec, _ = find_spec("elements-symbol")  # a template dataset: no counterfactual prompts
-    with pytest.raises(UserError, match="equal_length_pairs"):
+    with pytest.raises(UserError, match="has no counterfactual prompts"):
         check_dataset_fits(cfg, spec)
     check_dataset_fits(parse_config({}), spec)  # the other ablations are fine
 

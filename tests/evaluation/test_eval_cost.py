@@ -90,7 +90,7 @@ def test_stacked_counterfactual_patching_equals_separate_passes():
     slots = [_slots_for(len(t)) for t in tokens]
     mm = MaskedModel(model, saes, None, N_SLOTS, ablation=Ablation.COUNTERFACTUAL,
                      error=ErrorTerm.CLEAN)
-    batches = mm.prepare(tokens, slots, [5, 6], [8, 9], counterfactual_tokens=cf_tokens)
+    batches = mm.prepare(tokens, slots, [5, 6], [8, 9], ablation_data=cf_tokens)
     masks = _masks(saes, 3, seed=1)
     for g, m in zip(mm.logit_diffs_many(batches, masks), masks, strict=True):
         np.testing.assert_allclose(g, mm.logit_diffs(batches, m), rtol=1e-5, atol=1e-5)

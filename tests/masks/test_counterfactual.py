@@ -46,7 +46,7 @@ def test_empty_circuit_under_patching_is_the_counterfactual_run(setup):
     holds the SAE reconstruction of the counterfactual prompt's clean activation there."""
     model, saes, tokens, cf_tokens, slots, ans, cf, stats = setup
     mm = MaskedModel(model, saes, None, 3, ablation=Ablation.COUNTERFACTUAL, error="drop")
-    batches = mm.prepare(tokens, slots, ans, cf, batch_size=2, counterfactual_tokens=cf_tokens)
+    batches = mm.prepare(tokens, slots, ans, cf, batch_size=2, ablation_data=cf_tokens)
     got = _logits(mm, batches, empty_masks(saes, 3))
     last = list(saes)[-1]
     want = []
@@ -64,7 +64,7 @@ def test_full_circuit_is_the_sae_model_whatever_the_ablation(setup):
     model, saes, tokens, cf_tokens, slots, ans, cf, stats = setup
     patch = MaskedModel(model, saes, None, 3, ablation=Ablation.COUNTERFACTUAL, error="drop")
     mean = MaskedModel(model, saes, stats, 3, ablation=Ablation.SLOT_MEAN, error="drop")
-    bp = patch.prepare(tokens, slots, ans, cf, counterfactual_tokens=cf_tokens)
+    bp = patch.prepare(tokens, slots, ans, cf, ablation_data=cf_tokens)
     bm = mean.prepare(tokens, slots, ans, cf)
     full = full_masks(saes, 3)
     assert torch.allclose(_logits(patch, bp, full), _logits(mean, bm, full), atol=1e-5)
@@ -80,4 +80,4 @@ def test_patching_refuses_missing_or_unequal_counterfactual_prompts(setup):
         mm.prepare(tokens, slots, ans, cf)
     short = [cf_tokens[0][:-1], *cf_tokens[1:]]
     with pytest.raises(UserError, match="same token length.*1 of 3.*prompt 0"):
-        mm.prepare(tokens, slots, ans, cf, counterfactual_tokens=short)
+        mm.prepare(tokens, slots, ans, cf, ablation_data=short)

@@ -10,6 +10,7 @@ import torch
 
 from maskshare.config import Ablation
 from maskshare.errors import UserError
+from maskshare.masks.ablations import PatchPrompts
 from maskshare.masks.masking import MaskedModel
 from maskshare.masks.slot_patching import align, alignment_counts
 from maskshare.masks.slot_stats import compute_slot_stats
@@ -65,9 +66,9 @@ def test_equal_slot_sequences_give_exactly_the_position_wise_result(setup):
     slots = [slots_of(t) for t in clean]
     mm = _mm(setup)
     args = (clean, slots, [5, 6, 7], [8, 9, 10])
-    pos = mm.prepare(*args, batch_size=2, counterfactual_tokens=cf)
-    by_slot = mm.prepare(*args, batch_size=2, counterfactual_tokens=cf,
-                         counterfactual_slots=[slots_of(t) for t in cf])
+    pos = mm.prepare(*args, batch_size=2, ablation_data=PatchPrompts(cf))
+    by_slot = mm.prepare(*args, batch_size=2,
+                         ablation_data=PatchPrompts(cf, [slots_of(t) for t in cf]))
     g = torch.Generator().manual_seed(0)
     masks = {h: (torch.rand(N_SLOTS, s.cfg.d_sae, generator=g) > 0.5).float()
              for h, s in saes.items()}
@@ -75,7 +76,7 @@ def test_equal_slot_sequences_give_exactly_the_position_wise_result(setup):
         for h in saes:
             n = a.lengths.view(-1, 1)
             keep = torch.arange(a.tokens.shape[1])[None] < n  # padding rows are never read
-            assert torch.equal(a.cf_latents[h][keep], b.cf_latents[h][keep])
+            assert torch.equal(a.ablation_tokens[h][keep], b.ablation_tokens[h][keep])
     assert np.array_equal(mm.logit_diffs(pos, masks), mm.logit_diffs(by_slot, masks))
 
 
@@ -89,10 +90,11 @@ def test_pairs_of_other_lengths_get_the_aligned_latents(setup):
     cf_slots[2] = np.array([0] + [1] * (len(cf[2]) - 1))  # no slot 2 or 3: the slot means
     mm = _mm(setup)
     with pytest.raises(UserError, match="same token length"):
-        mm.prepare(clean, slots, [5, 6, 7], [8, 9, 10], counterfactual_tokens=cf)
+        mm.prepare(clean, slots, [5, 6, 7], [8, 9, 10], ablation_data=PatchPrompts(cf))
     batches = mm.prepare(clean, slots, [5, 6, 7], [8, 9, 10], batch_size=3,
-                         counterfactual_tokens=cf, counterfactual_slots=cf_slots)
+                         ablation_data=PatchPrompts(cf, cf_slots))
     counts = alignment_counts(slots, cf_slots)
+    assert dict(mm.ablation_method.counts) == counts  # what a run reports
     assert counts["same"] > 0 and counts["fewer"] > 0 and counts["none"] > 0
     (b,) = batches
     h = list(saes)[-1]
@@ -101,7 +103,7 @@ def test_pairs_of_other_lengths_get_the_aligned_latents(setup):
         _, cache = model.run_with_cache(torch.tensor([cf[i]]), names_filter=[h])
         a = saes[h].encode(cache[h])[0]
         for p, (kind, x) in enumerate(align(slots[i], cf_slots[i])):
-            got = b.cf_latents[h][row, p]
+            got = b.ablation_tokens[h][row, p]
             if kind == "same":
                 want = a[x]
             elif kind == "fewer":

@@ -80,6 +80,6 @@ def test_without_a_task_signal_the_objective_stays_in_raw_units(caplog):
     slots = [np.array([0] + [1] * (len(t) - 1)) for t in tokens]
     mm = MaskedModel(model, saes, None, 2, ablation="counterfactual", error="clean")
     batches = mm.prepare(tokens, slots, [5] * len(tokens), [6] * len(tokens), batch_size=2,
-                         counterfactual_tokens=tokens)
+                         ablation_data=tokens)
     t = compute_targets(mm, batches, "logit-diff", scale="task")
     assert t.scale == 1.0 and "raw units" in caplog.text

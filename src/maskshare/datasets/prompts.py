@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field, model_validator
@@ -66,6 +66,8 @@ class FilterSpec(Strict):
 
 
 class PromptDatasetSpec(Strict):
+    labels_spans: ClassVar[bool] = False  # only BOS, the final token and entity subjects
+    pairs_prompts: ClassVar[bool] = True  # rows may carry a counterfactual prompt
     kind: Literal["prompts"]
     name: str = Field(pattern=NAME_RE, max_length=64)  # a file and folder name
     description: str = ""
@@ -241,8 +243,7 @@ def roles_note(spec, grouping_kinds) -> str | None:
     """Why a `roles` grouping says little here, or None: prompt datasets label only BOS, the
     final token and (where an entity string occurs in its prompt) the subject; everything
     else is `other`. The caller raises or warns (pipeline check_inputs)."""
-    kinds = {getattr(k, "value", k) for k in grouping_kinds}
-    if getattr(spec, "kind", "template") != "prompts" or "roles" not in kinds:
+    if spec.labels_spans or "roles" not in {str(k) for k in grouping_kinds}:
         return None
     return (f"dataset {spec.name!r} has no labelled spans (kind: prompts): the roles grouping "
             "would see only bos/final/other (and subject where an entity occurs in its prompt); "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -64,6 +64,10 @@ class SplitPolicy(Strict):
 
 
 class DatasetSpec(Strict):
+    """The template kind: an entity table times phrasings, roles from the phrasings' spans."""
+
+    labels_spans: ClassVar[bool] = True  # every token's role comes from a labelled span
+    pairs_prompts: ClassVar[bool] = False  # no counterfactual prompts (answers only)
     name: str = Field(pattern=NAME_RE, max_length=64)  # a file and folder name
     description: str = ""
     source: SourceSpec

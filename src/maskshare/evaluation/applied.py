@@ -34,7 +34,7 @@ class SlotBatch:
     """What `MaskedModel.splice` reads of a batch: slots [B, P] (-1 on padding)."""
 
     slots: Tensor
-    cf_latents: dict | None = None
+    ablation_tokens: dict | None = None
 
     @property
     def untouched(self) -> Tensor:
@@ -117,7 +117,7 @@ class AppliedCircuit:
                             "cannot be given slots")
         self._busy = True  # the grouping may run the model: no slots, no splicing then
         try:
-            assignment = self.grouping.assign(self.model, items_frame(rows, self.kind))
+            assignment = self.grouping.assign(self.model, items_frame(rows, self.grouping))
         finally:
             self._busy = False
         slots = [np.asarray(s, dtype=np.int64) for s in assignment.slots]

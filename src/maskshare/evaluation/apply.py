@@ -154,8 +154,9 @@ def _first_token(tokenizer, text: str, what: str) -> int:
     return int(ids[0])
 
 
-def check_prompt(model, p: Prompt, *, template_length: int | None = None) -> _Checked:
-    """Tokenise `p` for `model`; ValueError (one-line reason) if it cannot be scored."""
+def check_prompt(model, p: Prompt, *, grouping=None) -> _Checked:
+    """Tokenise `p` for `model`; ValueError (one-line reason) if it cannot be scored (by
+    `grouping`, where given: its `prompt_problem`)."""
     from maskshare.model.models import tokenize_prompt
 
     tok = model.tokenizer
@@ -165,9 +166,8 @@ def check_prompt(model, p: Prompt, *, template_length: int | None = None) -> _Ch
     if len(tokens) > model.cfg.n_ctx:
         raise ValueError(f"prompt is {len(tokens)} tokens, longer than the model's context "
                          f"({model.cfg.n_ctx})")
-    if template_length is not None and len(tokens) != template_length:
-        raise ValueError(f"prompt is {len(tokens)} tokens; the run's template grouping only "
-                         f"takes {template_length}-token prompts")
+    if grouping is not None and (problem := grouping.prompt_problem(len(tokens))):
+        raise ValueError(problem)
     a = _first_token(tok, p.answer, "answer")
     c = None
     if p.counterfactual is not None:
@@ -247,21 +247,13 @@ def resolve_circuit(run: Path, variant: str | None = None, lam: float | None = N
     return cfg, v, float(lam), int(seed), d
 
 
-def items_frame(tokens: list[list[int]], grouping_kind: str):
-    """What a fitted grouping's `assign` reads of new prompts (token rows, BOS first); a
-    `roles` grouping sees bos, other and final (new prompts carry no span labels)."""
-    import polars as pl
-
-    rows = {"prompt_id": list(range(len(tokens))), "tokens": [list(t) for t in tokens]}
-    if grouping_kind == "roles":
-        rows["roles"] = [["bos"] + ["other"] * (len(t) - 2) + ["final"] for t in tokens]
-    return pl.DataFrame(rows, schema={"prompt_id": pl.Int64, "tokens": pl.List(pl.Int64),
-                                      **({"roles": pl.List(pl.String)} if "roles" in rows
-                                         else {})})
+def items_frame(tokens: list[list[int]], grouping):
+    """New prompts (token rows, BOS first) as the items table `grouping.assign` reads."""
+    return grouping.prompt_items(tokens)
 
 
 def _check_prompts(model, raw: list, skipped: list[Skipped],
-                   template_length: int | None) -> tuple[list[_Checked], int]:
+                   grouping) -> tuple[list[_Checked], int]:
     """The usable prompts of `raw` (the others join `skipped`, sorted by line) and how many
     were read (malformed lines already in `skipped` included); UserError when none is."""
     n_unparsed = len(skipped)  # lines that never became prompts (malformed)
@@ -269,7 +261,7 @@ def _check_prompts(model, raw: list, skipped: list[Skipped],
     for i, x in enumerate(raw):
         line = x.line if isinstance(x, Prompt) else i + 1
         try:
-            checked.append(check_prompt(model, _as_prompt(x, i), template_length=template_length))
+            checked.append(check_prompt(model, _as_prompt(x, i), grouping=grouping))
         except ValueError as e:
             skipped.append(Skipped(line, str(e)))
     n_read = len(raw) + n_unparsed
@@ -336,18 +328,19 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
     skipped = list(skipped)
     model = get_model(cfg)
     grouping = load_grouping(RunLayout(run).groups(v.grouping))
-    tlen = len(grouping.slot_names) if v.grouping.value == "template" else None
-    checked, n_read = _check_prompts(model, list(prompts), skipped, tlen)
+    checked, n_read = _check_prompts(model, list(prompts), skipped, grouping)
     cfs, picked = _counterfactual_ids(model, checked)
 
-    assignment = grouping.assign(model, items_frame([c.tokens for c in checked],
-                                                     v.grouping.value))
+    items = items_frame([c.tokens for c in checked], grouping)
+    assignment = grouping.assign(model, items)
     slots = [np.asarray(s, dtype=np.int64) for s in assignment.slots]
     stats = SlotStats.load(RunLayout(run).slot_stats(v.grouping))
     mm = MaskedModel(model, get_saes(cfg), stats, grouping.n_slots, ablation=v.ablation,
                      error=cfg.masks.error)
     batches = mm.prepare([c.tokens for c in checked], slots, [c.answer_id for c in checked],
-                         cfs, batch_size=batch_size or cfg.masks.batch_size)
+                         cfs, batch_size=batch_size or cfg.masks.batch_size,
+                         ablation_data=mm.ablation_method.prompt_data(
+                             items, lambda toks: grouping.assign_tokens(model, toks)))
     m = evaluate_masks(mm, batches, TrainResult.load(mdir).masks(), slots)
     per = m.pop("per_prompt", {})
     m.pop("kept_per_hook", None)

@@ -48,6 +48,10 @@ TRUSTED_TYPES = ("sklearn.preprocessing._data.StandardScaler",
 
 class AttentionGrouping(Grouping):
     kind = GroupingKind.ATTENTION
+    title = "attention slots"
+    needs_features = True
+    seeded = True
+    fitted_state = True
 
     def __init__(self, cfg: GroupingConfig, seed: int = 0):
         super().__init__(cfg, seed)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+import polars as pl
 
 from maskshare.artifacts import write_json_atomic
 from maskshare.config import GroupingConfig, GroupingKind
+from maskshare.datasets.prompts import roles_note
 from maskshare.errors import UserError
 
 if TYPE_CHECKING:
@@ -67,10 +69,39 @@ def _no_distance(slots: list[np.ndarray], items) -> Assignment:
 
 
 class Grouping:
-    """Base class: subclasses implement `_fit`, `_assign`, and save/load their own state."""
+    """Base class: subclasses implement `_fit`, `_assign`, and save/load their own state, and
+    say what they need and what data they take (the class attributes and classmethods below);
+    the stages, the checks and the report ask them, never which kind they are."""
 
-    kind: GroupingKind
+    kind: GroupingKind | str
+    title: ClassVar[str] = ""  # how the report names it ("attention slots")
+    needs_features: ClassVar[bool] = False  # fit/assign read per-token attention features
+    seeded: ClassVar[bool] = False  # the fit depends on the seed: stability across seeds
+    fitted_state: ClassVar[bool] = False  # fitted objects beyond grouping.json (refit to load
+    #                                       an older format)
+    compared_on: ClassVar[tuple[str, ...]] = ()  # dataset variants it is a baseline on unasked
     ood_threshold: np.ndarray | None = None  # per slot; None where distances do not apply
+
+    @classmethod
+    def takes(cls, dataset_variant: str) -> bool:
+        """Whether it can group prompts of this dataset variant at all."""
+        return True
+
+    @classmethod
+    def data_problem(cls, spec, dataset_variant: str) -> str | None:
+        """Why it says little or nothing on this dataset (refused as the main grouping,
+        warned as a baseline), or None."""
+        return None
+
+    @classmethod
+    def prompt_columns(cls, tokens: list[list[int]]) -> dict[str, tuple[list, Any]]:
+        """Columns {name: (values, polars dtype)} it reads beyond `tokens` for prompts that
+        come without labels (`maskshare eval` prompt files)."""
+        return {}
+
+    def prompt_problem(self, n_tokens: int) -> str | None:
+        """Why it cannot give slots to a new prompt of `n_tokens` tokens, or None."""
+        return None
 
     def __init__(self, cfg: GroupingConfig, seed: int = 0):
         self.cfg = cfg
@@ -98,6 +129,22 @@ class Grouping:
     def assign(self, model, items, features: TokenFeatures | None = None) -> Assignment:
         self._check_fitted()
         return self._assign(model, items, features)
+
+    def prompt_items(self, tokens: list[list[int]]):
+        """New prompts (token rows, BOS first) as the items table `assign` reads, with the
+        columns this kind reads beyond tokens (`prompt_columns`)."""
+        tokens = [list(map(int, t)) for t in tokens]
+        cols = {"prompt_id": (list(range(len(tokens))), pl.Int64),
+                "tokens": (tokens, pl.List(pl.Int64)), **self.prompt_columns(tokens)}
+        return pl.DataFrame({k: v for k, (v, _) in cols.items()},
+                            schema={k: t for k, (_, t) in cols.items()})
+
+    def assign_tokens(self, model, tokens: list[list[int]]) -> list[np.ndarray]:
+        """The slots of new prompts' tokens (one int64 array per prompt), without refitting."""
+        if not tokens:
+            return []
+        return [np.asarray(s, dtype=np.int64)
+                for s in self.assign(model, self.prompt_items(tokens)).slots]
 
     def _fit(self, model, items, features):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -127,6 +174,7 @@ class Grouping:
 
 class SingleGrouping(Grouping):
     kind = GroupingKind.SINGLE
+    title = "single slot"
 
     def _fit(self, model, items, features):
         self.slot_names = ["bos", "all"]
@@ -139,6 +187,25 @@ class SingleGrouping(Grouping):
 
 class TemplateGrouping(Grouping):
     kind = GroupingKind.TEMPLATE
+    title = "template positions"
+    compared_on = ("templated",)  # the original method: always the reference on templates
+
+    @classmethod
+    def takes(cls, dataset_variant: str) -> bool:
+        return dataset_variant == "templated"
+
+    @classmethod
+    def data_problem(cls, spec, dataset_variant: str) -> str | None:
+        if cls.takes(dataset_variant):
+            return None
+        return ("grouping.kind 'template' needs a templated dataset (dataset.variant: "
+                "templated); free-form prompts share no positions")
+
+    def prompt_problem(self, n_tokens: int) -> str | None:
+        n = len(self.slot_names)
+        if n_tokens == n:
+            return None
+        return f"prompt is {n_tokens} tokens; the run's template grouping only takes {n}-token prompts"
 
     def _lengths_or_fail(self, items, what: str) -> set[int]:
         lengths = {len(t) for t in token_lists(items)}
@@ -162,6 +229,7 @@ class TemplateGrouping(Grouping):
 
 class FromEndGrouping(Grouping):
     kind = GroupingKind.FROM_END
+    title = "from-end positions"
 
     def _fit(self, model, items, features):
         k = self.cfg.from_end_k
@@ -181,7 +249,18 @@ class FromEndGrouping(Grouping):
 
 class RolesGrouping(Grouping):
     kind = GroupingKind.ROLES
+    title = "role spans"
     OTHER = "other"
+
+    @classmethod
+    def data_problem(cls, spec, dataset_variant: str) -> str | None:
+        return roles_note(spec, [cls.kind])
+
+    @classmethod
+    def prompt_columns(cls, tokens):
+        """A prompt without span labels: BOS, `other`, and its final token."""
+        return {"roles": ([["bos"] + [cls.OTHER] * (len(t) - 2) + ["final"] for t in tokens],
+                          pl.List(pl.String))}
 
     def _fit(self, model, items, features):
         if "roles" not in items.columns:

@@ -1,34 +1,28 @@
-"""Every grouping kind by name: make one from its config, load a saved one. Kept apart
-from `base` so that base (imported by `attention`) never imports `attention`."""
+"""Every grouping kind by name (`maskshare.kinds.GROUPINGS`): make one from its config, load
+a saved one."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from maskshare.config import GroupingConfig, GroupingKind
+from maskshare.config import GroupingConfig
 from maskshare.errors import UserError
-from maskshare.grouping.attention import AttentionGrouping
-from maskshare.grouping.base import (
-    FORMAT,
-    GROUPING_JSON,
-    FromEndGrouping,
-    Grouping,
-    RolesGrouping,
-    SingleGrouping,
-    TemplateGrouping,
-)
+from maskshare.grouping.base import FORMAT, GROUPING_JSON, Grouping
+from maskshare.kinds import GROUPINGS
 
 
-def grouping_kinds() -> dict[GroupingKind, type[Grouping]]:
-    """Every grouping class by kind."""
-    return {GroupingKind.ATTENTION: AttentionGrouping, GroupingKind.TEMPLATE: TemplateGrouping,
-            GroupingKind.SINGLE: SingleGrouping, GroupingKind.FROM_END: FromEndGrouping,
-            GroupingKind.ROLES: RolesGrouping}
+def grouping_kinds() -> dict[str, type[Grouping]]:
+    """Every grouping class by kind (`maskshare.kinds.GROUPINGS`)."""
+    return {name: GROUPINGS.get(name) for name in GROUPINGS.names()}
+
+
+def grouping_class(kind: str) -> type[Grouping]:
+    return GROUPINGS.get(kind)
 
 
 def make_grouping(cfg: GroupingConfig, seed: int = 0) -> Grouping:
-    return grouping_kinds()[GroupingKind(cfg.kind)](cfg, seed)
+    return GROUPINGS.get(cfg.kind)(cfg, seed)
 
 
 def load_grouping(directory: str | Path) -> Grouping:
@@ -43,7 +37,7 @@ def load_grouping(directory: str | Path) -> Grouping:
     fmt = doc.get("format")
     # format 1 differs from 2 only in how fitted state is stored: the groupings without
     # state read the same; an attention grouping must be refitted
-    if fmt != FORMAT and not (fmt == 1 and cfg.kind != GroupingKind.ATTENTION):
+    if fmt != FORMAT and not (fmt == 1 and not grouping_class(cfg.kind).fitted_state):
         raise UserError(f"the grouping in {directory} was written by an older maskshare "
                         f"(format {fmt}, this one reads {FORMAT}): delete {directory} and rerun "
                         "to refit it")

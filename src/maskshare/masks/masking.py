@@ -40,9 +40,9 @@ from torch import Tensor
 
 from maskshare.config import Ablation, ErrorTerm
 from maskshare.errors import UserError
+from maskshare.masks.ablations import ablation_method
 from maskshare.masks.prepared import (
     PreparedBatch,
-    check_counterfactual_tokens,
     clean_batch_logit_diff,
     scatter_rows,
     sub_batch,
@@ -53,7 +53,6 @@ from maskshare.model.activations import (
     final_logit_diff,
     length_parts,
     logit_diff,
-    pad_batch,
     pad_slots,
     padded_batches,
     unembed_final,
@@ -159,8 +158,8 @@ class MaskedModel:
         self.model, self.saes, self.n_slots = model, dict(saes), int(n_slots)
         self.stats = stats
         self.hooks = list(self.saes)
-        needs_stats = (self.ablation not in (Ablation.ZERO, Ablation.COUNTERFACTUAL)
-                       or self.error == ErrorTerm.MEAN)
+        self.ablation_method = ablation_method(self.ablation)
+        needs_stats = self.ablation_method.needs_stats or self.error == ErrorTerm.MEAN
         if needs_stats:
             if stats is None:
                 raise UserError(f"ablation {self.ablation} / error {self.error} need slot "
@@ -180,10 +179,7 @@ class MaskedModel:
                 continue
             st = stats.hooks[h]
             empty = (stats.counts == 0)[:, None]
-            if self.ablation == Ablation.SLOT_MEAN:
-                self.abl[h] = torch.where(empty, st.global_latent_mean[None], st.latent_mean)
-            elif self.ablation == Ablation.GLOBAL_MEAN:
-                self.abl[h] = st.global_latent_mean[None].expand(self.n_slots, -1).clone()
+            self.abl[h] = self.ablation_method.slot_values(stats, h, self.n_slots)
             if self.error == ErrorTerm.MEAN:
                 self.err_mean[h] = torch.where(empty, st.global_error_mean[None], st.error_mean)
         # where the cached pass starts
@@ -212,18 +208,15 @@ class MaskedModel:
     @torch.no_grad()
     def prepare(self, tokens: list[list[int]], slots: list[np.ndarray], answer_ids: list[int],
                 counterfactual_ids: list[int], batch_size: int = 32,
-                counterfactual_tokens: list[list[int]] | None = None,
-                counterfactual_slots: list[np.ndarray] | None = None) -> list[PreparedBatch]:
+                ablation_data: list | None = None) -> list[PreparedBatch]:
         """Group prompts by length into batches and cache what the masks cannot change.
-        `counterfactual_tokens` (ablation `counterfactual` only): each prompt's counterfactual
-        prompt, of the same token length; with `counterfactual_slots` (their slots) of any
-        length, patched slot by slot (maskshare.masks.slot_patching)."""
+        `ablation_data`: what the ablation needs per prompt, as its `prompt_data(items)`
+        gives it (`counterfactual`: each prompt's counterfactual prompt and, for pairs of
+        any length, its slots)."""
         check_inputs(tokens, slots, self.n_slots)
         if not (len(answer_ids) == len(counterfactual_ids) == len(tokens)):
             raise UserError("need one answer and one counterfactual id per prompt")
-        by_slot = counterfactual_slots is not None
-        if self.ablation == Ablation.COUNTERFACTUAL and not by_slot:
-            check_counterfactual_tokens(tokens, counterfactual_tokens)
+        self.ablation_method.check(tokens, ablation_data)
         out = []
         for pb in padded_batches(tokens, batch_size, order="shortest"):
             idx, toks, att = pb.idx, pb.tokens, pb.attention_mask
@@ -239,25 +232,10 @@ class MaskedModel:
                 a = sae.encode(resid)
                 b.first_latents = a
                 b.first_error = resid - sae.decode(a)
-            if self.ablation == Ablation.COUNTERFACTUAL and by_slot:
-                from maskshare.masks.slot_patching import slot_aligned_latents
-
-                b.cf_latents = slot_aligned_latents(
-                    self, [counterfactual_tokens[i] for i in idx], [slots[i] for i in idx],
-                    [counterfactual_slots[i] for i in idx], toks.shape[1])
-            elif self.ablation == Ablation.COUNTERFACTUAL:
-                b.cf_latents = self._counterfactual_latents(counterfactual_tokens, idx, att)
+            b.ablation_tokens = self.ablation_method.token_values(self, ablation_data, idx, att,
+                                                                  [slots[i] for i in idx])
             out.append(b)
         return out
-
-    def _counterfactual_latents(self, cf_tokens: list[list[int]], idx: list[int],
-                                att: Tensor) -> dict[str, Tensor]:
-        """enc(x) at every SAE hook of the counterfactual prompts' clean pass [B, P, d_sae]."""
-        toks, _, _ = pad_batch(cf_tokens, idx)
-        last = max(hook_layer(h) for h in self.hooks)
-        _, cache = self.model.run_with_cache(toks, attention_mask=att, names_filter=self.hooks,
-                                             stop_at_layer=last + 1)
-        return {h: self.saes[h].encode(cache[h]) for h in self.hooks}
 
     # ---- the masked pass ----
 
@@ -270,8 +248,8 @@ class MaskedModel:
         onehot = self._onehot(batch) if self.expand == "onehot" else None
         m = self._per_token(mask, batch, onehot)
         abl = self.abl[hook]
-        if self.ablation == Ablation.COUNTERFACTUAL:
-            abl_t = batch.cf_latents[hook]  # per token, not per slot: patching
+        if batch.ablation_tokens is not None:  # the ablation's own values per token
+            abl_t = batch.ablation_tokens[hook]
         else:
             abl_t = None if abl is None else self._per_token(abl, batch, onehot)
         if self.error == ErrorTerm.CLEAN and self.fuse_clean and self.linear_decoder[hook]:

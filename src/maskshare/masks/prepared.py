@@ -41,8 +41,9 @@ class PreparedBatch:
     resid: Float[Tensor, "B P d_model"]         # clean input to block `start_layer`
     first_latents: Tensor | None = None         # clean enc(x) at the first hook (resid hooks)
     first_error: Tensor | None = None           # clean x - dec(enc(x)) there
-    cf_latents: dict[str, Tensor] | None = None  # ablation `counterfactual`: enc(x) of the
-                                                 # counterfactual prompts' clean pass per hook
+    # the ablation's own values per token {hook: [B, P, d_sae]} where it has them (e.g.
+    # `counterfactual`: enc(x) of the counterfactual prompts' clean pass); else None
+    ablation_tokens: dict[str, Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -65,8 +66,8 @@ def sub_batch(batch: PreparedBatch, a: int, b: int) -> PreparedBatch:
         counterfactual=batch.counterfactual[a:b], resid=batch.resid[a:b, :P],
         first_latents=None if batch.first_latents is None else batch.first_latents[a:b, :P],
         first_error=None if batch.first_error is None else batch.first_error[a:b, :P],
-        cf_latents=None if batch.cf_latents is None else
-        {h: t[a:b, :P] for h, t in batch.cf_latents.items()})
+        ablation_tokens=None if batch.ablation_tokens is None else
+        {h: t[a:b, :P] for h, t in batch.ablation_tokens.items()})
 
 
 def check_counterfactual_tokens(tokens: list[list[int]],

@@ -16,9 +16,12 @@ exactly the position-wise result (same padded batch, same bits). BOS (slot 0, po
 is never patched: it passes untouched in every masked pass. `alignment_counts` reports how
 many clean tokens fell in each case.
 
-    cf_slots = grouping.assign(model, items_frame(cf_tokens, kind)).slots
-    batches = mm.prepare(tokens, slots, answers, cfs, counterfactual_tokens=cf_tokens,
-                         counterfactual_slots=cf_slots)
+The `counterfactual` ablation (`maskshare.masks.ablations.Counterfactual`) uses it when
+the counterfactual prompts' slots are known, as a run gives them:
+
+    cf_slots = grouping.assign_tokens(model, cf_tokens)
+    batches = mm.prepare(tokens, slots, answers, cfs,
+                         ablation_data=PatchPrompts(cf_tokens, cf_slots))
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ def stack_rows(batch: PreparedBatch, k: int, n_slots: int) -> PreparedBatch:
         answer=rep(batch.answer), counterfactual=rep(batch.counterfactual),
         resid=rep(batch.resid), first_latents=rep(batch.first_latents),
         first_error=rep(batch.first_error),
-        cf_latents=None if batch.cf_latents is None else
-        {h: rep(t) for h, t in batch.cf_latents.items()})
+        ablation_tokens=None if batch.ablation_tokens is None else
+        {h: rep(t) for h, t in batch.ablation_tokens.items()})
 
 
 def stacked_model(mm, k: int):

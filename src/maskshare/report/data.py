@@ -28,11 +28,9 @@ import yaml
 
 from maskshare.errors import UserError
 from maskshare.evaluation.metrics import f_at_size
+from maskshare.kinds import GROUPINGS
 from maskshare.report.slot_names import SlotLabel, load_slot_labels
 
-GROUPING_NAMES = {"attention": "attention slots", "single": "single slot",
-                  "from-end": "from-end positions", "roles": "role spans",
-                  "template": "template positions"}
 SPLIT_NAMES = {"train": "training prompts", "test_phrasing": "held-out phrasings",
                "test_entity": "held-out entities",
                "test_both": "held-out phrasings and entities"}
@@ -44,7 +42,12 @@ TIE = 0.005  # F values whose distances to 1 differ by less are reported as a ti
 
 
 def grouping_name(g: str) -> str:
-    return GROUPING_NAMES.get(g, g)
+    """How the report names grouping kind `g` (its class's `title`; the name itself for a
+    kind this maskshare does not know)."""
+    try:
+        return GROUPINGS.get(g).title or g
+    except ValueError:
+        return g
 
 
 def finder_name(finder: str | None) -> str:

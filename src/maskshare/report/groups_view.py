@@ -127,11 +127,11 @@ def read_group_dir(path: str | Path, kind: str = "attention") -> tuple[Path, pl.
     layout = RunLayout(p)
     if (p / TOKENS).is_file():
         d = p
-    elif kind in set(GroupingKind):
+    elif kind in GroupingKind.names():
         d = layout.groups(kind)
     else:
         raise UserError(f"unknown grouping kind {kind!r}; use one of: "
-                        + ", ".join(k.value for k in GroupingKind))
+                        + ", ".join(GroupingKind.names()))
     if not (d / TOKENS).is_file():
         root = layout.groups_root
         have = sorted(x.name for x in root.iterdir() if x.is_dir()

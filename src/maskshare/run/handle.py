@@ -148,7 +148,7 @@ class Run:
         model = get_model(cfg)
         grouping = load_grouping(RunLayout(self.path).groups(v.grouping))
         toks = [tokenize_prompt(model, t) for t in texts]
-        assignment = grouping.assign(model, items_frame(toks, v.grouping.value))
+        assignment = grouping.assign(model, items_frame(toks, grouping))
         labels = self.slot_labels(variant)
         rows = []
         for i, (text, ids, sl) in enumerate(zip(texts, toks, assignment.slots, strict=True)):

@@ -16,8 +16,9 @@ from pathlib import Path
 import yaml
 
 from maskshare.artifacts import file_sha256, hash_config, write_text_atomic
-from maskshare.config import GroupingKind, RunConfig, config_data, dump_config, parse_config
+from maskshare.config import RunConfig, config_data, dump_config, parse_config
 from maskshare.errors import UserError
+from maskshare.kinds import ABLATIONS, GROUPINGS
 from maskshare.run.layout import RunLayout
 from maskshare.runtime import PROJECT_ROOT, configure_threads
 
@@ -104,32 +105,23 @@ def check_inputs(cfg: RunConfig) -> None:
     if cfg.dataset.variant not in spec.variants():
         raise UserError(f"dataset {spec.name!r} has no {cfg.dataset.variant} variant (it has "
                         f"{', '.join(spec.variants())})")
-    if cfg.grouping.kind == GroupingKind.TEMPLATE and cfg.dataset.variant != "templated":
-        raise UserError("grouping.kind 'template' needs a templated dataset (dataset.variant: "
-                        "templated); free-form prompts share no positions")
     check_dataset_fits(cfg, spec)
 
 
 def check_dataset_fits(cfg: RunConfig, spec) -> None:
-    """Groupings and ablations the dataset can take: `roles` needs labelled spans (warned
-    for a baseline, refused as the main grouping), `counterfactual` needs counterfactual
-    prompts of the same token length (a prompt dataset with filter.equal_length_pairs)."""
-    from maskshare.config import Ablation
-    from maskshare.datasets import roles_note
-
-    if cfg.grouping.kind == GroupingKind.ROLES and (note := roles_note(spec, ["roles"])):
+    """Groupings and ablations the dataset can take, as each kind says (`data_problem`,
+    `dataset_problem`): refused for the main grouping and every ablation, warned for a
+    baseline grouping (e.g. `roles` on a dataset without labelled spans)."""
+    variant = cfg.dataset.variant
+    if note := GROUPINGS.get(cfg.grouping.kind).data_problem(spec, variant):
         raise UserError(note)
-    if note := roles_note(spec, cfg.evaluate.baselines):
-        logger.warning("%s", note)
-    if Ablation.COUNTERFACTUAL in (cfg.masks.ablation, *cfg.evaluate.ablations):
-        pairs = getattr(getattr(spec, "filter", None), "equal_length_pairs", False)
-        if not pairs:
-            raise UserError(
-                f"ablation 'counterfactual' patches each token with the counterfactual prompt's "
-                f"at the same position: dataset {spec.name!r} needs counterfactual prompts and "
-                "`filter: {equal_length_pairs: true}` (e.g. `maskshare datasets import FILE "
-                "--equal-length-pairs` of a clean/patch file); or drop 'counterfactual' from the "
-                "ablations")
+    for k in cfg.evaluate.baselines:
+        kind = GROUPINGS.get(k)
+        if kind.takes(variant) and (note := kind.data_problem(spec, variant)):
+            logger.warning("%s", note)
+    for a in dict.fromkeys((cfg.masks.ablation, *cfg.evaluate.ablations)):
+        if note := ABLATIONS.get(a)().dataset_problem(spec):
+            raise UserError(note)
 
 
 def prepare_run(cfg: RunConfig) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from maskshare.config import Ablation, GroupingKind, RunConfig
+from maskshare.kinds import GROUPINGS
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,17 @@ def main_variant(cfg: RunConfig) -> Variant:
 
 
 def variants(cfg: RunConfig) -> list[Variant]:
-    """The main method, every baseline grouping with the main ablation, every other
-    ablation with the main grouping; `template` only on templated data."""
+    """The main method, every baseline grouping with the main ablation (and those a grouping
+    kind is always compared on for this dataset variant, e.g. `template` on templated data;
+    none a kind cannot take), every other ablation with the main grouping."""
     main = main_variant(cfg)
     out = [main]
+    data = cfg.dataset.variant
     kinds = list(cfg.evaluate.baselines)
-    if cfg.dataset.variant == "templated" and GroupingKind.TEMPLATE not in kinds:
-        kinds.append(GroupingKind.TEMPLATE)
+    kinds += [GroupingKind(k) for k in GROUPINGS.names()
+              if data in GROUPINGS.get(k).compared_on and k not in kinds]
     for k in kinds:
-        if k == GroupingKind.TEMPLATE and cfg.dataset.variant != "templated":
+        if not GROUPINGS.get(k).takes(data):
             continue
         v = Variant(k, main.ablation)
         if v not in out:

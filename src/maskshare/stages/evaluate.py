@@ -62,6 +62,9 @@ class EvalCache:
     reference: dict[tuple, dict] = field(default_factory=dict)
     lds: list = field(default_factory=list)  # polars DataFrames, one per (mask, split)
     timings: dict[str, float] = field(default_factory=dict)
+    # what an ablation reports of a variant's prepared split (slot-aligned patching: how
+    # many tokens took a same-rank, a mean or a slot-mean patch), {variant: {split: ...}}
+    ablation_reports: dict[str, dict] = field(default_factory=dict)
 
     @contextmanager
     def timed(self, phase: str):
@@ -96,6 +99,8 @@ def score_masks(run: Path, cfg: RunConfig, variant: Variant, masks: dict, split:
     limit = rule.select_limit if split == rule.select_split else None
     with cache.timed("prepare_s"):
         prep = prepare_variant(run, variant, split, limit)
+    if (report := prep.mm.ablation_method.report()) is not None:
+        cache.ablation_reports.setdefault(variant.name, {})[split] = report
     with cache.timed("reference_s"):
         if split not in cache.clean:
             cache.clean[split] = prep.mm.clean_logit_diffs(prep.batches)
@@ -188,6 +193,8 @@ def build(run: Path) -> Path:
             rows, [*variants(cfg), *attribution_methods(cfg)], main, head, target)
         metrics.update(compared)
         metrics.update(stability_metrics(run, main, lam, seeds))
+        if cache.ablation_reports:
+            metrics["ablation_reports"] = cache.ablation_reports
     with cache.timed("circuit_listing_s"):
         circuit = circuit_listing(run, cfg, main, lam, seeds[0], items)
     timings = {"evaluate_s": time.perf_counter() - t0,

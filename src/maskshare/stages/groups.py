@@ -27,7 +27,7 @@ def build(run: Path, kind: GroupingKind | str) -> Path:
     gcfg = cfg.grouping.model_copy(update={"kind": kind})
     grouping = make_grouping(gcfg, seed=cfg.seed)
     feats = train_feats = None
-    if kind == GroupingKind.ATTENTION:  # one forward pass serves fit, assign and stability
+    if grouping.needs_features:  # one forward pass serves fit, assign and stability
         from maskshare.grouping.features import items_features
 
         feats = items_features(model, items, gcfg.features, batch_size=gcfg.batch_size,
@@ -36,7 +36,7 @@ def build(run: Path, kind: GroupingKind | str) -> Path:
     grouping.fit(model, train, train_feats)
     assignment = grouping.assign(model, items, feats)
     quality = grouping_quality(grouping, assignment, items)
-    if kind == GroupingKind.ATTENTION and len(cfg.evaluate.seeds) > 1:
+    if grouping.seeded and len(cfg.evaluate.seeds) > 1:
         quality["stability"] = stability(gcfg, model, train, seeds=tuple(cfg.evaluate.seeds[:2]),
                                          features=train_feats)
     quality["fit_assign_s"] = time.time() - t0

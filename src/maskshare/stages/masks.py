@@ -35,6 +35,7 @@ class Prepared:
     items: object       # polars DataFrame of the split's items
     slots: list         # slot array per item, in the items' order
     slot_map: dict      # {prompt_id: slots} for every item of the run
+    grouping: object = None  # the variant's fitted grouping (assigns counterfactual prompts)
     _targets: dict = field(default_factory=dict, compare=False, repr=False)
 
     def targets(self, objective, scale: str):
@@ -74,22 +75,18 @@ def _prepared(run: str, variant_name: str, split: str, limit: int | None) -> Pre
     mm = MaskedModel(get_model(cfg), get_saes(cfg), stats, grouping.n_slots,
                      ablation=variant.ablation, error=cfg.masks.error)
     slot_arrays = [slots[p] for p in items["prompt_id"].to_list()]
-    batches = batch_items(mm, items, slot_arrays, cfg.masks.batch_size)
-    return Prepared(mm, batches, items, slot_arrays, slots)
+    batches = batch_items(mm, items, slot_arrays, cfg.masks.batch_size, grouping)
+    return Prepared(mm, batches, items, slot_arrays, slots, grouping)
 
 
-def batch_items(mm, items, slot_arrays: list, batch_size: int) -> list:
-    """Batches for `mm`; with ablation `counterfactual`, the items' counterfactual prompts
-    (`counterfactual_tokens`, prompt datasets only) come along for patching."""
-    from maskshare.config import Ablation
-
-    cf_tokens = None
-    if mm.ablation == Ablation.COUNTERFACTUAL and "counterfactual_tokens" in items.columns:
-        cf_tokens = [None if t is None else list(map(int, t))
-                     for t in items["counterfactual_tokens"].to_list()]
+def batch_items(mm, items, slot_arrays: list, batch_size: int, grouping=None) -> list:
+    """Batches for `mm`, with what its ablation needs per prompt from the items (e.g. the
+    counterfactual prompts for `counterfactual` patching, with their slots from `grouping`
+    so pairs of any length are patched slot by slot)."""
+    assign = None if grouping is None else (lambda toks: grouping.assign_tokens(mm.model, toks))
     return mm.prepare(token_lists(items), slot_arrays, items["answer_id"].to_list(),
                       items["counterfactual_id"].to_list(), batch_size=batch_size,
-                      counterfactual_tokens=cf_tokens)
+                      ablation_data=mm.ablation_method.prompt_data(items, assign))
 
 
 def mask_start(cfg, variant: str, lam: float) -> tuple[str, float | None]:
@@ -201,7 +198,7 @@ def train_and_evaluate(run: str | Path, variant: Variant | str, lam: float, seed
     if train_items is not None:
         batches = batch_items(prep.mm, train_items,
                               [prep.slot_map[p] for p in train_items["prompt_id"].to_list()],
-                              cfg.masks.batch_size)
+                              cfg.masks.batch_size, prep.grouping)
         n = train_items.height
     t0 = time.perf_counter()
     res = train_masks(prep.mm, batches, mcfg, lam, seed=seed)
