@@ -288,24 +288,31 @@ def is_complete(directory: str | Path, *, verify_hashes: bool = True) -> bool:
 
 
 @contextlib.contextmanager
-def building(final_dir: str | Path) -> Iterator[Path]:
+def building(final_dir: str | Path, *, replace: bool = False) -> Iterator[Path]:
     """Build an artifact directory in a sibling temp dir, then rename it into place.
 
     Nothing is visible at `final_dir` until the body (which must write the manifest)
-    succeeds. If another process finished the same artifact meanwhile, its result is kept.
-    The swap into place runs under `stage_lock(final_dir)`, so an incomplete `final_dir` is
-    only ever removed by the one builder holding the lock.
+    succeeds. If another process finished the same artifact meanwhile, its result is kept;
+    with `replace`, an existing folder is replaced instead (moved aside, then removed, so
+    `final_dir` is whole at every moment). The swap into place runs under
+    `stage_lock(final_dir)`, so an incomplete `final_dir` is only ever removed by the one
+    builder holding the lock.
     """
     final_dir = Path(final_dir)
     tmp = make_temp_dir(final_dir)
+    old = None
     try:
         yield tmp
         apply_umask_modes(tmp)
         with stage_lock(final_dir):
             if final_dir.exists():
-                if is_complete(final_dir):
+                if replace:
+                    old = final_dir.with_name(f".{final_dir.name}.old.{os.getpid()}")
+                    os.replace(final_dir, old)
+                elif is_complete(final_dir):
                     return  # a concurrent build of the same inputs won; keep it
-                shutil.rmtree(final_dir)  # corrupt or partial: no builder is using it
+                else:
+                    shutil.rmtree(final_dir)  # corrupt or partial: no builder is using it
             try:
                 os.replace(tmp, final_dir)
             except OSError:
@@ -316,3 +323,5 @@ def building(final_dir: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from maskshare.artifacts import LOCK_SUFFIX, MANIFEST, is_complete, lock_is_held, stage_lock
 from maskshare.errors import UserError
+from maskshare.run.layout import RunLayout
 
-STAGES = ("dataset", "groups/*", "stats/*", "masks/*/*", "evaluate")
 CHECKPOINT_SUFFIX = ".checkpoint"
 
 
@@ -88,20 +88,20 @@ def run_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and (p / "config.yaml").is_file())
+                  if p.is_dir() and not p.name.startswith(".") and RunLayout(p).is_run())
 
 
 def run_info(run: Path, verify_hashes: bool = False) -> RunInfo:
-    stages = [d for pat in STAGES for d in run.glob(pat)
-              if d.is_dir() and not d.name.startswith(".")]
-    complete = bool(stages) and (run / "metrics.json").is_file() and all(
+    layout = RunLayout(run)
+    stages = layout.stage_outputs()
+    complete = bool(stages) and layout.metrics.is_file() and all(
         is_complete(d, verify_hashes=verify_hashes) for d in stages)
     f = None
     try:
-        f = json.loads((run / "metrics.json").read_text()).get("faithfulness")
+        f = json.loads(layout.metrics.read_text()).get("faithfulness")
     except (OSError, ValueError, AttributeError):
         pass
-    return RunInfo(run, (run / "config.yaml").stat().st_mtime, size_of(run), complete,
+    return RunInfo(run, layout.config.stat().st_mtime, size_of(run), complete,
                    f if isinstance(f, (int, float)) else None)
 
 
