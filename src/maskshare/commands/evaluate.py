@@ -10,6 +10,9 @@ import json
 import sys
 from pathlib import Path
 
+from maskshare.errors import UserError
+from maskshare.run.layout import RunLayout
+
 SUMMARY = ["faithfulness", "faithfulness_vs_clean", "completeness", "latents_per_token",
            "circuit_size", "distinct_latents", "ld_model", "ld_model_clean", "ld_circuit",
            "ld_ablated", "ood_fraction"]
@@ -34,9 +37,8 @@ def _fmt(v) -> str:
 
 
 def run(args) -> int:
-    from maskshare.errors import UserError
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.evaluation.apply import CF_FILE, evaluate_prompts, read_prompts
-    from maskshare.run.layout import RunLayout
 
     run_dir = Path(args.run)
     if not RunLayout(run_dir).config.is_file():

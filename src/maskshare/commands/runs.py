@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maskshare.artifacts import LOCK_SUFFIX, MANIFEST, is_complete, lock_is_held, stage_lock
+from maskshare.config import RunConfig
 from maskshare.errors import UserError
 from maskshare.run.layout import RunLayout
+from maskshare.runtime import PROJECT_ROOT
 
 CHECKPOINT_SUFFIX = ".checkpoint"
 
@@ -48,9 +50,6 @@ def add_arguments(parser) -> None:
 
 
 def runs_root(runs_dir: str | None) -> Path:
-    from maskshare.config import RunConfig
-    from maskshare.runtime import PROJECT_ROOT
-
     root = Path(runs_dir if runs_dir is not None else RunConfig().runs_dir).expanduser()
     return root if root.is_absolute() else PROJECT_ROOT / root
 

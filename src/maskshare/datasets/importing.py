@@ -33,7 +33,9 @@ from maskshare.datasets.prompts import (
     table_jsonl,
     unknown_keys,
 )
+from maskshare.datasets.registry import _spec_files, write_dataset
 from maskshare.datasets.sources import table_hash
+from maskshare.datasets.spec import parse_spec
 from maskshare.errors import UserError
 from maskshare.runtime import data_dir
 
@@ -78,8 +80,6 @@ def _spec_text(name: str, src: Path, fmt: str, n: int, sha: str, table: str,
 
 
 def _check_name(name: str, force: bool) -> None:
-    from maskshare.datasets.registry import _spec_files
-
     if not re.match(NAME_RE, name):
         raise UserError(f"--name {name!r}: use lowercase letters, digits, '-' and '_' "
                         "(starting with a letter or digit)")
@@ -94,8 +94,6 @@ def plan_import(path: str | Path, name: str, *, fmt: str = "auto",
                 test_fraction: float = 0.2, seed: int = 0,
                 equal_length_pairs: bool = False) -> ImportPlan:
     """Read and check `path` and the name; UserError (one line naming the row) on bad input."""
-    from maskshare.datasets.spec import parse_spec
-
     path = Path(path)
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -135,8 +133,6 @@ def describe_ignored(ignored: dict[str, int]) -> str | None:
 
 
 def write_plan(plan: ImportPlan) -> Path:
-    from maskshare.datasets.registry import write_dataset
-
     return write_dataset(plan.name, plan.spec_text, plan.table_name, plan.table_bytes)
 
 
