@@ -19,9 +19,9 @@ def subprocess_env(cache: Path) -> dict:
 
 def stage_dirs(run: Path) -> list[Path]:
     """Every visible (not dot-named) stage directory of a run."""
-    return [p for pat in ("dataset", "groups/*", "stats/*", "attribution/*", "masks/*/*",
-                          "evaluate")
-            for p in run.glob(pat) if p.is_dir() and not p.name.startswith(".")]
+    from maskshare.run.layout import RunLayout
+
+    return RunLayout(run).stage_outputs()
 
 
 def dot_entries(root: Path) -> list[Path]:

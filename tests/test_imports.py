@@ -85,3 +85,28 @@ def test_no_import_cycle_among_maskshare_modules():
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle)
 
+
+
+def _function_level_own_imports() -> list[tuple[str, int, str]]:
+    """(module, line, the import and the comment above or beside it) of every import of a
+    maskshare module inside a function."""
+    out = []
+    for name, path in _modules().items():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("maskshare"):
+                    above = [ln.strip() for ln in lines[:node.lineno - 1]][::-1]
+                    comment = next((ln for ln in above if not ln.startswith(("from ", "import "))),
+                                   "")
+                    out.append((name, node.lineno, lines[node.lineno - 1] + " | " + comment))
+    return out
+
+
+def test_few_imports_of_the_package_hide_inside_functions_and_each_says_why():
+    found = _function_level_own_imports()
+    assert len(found) <= 30, "\n".join(f"{m}:{n}" for m, n, _ in found)
+    unexplained = [f"{m}:{n}" for m, n, text in found if "#" not in text]
+    assert not unexplained, unexplained

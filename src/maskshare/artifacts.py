@@ -14,9 +14,11 @@ two runs of one config never remove or overwrite each other's work.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -56,6 +58,45 @@ def file_mode() -> int:
 def dir_mode() -> int:
     """The mode `mkdir` would give a new folder (0755 under umask 022)."""
     return 0o777 & ~process_umask()
+
+
+# what a write can fail with that the user must fix (not maskshare): the advice for each
+WRITE_ERRNOS = {
+    errno.ENOSPC: "free some space (`maskshare runs clean --older-than DAYS --yes` deletes old "
+                  "runs) or point runs_dir / MASKSHARE_CACHE at another disk",
+    errno.EDQUOT: "free some of your quota or point runs_dir / MASKSHARE_CACHE elsewhere",
+    errno.EACCES: "make it writable for you or point runs_dir / MASKSHARE_CACHE at a folder "
+                  "you can write",
+    errno.EPERM: "make it writable for you or point runs_dir / MASKSHARE_CACHE at a folder "
+                 "you can write",
+    errno.EROFS: "the file system is read-only: point runs_dir / MASKSHARE_CACHE at a "
+                 "writable one",
+}
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+class WriteError(OSError):
+    """A write that failed for a reason the user must fix (a full disk, no permission, a
+    read-only file system), naming what could not be written: `filename`. Nothing
+    half-written is left: the temp files and folders are removed; finished outputs stay."""
+
+    def __str__(self) -> str:
+        advice = WRITE_ERRNOS.get(self.errno, "fix that")
+        return (f"cannot write {self.filename}: {self.strerror}; {advice}, then rerun: "
+                "finished stages are kept")
+
+
+def write_failure(exc: BaseException, path: str | Path) -> WriteError | None:
+    """`exc` as a WriteError naming `path` if it is a write failure the user must fix (an
+    OSError, or a library's error that carries an OS error number, as polars' do)."""
+    if isinstance(exc, WriteError):
+        return exc
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None and (m := _OS_ERROR.search(str(exc))):
+        code = int(m.group(1))
+    if code not in WRITE_ERRNOS:
+        return None
+    return WriteError(code, os.strerror(code), str(path))
 
 
 def make_temp_dir(final_dir: str | Path) -> Path:
@@ -184,11 +225,12 @@ def _fsync_dir(path: Path) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success fsync it and rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
@@ -197,8 +239,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fchmod(f.fileno(), file_mode())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except Exception as e:
+        if (w := write_failure(e, path)) is not None and w is not e:
+            raise w from e
+        raise
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
@@ -288,24 +334,31 @@ def is_complete(directory: str | Path, *, verify_hashes: bool = True) -> bool:
 
 
 @contextlib.contextmanager
-def building(final_dir: str | Path) -> Iterator[Path]:
+def building(final_dir: str | Path, *, replace: bool = False) -> Iterator[Path]:
     """Build an artifact directory in a sibling temp dir, then rename it into place.
 
     Nothing is visible at `final_dir` until the body (which must write the manifest)
-    succeeds. If another process finished the same artifact meanwhile, its result is kept.
-    The swap into place runs under `stage_lock(final_dir)`, so an incomplete `final_dir` is
-    only ever removed by the one builder holding the lock.
+    succeeds. If another process finished the same artifact meanwhile, its result is kept;
+    with `replace`, an existing folder is replaced instead (moved aside, then removed, so
+    `final_dir` is whole at every moment). The swap into place runs under
+    `stage_lock(final_dir)`, so an incomplete `final_dir` is only ever removed by the one
+    builder holding the lock.
     """
     final_dir = Path(final_dir)
-    tmp = make_temp_dir(final_dir)
+    tmp = old = None
     try:
+        tmp = make_temp_dir(final_dir)
         yield tmp
         apply_umask_modes(tmp)
         with stage_lock(final_dir):
             if final_dir.exists():
-                if is_complete(final_dir):
+                if replace:
+                    old = final_dir.with_name(f".{final_dir.name}.old.{os.getpid()}")
+                    os.replace(final_dir, old)
+                elif is_complete(final_dir):
                     return  # a concurrent build of the same inputs won; keep it
-                shutil.rmtree(final_dir)  # corrupt or partial: no builder is using it
+                else:
+                    shutil.rmtree(final_dir)  # corrupt or partial: no builder is using it
             try:
                 os.replace(tmp, final_dir)
             except OSError:
@@ -313,6 +366,12 @@ def building(final_dir: str | Path) -> Iterator[Path]:
                     return  # a builder that takes no lock finished meanwhile
                 raise
             _fsync_dir(final_dir.parent)
+    except Exception as e:  # a write inside names the stage's folder, not its temp copy
+        if (w := write_failure(e, final_dir)) is not None:
+            raise WriteError(w.errno, w.strerror, str(final_dir)) from e
+        raise
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 
+from maskshare.artifacts import WRITE_ERRNOS, WriteError
 from maskshare.errors import UserError
 
 # name -> (module under maskshare.commands, one-line help)
@@ -73,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"maskshare {args.command}: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, no permission, a read-only file system: one line
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        w = e if isinstance(e, WriteError) else WriteError(e.errno, e.strerror, e.filename)
+        print(f"maskshare {args.command}: {w}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -6,12 +6,20 @@ Unknown fields are rejected (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from maskshare.domains import (
     Count,
@@ -46,6 +54,29 @@ Ablation.ZERO = Ablation("zero")
 # each token's latents replaced by those of the counterfactual prompt at the same
 # position (activation patching; needs prompt pairs of equal token length)
 Ablation.COUNTERFACTUAL = Ablation("counterfactual")
+
+
+@dataclass(frozen=True)
+class HashRule:
+    """How a field enters the hashes, declared on the field (`Annotated[type, RULE]`);
+    `hash_excluded(model, rule)` lists the fields a rule marks."""
+
+    name: str
+
+
+# added after run directories existed: left out of config.yaml and of the run's hash while
+# at its default, so existing runs keep their directory and bytes (`config_data`; a section
+# whose fields are all left out is left out whole)
+NEW_FIELD = HashRule("left out at its default")
+# chooses which masks to train or where training starts (hashed there through the start
+# itself), not what a training computes: out of a mask's training key (masks.checkpoints)
+NOT_IN_MASK_KEY = HashRule("not in a mask's key")
+
+
+def hash_excluded(model: type[BaseModel] | BaseModel, rule: HashRule) -> tuple[str, ...]:
+    """The fields of `model` that `rule` marks."""
+    fields = type(model).model_fields if isinstance(model, BaseModel) else model.model_fields
+    return tuple(n for n, f in fields.items() if rule in f.metadata)
 
 
 class ErrorTerm(StrEnum):
@@ -222,7 +253,7 @@ class MaskConfig(Strict):
     # The sparsity sweep: `auto` (the default) is AUTO_LAMBDAS, a grid in task-normalised
     # units (see `scale`) spanning dense to sparse circuits on any task, so a new task needs
     # no tuning; or a list, each >= 0 (lambda 0, no sparsity penalty, is the full mask)
-    lambdas: list[float] | Literal["auto"] = "auto"
+    lambdas: Annotated[list[float] | Literal["auto"], NOT_IN_MASK_KEY] = "auto"
     # "task": the objective is divided by its value for the empty circuit (every latent
     # ablated; for logit-diff the task's own mean |ld(empty) - ld(M)|), so a lambda means
     # "share of the task's effect per latent kept per token" on every task; "none": raw units
@@ -235,7 +266,7 @@ class MaskConfig(Strict):
     temperature_start: PositiveFloat = 1.0
     temperature_end: PositiveFloat = 200.0  # >= temperature_start
     init_logit: Finite = 0.5    # theta at start (mask ~ on)
-    checkpoint_every: Count = 25
+    checkpoint_every: Annotated[Count, NOT_IN_MASK_KEY] = 25
     max_train_prompts: Count | None = None
     # stop once the binarised mask (theta > 0) has not changed for this many consecutive
     # steps, but not before `early_stop_min_steps`; None: always run `steps`
@@ -245,13 +276,13 @@ class MaskConfig(Strict):
     # `attribution` (the variant's integrated-gradients scores from stage attribution,
     # mapped to logits by a benefit/cost rule that opens triples whose score exceeds
     # `init_open_ratio` x their penalty; a variant without scores starts cold)
-    init: Literal["cold", "attribution"] = "attribution"
-    init_open_ratio: PositiveFloat = 0.33
+    init: Annotated[Literal["cold", "attribution"], NOT_IN_MASK_KEY] = "attribution"
+    init_open_ratio: Annotated[PositiveFloat, NOT_IN_MASK_KEY] = 0.33
     # the sweep as a chain: each lambda (ascending) starts from the previous one's theta
-    continue_sweep: bool = True
+    continue_sweep: Annotated[bool, NOT_IN_MASK_KEY] = True
     # steps of a warm-started or continued training (the anneal compressed into them; at
     # most `steps`); None: `steps`
-    warm_steps: Count | None = 20
+    warm_steps: Annotated[Count | None, NOT_IN_MASK_KEY] = 20
 
     @field_validator("lambdas", mode="wrap")
     @classmethod
@@ -289,9 +320,10 @@ class EvalConfig(Strict):
     matched_latents_per_token: PositiveFloat | None = None  # None: chosen from the curves
     # the run's lambda: the sparsest whose F on (a seeded sample of at most `select_limit`
     # prompts of) `select_split` reaches `target_f`; if none does, the one with the best F
-    select_split: Literal["train", "test_phrasing", "test_entity", "test_both"] = "train"
-    select_limit: Count | None = 64
-    target_f: PositiveFloat = 0.9
+    select_split: Annotated[Literal["train", "test_phrasing", "test_entity", "test_both"],
+                            NEW_FIELD] = "train"
+    select_limit: Annotated[Count | None, NEW_FIELD] = 64
+    target_f: Annotated[PositiveFloat, NEW_FIELD] = 0.9
 
     @field_validator("seeds")
     @classmethod
@@ -306,20 +338,15 @@ class AttributionConfig(Strict):
     as Sparse Feature Circuits does); an empty list switches the stage off. `variants`:
     `main` (the run's main variant only) or `all` (every variant whose masks are trained)."""
 
-    methods: list[Literal["atp", "ig"]] = Field(default_factory=lambda: ["atp", "ig"])
-    ig_steps: Annotated[Count, Field(le=1000)] = 10
-    variants: Literal["main", "all"] = "main"
+    methods: Annotated[list[Literal["atp", "ig"]], NEW_FIELD] = Field(
+        default_factory=lambda: ["atp", "ig"])
+    ig_steps: Annotated[Count, Field(le=1000), NEW_FIELD] = 10
+    variants: Annotated[Literal["main", "all"], NEW_FIELD] = "main"
 
     @field_validator("methods")
     @classmethod
     def _distinct_methods(cls, v: list[str]) -> list[str]:
         return distinct(v, "methods")
-
-
-# fields added after run directories existed: left out of config.yaml and of the run's hash
-# while they hold their default, so existing runs keep their directory and bytes
-_OMIT_AT_DEFAULT = {"evaluate": ("select_split", "select_limit", "target_f"),
-                    "attribution": ("methods", "ig_steps", "variants")}
 
 
 class RunConfig(Strict):
@@ -354,10 +381,14 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def config_data(cfg: RunConfig) -> dict:
-    """`cfg` as plain JSON data, without the fields of `_OMIT_AT_DEFAULT` at their default."""
+    """`cfg` as plain JSON data, without the `NEW_FIELD` fields at their default."""
     data = cfg.model_dump(mode="json")
-    for section, names in _OMIT_AT_DEFAULT.items():
-        default = type(getattr(cfg, section))()
+    for section in type(cfg).model_fields:
+        value = getattr(cfg, section)
+        names = hash_excluded(value, NEW_FIELD) if isinstance(value, BaseModel) else ()
+        if not names:
+            continue
+        default = type(value)()
         for n in names:
             if getattr(getattr(cfg, section), n) == getattr(default, n):
                 data[section].pop(n)

@@ -12,6 +12,8 @@ import functools
 
 import torch
 
+from maskshare.model.activations import hook_name
+
 TINY_BOS = "<|endoftext|>"
 TINY_PAD = "<|pad|>"
 
@@ -78,7 +80,6 @@ def tiny_saes(model, hooks: list[str] | None = None, d_sae: int = 64, seed: int 
     """Random StandardSAEs (seeded) at `hooks` (default: resid_post of every layer)."""
     from sae_lens import StandardSAE, StandardSAEConfig
 
-    from maskshare.model.activations import hook_name
 
     hooks = hooks or [hook_name("resid_post", i) for i in range(model.cfg.n_layers)]
     out = {}

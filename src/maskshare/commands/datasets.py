@@ -9,6 +9,9 @@ import sys
 
 import polars as pl
 
+from maskshare.config import DatasetRef
+from maskshare.errors import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True,
@@ -99,6 +102,7 @@ def _num(v, fmt: str) -> str:
 
 
 def _list() -> int:
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.datasets import list_specs
 
     for s in list_specs():
@@ -114,6 +118,7 @@ def _list() -> int:
 def _show(name: str) -> int:
     import yaml
 
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.datasets.registry import find_spec
     from maskshare.datasets.sources import check_source, load_source
 
@@ -154,7 +159,7 @@ def _print_built(built, model: str) -> None:
 
 
 def _build(args) -> int:
-    from maskshare.config import DatasetRef
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.datasets import build_dataset, load_spec
     from maskshare.datasets.build import TooFewItems
     from maskshare.model.models import load_model
@@ -163,8 +168,6 @@ def _build(args) -> int:
     variants = spec.variants() if args.variant == "both" else [args.variant]
     for v in variants:  # fail on a missing variant before loading the model
         if v not in spec.variants():
-            from maskshare.errors import UserError
-
             raise UserError(f"{spec.name} has no {v} variant (it has {spec.variants()})")
     model = load_model(args.model)
     for v in variants:
@@ -181,7 +184,7 @@ def _build(args) -> int:
 
 
 def _import(args) -> int:
-    from maskshare.config import DatasetRef
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.datasets.build import TooFewItems, build_from_table
     from maskshare.datasets.importing import describe_ignored, plan_import, write_plan
     from maskshare.model.models import load_model
@@ -223,6 +226,7 @@ def _import(args) -> int:
     print(f"imported {plan.table.height} rows ({plan.format} format) as {plan.name!r}: "
           f"{spec_path}, {spec_path.parent.parent / 'sources' / plan.table_name}")
     _print_built(built, args.model)
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.datasets import roles_note
 
     print(f"- note: {roles_note(plan.spec, ['roles'])}")  # the default baselines include roles
@@ -236,6 +240,7 @@ def run(args) -> int:
     if args.action == "show":
         return _show(args.name)
     if args.action == "add":
+        # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
         from maskshare.datasets import add_spec
 
         print(add_spec(args.spec))

@@ -34,6 +34,7 @@ def _fmt(v) -> str:
 
 
 def run(args) -> int:
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.evaluation.apply import CF_FILE
     from maskshare.run.handle import open_run
 

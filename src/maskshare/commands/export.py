@@ -41,6 +41,7 @@ def export_document(run, variant=None, lam=None, seed=None) -> dict:
 
 
 def run(args) -> int:
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.run.handle import open_run
 
     r = open_run(args.run)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from maskshare.errors import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
@@ -17,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskshare.errors import UserError
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.report.groups_view import show
 
     if getattr(args, "action", None) != "show":

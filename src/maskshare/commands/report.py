@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maskshare.errors import UserError
+from maskshare.report import browser
+
 WIDTHS = (1000, 1600)
 
 
@@ -23,8 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     """Every UserError before anything is written."""
-    from maskshare.errors import UserError
-    from maskshare.report import browser
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.report.data import is_run_dir
 
     if (args.run_dir is None) == (args.runs is None):
@@ -42,7 +44,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskshare.report import browser
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.report.page import write_comparison, write_report
 
     _check(args)

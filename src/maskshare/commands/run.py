@@ -6,6 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from maskshare.config import load_config
+from maskshare.run.layout import RunLayout
+
 
 def add_arguments(p) -> None:
     p.add_argument("--config", required=True, help="run config YAML (see configs/default.yaml)")
@@ -19,12 +22,11 @@ def add_arguments(p) -> None:
 
 
 def print_headline(run: Path) -> None:
-    from maskshare.run.layout import RunLayout
-
     mpath = RunLayout(run).metrics
     if not mpath.is_file():
         return
     metrics = json.loads(mpath.read_text())
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.evaluation.comparison import HEADLINE_METRICS
 
     for k in HEADLINE_METRICS:
@@ -34,10 +36,9 @@ def print_headline(run: Path) -> None:
 
 
 def run(args) -> int:
-    from maskshare.config import load_config
-
     cfg = load_config(args.config)  # bad config: UserError before anything is written
     if args.no_prefect:
+        # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
         from maskshare.stages.pipeline import run_pipeline
 
         run_dir = run_pipeline(cfg)

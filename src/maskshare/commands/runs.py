@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maskshare.artifacts import LOCK_SUFFIX, MANIFEST, is_complete, lock_is_held, stage_lock
+from maskshare.config import RunConfig
 from maskshare.errors import UserError
+from maskshare.run.layout import RunLayout
+from maskshare.runtime import PROJECT_ROOT
 
-STAGES = ("dataset", "groups/*", "stats/*", "masks/*/*", "evaluate")
 CHECKPOINT_SUFFIX = ".checkpoint"
 
 
@@ -48,9 +50,6 @@ def add_arguments(parser) -> None:
 
 
 def runs_root(runs_dir: str | None) -> Path:
-    from maskshare.config import RunConfig
-    from maskshare.runtime import PROJECT_ROOT
-
     root = Path(runs_dir if runs_dir is not None else RunConfig().runs_dir).expanduser()
     return root if root.is_absolute() else PROJECT_ROOT / root
 
@@ -88,20 +87,20 @@ def run_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and (p / "config.yaml").is_file())
+                  if p.is_dir() and not p.name.startswith(".") and RunLayout(p).is_run())
 
 
 def run_info(run: Path, verify_hashes: bool = False) -> RunInfo:
-    stages = [d for pat in STAGES for d in run.glob(pat)
-              if d.is_dir() and not d.name.startswith(".")]
-    complete = bool(stages) and (run / "metrics.json").is_file() and all(
+    layout = RunLayout(run)
+    stages = layout.stage_outputs()
+    complete = bool(stages) and layout.metrics.is_file() and all(
         is_complete(d, verify_hashes=verify_hashes) for d in stages)
     f = None
     try:
-        f = json.loads((run / "metrics.json").read_text()).get("faithfulness")
+        f = json.loads(layout.metrics.read_text()).get("faithfulness")
     except (OSError, ValueError, AttributeError):
         pass
-    return RunInfo(run, (run / "config.yaml").stat().st_mtime, size_of(run), complete,
+    return RunInfo(run, layout.config.stat().st_mtime, size_of(run), complete,
                    f if isinstance(f, (int, float)) else None)
 
 

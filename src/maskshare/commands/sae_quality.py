@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from maskshare.errors import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--saes", help="SAE set folder (default: data/saes/<model>/)")
@@ -20,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from maskshare.errors import UserError
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.saes.quality import quality_markdown, sae_quality
 
     if args.ce_rows < 1:

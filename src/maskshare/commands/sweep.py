@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from maskshare.config import load_config
+
 
 def add_arguments(p) -> None:
     p.add_argument("--config", required=True, help="base run config YAML")
@@ -16,8 +18,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from maskshare.config import load_config
-
     load_config(args.config)  # bad config: exit 2 before anything starts
     from flows import configure_prefect_env
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from maskshare.errors import UserError
+from maskshare.runtime import configure_threads
+from maskshare.validation import read_yaml_file, validation_message
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_training_config(args: argparse.Namespace):
     from pydantic import ValidationError
 
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.saes.training import SAETrainingConfig
-    from maskshare.validation import read_yaml_file, validation_message
 
     data: dict = {}
     if args.config:
@@ -53,6 +55,7 @@ def load_training_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.saes.training import train_saes
 
     cfg = load_training_config(args)
@@ -65,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
 def sample_worker(cfg, spec: str) -> int:
     """Sample worker I of N's shards of the corpus's model-written text."""
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.model.models import load_tokenizer
-    from maskshare.runtime import configure_threads
     from maskshare.saes.corpus import build_corpus
     from maskshare.saes.corpus_sampling import model_sampler
 
@@ -77,6 +80,7 @@ def sample_worker(cfg, spec: str) -> int:
     if not 0 <= worker < workers:
         raise UserError(f"--sample-worker {spec!r}: I must be in 0..N-1")
     configure_threads(cfg.threads or 1)
+    # heavy (torch, polars): imported when the command runs, not for `maskshare --help`
     from maskshare.model.models import EMBEDDED, embedded_hf_dir
 
     tok = load_tokenizer(embedded_hf_dir() if cfg.model == EMBEDDED else cfg.model)

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from maskshare.artifacts import building, hash_config, is_complete, read_manifest, write_manifest
+from maskshare.datasets.prompt_build import prompt_items, prompt_pass_table
 from maskshare.datasets.registry import find_spec
 from maskshare.datasets.rows import first_token, split_entities, split_of, token_roles
 from maskshare.datasets.schema import ITEMS_SCHEMA, PASS_TABLE_SCHEMA, load_items, validate_items
@@ -294,8 +295,6 @@ def _template_items(spec: DatasetSpec, df: pl.DataFrame, variant: str, model):
 def build_from_table(spec, spec_path: Path, df: pl.DataFrame, source_hash: str, ref, model, *,
                      progress: bool = True) -> BuiltDataset:
     """Build `spec` from its (checked) table `df` for `model`, or load the cached build."""
-    from maskshare.datasets.prompt_build import prompt_items, prompt_pass_table
-
     variant, name = ref.variant, model_name(model)
     filt, margin = resolve_filter(spec, ref)
     key = build_key(spec, source_hash, name, variant, ref.max_items, filt, margin)

@@ -25,19 +25,25 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from maskshare.datasets.fieldpath import parse
+from maskshare.datasets.formats import mib_counterfactual_field, mib_row, recall_rows
 from maskshare.datasets.prompts import (
     CLEAN_PATCH,
+    FIELDS,
     NAME_RE,
     REQUIRED,
     check_groups,
     detect_format,
+    field_value,
     normalise_rows,
     read_rows,
     read_rows_text,
     table_jsonl,
     unknown_keys,
 )
+from maskshare.datasets.registry import _spec_files, write_dataset
 from maskshare.datasets.sources import table_hash
+from maskshare.datasets.spec import parse_spec
 from maskshare.errors import UserError
 from maskshare.runtime import data_dir
 
@@ -84,8 +90,6 @@ def _spec_text(name: str, src: Path, fmt: str, n: int, sha: str, table: str,
 
 
 def _check_name(name: str, force: bool) -> None:
-    from maskshare.datasets.registry import _spec_files
-
     if not re.match(NAME_RE, name):
         raise UserError(f"--name {name!r}: use lowercase letters, digits, '-' and '_' "
                         "(starting with a letter or digit)")
@@ -99,9 +103,6 @@ def _canonical_rows(rows, fmt: str, columns: dict[str, str], where: str, seed: i
                     counterfactual: str | None, first_token) -> tuple[list, dict, list[str]]:
     """(rows for normalise_rows, its column mapping, notes): the mib and recall formats turn
     each row into canonical fields first, then `columns` overrides read the original row."""
-    from maskshare.datasets.formats import mib_counterfactual_field, mib_row, recall_rows
-    from maskshare.datasets.prompts import field_value
-
     if fmt in ("clean-patch", "prompts"):
         return rows, {**(CLEAN_PATCH if fmt == "clean-patch" else {}), **columns}, []
     notes = []
@@ -133,8 +134,6 @@ def plan_import(path: str | Path, name: str, *, fmt: str = "auto",
                 counterfactual: str | None = None, first_token=None) -> ImportPlan:
     """Read and check `path` and the name; UserError (one line naming the row) on bad input.
     `first_token(text)` (the recall format only) gives an answer's first token id."""
-    from maskshare.datasets.spec import parse_spec
-
     path = Path(path)
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -181,9 +180,6 @@ def plan_import(path: str | Path, name: str, *, fmt: str = "auto",
 
 
 def _check_columns(columns: dict[str, str]) -> dict[str, str]:
-    from maskshare.datasets.fieldpath import parse
-    from maskshare.datasets.prompts import FIELDS
-
     for f, p in columns.items():
         if f not in FIELDS:
             raise UserError(f"--column {f}={p}: unknown field {f!r}; map any of "
@@ -204,8 +200,6 @@ def describe_ignored(ignored: dict[str, int]) -> str | None:
 
 
 def write_plan(plan: ImportPlan) -> Path:
-    from maskshare.datasets.registry import write_dataset
-
     return write_dataset(plan.name, plan.spec_text, plan.table_name, plan.table_bytes)
 
 

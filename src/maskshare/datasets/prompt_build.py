@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 
 from maskshare.datasets.prompts import DEFAULT_GROUP, PromptDatasetSpec
+from maskshare.datasets.rows import split_entities, split_of, token_roles
 from maskshare.datasets.schema import ITEMS_SCHEMA, OPTIONAL_ITEMS_SCHEMA, PASS_TABLE_SCHEMA
 
 DROP_SHARED = "answer and counterfactual share their first token"
@@ -34,8 +35,6 @@ DROP_PAIR = "counterfactual prompt missing or of another token length (equal_len
 def assign_splits(df: pl.DataFrame, test_fraction: float, seed: int,
                   held_out_groups: list[str]) -> list[str]:
     """The split of every row of the canonical table (group filled in); see the module doc."""
-    from maskshare.datasets.rows import split_entities, split_of
-
     units = [e if e is not None else p for e, p in zip(df["entity"], df["prompt"], strict=True)]
     test_units = split_entities(units, test_fraction, seed)
     held = set(held_out_groups)
@@ -60,8 +59,6 @@ def _first(tokenizer, text: str) -> int | None:
 def _row_tokens(tokenizer, r: dict, bos: int, d_vocab: int, n_ctx: int,
                 equal_length_pairs: bool = False):
     """(item fields, None) for a usable row, (None, drop reason) otherwise."""
-    from maskshare.datasets.rows import token_roles
-
     a, c = _first(tokenizer, r["answer"]), _first(tokenizer, r["counterfactual"])
     for i in (a, c):
         if i is None or i >= d_vocab or not tokenizer.decode([i]).strip():

@@ -27,6 +27,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from maskshare.datasets.fieldpath import PathError, is_path, parse, resolve, top_key
+from maskshare.datasets.formats import looks_like_mib, looks_like_recall
 from maskshare.errors import UserError
 from maskshare.validation import Strict, read_text_file
 
@@ -145,8 +146,6 @@ def read_rows(path: Path) -> list[tuple[str, Any]]:
 def detect_format(rows: list[tuple[str, Any]], where: str) -> str:
     """`clean-patch`, `prompts`, `mib` or `recall`, from the keys of the first row: a row with
     `prompt` and `answer` is `prompts` (as before the other two existed)."""
-    from maskshare.datasets.formats import looks_like_mib, looks_like_recall
-
     loc, first = rows[0]
     if not isinstance(first, dict):
         raise UserError(f"{where}: {loc}: expected an object, got {type(first).__name__}")

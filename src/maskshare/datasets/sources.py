@@ -14,8 +14,9 @@ from typing import Any
 
 import polars as pl
 
+from maskshare.datasets.prompts import load_prompt_table
 from maskshare.errors import UserError
-from maskshare.runtime import data_dir
+from maskshare.runtime import PROJECT_ROOT, data_dir
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 
@@ -91,8 +92,6 @@ def resolve_table_path(table: str, spec_dir: Path | None = None) -> Path:
 
 
 def _builtin_data_dir() -> Path:
-    from maskshare.runtime import PROJECT_ROOT
-
     return PROJECT_ROOT / "data"
 
 
@@ -119,8 +118,6 @@ def read_table(path: Path) -> pl.DataFrame:
 def load_source(spec, spec_dir: Path | None = None) -> tuple[pl.DataFrame, str]:
     """The spec's source table and a hash of its contents."""
     if getattr(spec, "kind", "template") == "prompts":
-        from maskshare.datasets.prompts import load_prompt_table
-
         df = load_prompt_table(spec, resolve_table_path(spec.source.table, spec_dir))
         return df, table_hash(df)
     src = spec.source

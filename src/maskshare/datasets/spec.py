@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from maskshare.datasets.prompts import PromptDatasetSpec
 from maskshare.domains import DATASET_NAME_RE, Finite, NonNegInt, Seed, Text
 from maskshare.errors import UserError
 from maskshare.validation import Strict, read_yaml_file, validation_message
@@ -201,8 +202,6 @@ def parse_spec(data: Any, *, source: str):
 
     `kind: template` may be written; it is dropped before validation so a template spec's
     dump (and with it every build key and run hash) is the same with or without it."""
-    from maskshare.datasets.prompts import PromptDatasetSpec
-
     if not isinstance(data, dict):
         raise UserError(f"{source}: a dataset spec must be a YAML mapping")
     kind = data.get("kind", "template")

@@ -27,6 +27,9 @@ from torch import Tensor
 
 from maskshare.config import Ablation
 from maskshare.errors import UserError
+from maskshare.evaluation.apply import items_frame
+from maskshare.model.activations import pad_batch, pad_slots
+from maskshare.model.models import tokenize_prompt
 
 
 @dataclass
@@ -96,17 +99,11 @@ class AppliedCircuit:
         return (args, kwargs) if changed else None
 
     def _tokenise(self, texts: list[str]) -> tuple[Tensor, Tensor | None]:
-        from maskshare.model.activations import pad_batch
-        from maskshare.model.models import tokenize_prompt
-
         rows = [tokenize_prompt(self.model, t) for t in texts]
         toks, att, _ = pad_batch(rows, list(range(len(rows))))
         return toks, (att if len({len(r) for r in rows}) > 1 else None)
 
     def _slots(self, toks: Tensor, att: Tensor | None) -> Tensor:
-        from maskshare.evaluation.apply import items_frame
-        from maskshare.model.activations import pad_slots
-
         if toks.ndim == 1:
             toks = toks[None]
         lengths = att.sum(1).tolist() if att is not None else [toks.shape[1]] * toks.shape[0]

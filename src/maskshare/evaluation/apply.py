@@ -34,7 +34,19 @@ from typing import Any
 
 import numpy as np
 
+from maskshare.artifacts import is_complete
 from maskshare.errors import UserError
+from maskshare.evaluation.metrics import evaluate_masks
+from maskshare.grouping import load_grouping
+from maskshare.masks.masking import MaskedModel
+from maskshare.masks.slot_stats import SlotStats
+from maskshare.masks.training import TrainResult
+from maskshare.model.activations import clean_final_logits, padded_batches
+from maskshare.model.models import tokenize_prompt
+from maskshare.run.layout import RunLayout
+from maskshare.run.resources import get_model, get_saes, load_run_config
+from maskshare.run.variants import Variant, main_variant, variants
+from maskshare.validation import read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +126,6 @@ def unknown_fields(text: str) -> list[str]:
 
 def read_prompts(path: str | Path) -> tuple[list[Prompt], list[Skipped]]:
     """Prompts of a JSON-lines file and the lines skipped; UserError if it cannot be read."""
-    from maskshare.validation import read_text_file
-
     p = Path(path)
     text = read_text_file(p, "prompts")
     prompts, skipped = [], []
@@ -157,8 +167,6 @@ def _first_token(tokenizer, text: str, what: str) -> int:
 def check_prompt(model, p: Prompt, *, grouping=None) -> _Checked:
     """Tokenise `p` for `model`; ValueError (one-line reason) if it cannot be scored (by
     `grouping`, where given: its `prompt_problem`)."""
-    from maskshare.model.models import tokenize_prompt
-
     tok = model.tokenizer
     tokens = tokenize_prompt(model, p.prompt)
     if len(tokens) < 2:
@@ -191,7 +199,6 @@ def model_counterfactuals(model, tokens: list[list[int]], answer_ids: list[int],
     the tokenizer's special tokens."""
     import torch
 
-    from maskshare.model.activations import clean_final_logits, padded_batches
 
     banned = sorted({int(t) for t in (model.tokenizer.all_special_ids or [])
                      if 0 <= int(t) < model.cfg.d_vocab})
@@ -213,11 +220,6 @@ def resolve_circuit(run: Path, variant: str | None = None, lam: float | None = N
                     seed: int | None = None):
     """(config, Variant, lambda, seed, masks dir) of the circuit to apply; UserError if the
     run does not hold it."""
-    from maskshare.artifacts import is_complete
-    from maskshare.run.layout import RunLayout
-    from maskshare.run.resources import load_run_config
-    from maskshare.run.variants import Variant, main_variant, variants
-
     cfg = load_run_config(run)
     if variant is None:
         v = main_variant(cfg)
@@ -315,14 +317,6 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
     `variant`, `lambda`, `seed`, `run`, `per_prompt`, and `note` where a metric is undefined.
     UserError when the run lacks the circuit or no prompt is usable.
     """
-    from maskshare.evaluation.metrics import evaluate_masks
-    from maskshare.grouping import load_grouping
-    from maskshare.masks.masking import MaskedModel
-    from maskshare.masks.slot_stats import SlotStats
-    from maskshare.masks.training import TrainResult
-    from maskshare.run.layout import RunLayout
-    from maskshare.run.resources import get_model, get_saes
-
     run = Path(run)
     cfg, v, lam, seed, mdir = resolve_circuit(run, variant, lam, seed)
     skipped = list(skipped)

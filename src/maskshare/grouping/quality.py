@@ -17,6 +17,7 @@ import numpy as np
 
 from maskshare.config import GroupingConfig
 from maskshare.grouping.base import Assignment, Grouping, token_lists
+from maskshare.grouping.registry import make_grouping
 
 if TYPE_CHECKING:
     from maskshare.grouping.features import TokenFeatures
@@ -110,8 +111,6 @@ def stability(cfg: GroupingConfig, model, items, seeds: tuple[int, int] = (0, 1)
 
     labs = []
     for seed in seeds:
-        from maskshare.grouping.registry import make_grouping  # registry imports quality's peers
-
         g = make_grouping(cfg, seed).fit(model, items, features)
         a = g.assign(model, items, features)
         labs.append(np.concatenate([s[1:] for s in a.slots]))

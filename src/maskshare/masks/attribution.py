@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from maskshare.masks.masking import MaskedModel, Masks, PreparedBatch
+from maskshare.run.layout import RunLayout
 
 if TYPE_CHECKING:
     from maskshare.run.variants import Variant
@@ -156,7 +157,6 @@ def load_scores(run: str | Path, variant: Variant | str, method: str):
     `method` (`atp`/`ig`, or the method's full name), hooks shallowest first."""
     from safetensors import safe_open
 
-    from maskshare.run.layout import RunLayout
 
     short = {v: k for k, v in SHORT_NAMES.items()}[method_of(method)]
     path = RunLayout(run).attribution_scores(variant, short)

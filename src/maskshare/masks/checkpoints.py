@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from maskshare.artifacts import hash_config, save_tensors, write_json_atomic
-from maskshare.config import MaskConfig
+from maskshare.config import NOT_IN_MASK_KEY, MaskConfig, hash_excluded
 from maskshare.masks.masking import MaskedModel, Masks, binarize
 
 logger = logging.getLogger(__name__)
@@ -78,8 +78,7 @@ def run_key(cfg: MaskConfig, lam: float, seed: int, mm: MaskedModel, n_prompts: 
          for h, t in init.items()})
     # where training starts is `init` itself (hashed below); the settings choosing it, and
     # the steps of warm-started runs (passed in as `steps`), are not the run's own
-    exclude = {"lambdas", "checkpoint_every", "init", "init_open_ratio", "continue_sweep",
-               "warm_steps"}
+    exclude = set(hash_excluded(cfg, NOT_IN_MASK_KEY))
     if cfg.early_stop_patience is None:  # off: keys stay those of runs before the option
         exclude |= {"early_stop_patience", "early_stop_min_steps"}
     return hash_config(cfg.model_dump(mode="json", exclude=exclude), lam, seed,

@@ -48,6 +48,7 @@ from maskshare.masks.prepared import (
     sub_batch,
 )
 from maskshare.masks.slot_stats import SlotStats, check_inputs
+from maskshare.masks.stacked import stacked_logit_diffs
 from maskshare.model.activations import (
     at_final,
     final_logit_diff,
@@ -333,8 +334,6 @@ class MaskedModel:
 
     def logit_diffs_many(self, batches: list[PreparedBatch], masks: list[Masks]) -> list:
         """`logit_diffs` under each of `masks`, several masks per pass (`maskshare.masks.stacked`)."""
-        from maskshare.masks.stacked import stacked_logit_diffs
-
         return stacked_logit_diffs(self, batches, masks)
 
     @torch.no_grad()

@@ -34,6 +34,8 @@ import torch
 from torch import Tensor
 
 from maskshare.errors import UserError
+from maskshare.model.activations import pad_batch
+from maskshare.model.sae_set import hook_layer
 
 CASES = ("same", "fewer", "none")
 
@@ -93,9 +95,6 @@ def slot_aligned_latents(mm, cf_tokens: list[list[int]], clean_slots: list[np.nd
                          cf_slots: list[np.ndarray], P: int) -> dict[str, Tensor]:
     """{hook: [B, P, d_sae]}: each clean token's patch latents (module doc), for one batch of
     pairs (`mm` a MaskedModel; `P` the clean batch's padded length)."""
-    from maskshare.model.activations import pad_batch
-    from maskshare.model.sae_set import hook_layer
-
     for t, s in zip(cf_tokens, cf_slots, strict=True):
         if t is None or len(s) != len(t):
             raise UserError("slot-aligned patching needs each counterfactual prompt's tokens and "

@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from maskshare.artifacts import save_tensors
 from maskshare.errors import UserError
 from maskshare.model.activations import pad_slots, padded_batches, run_to_deepest
 
@@ -52,8 +53,6 @@ class SlotStats:
 
     def save(self, path: str | Path) -> None:
         """Write one safetensors file atomically (keys `<hook>::<field>`, plus `counts`)."""
-        from maskshare.artifacts import save_tensors
-
         tensors = {"counts": self.counts.contiguous()}
         for h, st in self.hooks.items():
             for field in ("latent_mean", "error_mean", "global_latent_mean", "global_error_mean"):

@@ -57,6 +57,7 @@ from maskshare.masks.checkpoints import (
 )
 from maskshare.masks.masking import MaskedModel, Masks, empty_masks, full_masks
 from maskshare.masks.prepared import PreparedBatch
+from maskshare.masks.warm_start import attribution_start, continued_theta, warm_config
 from maskshare.model.activations import logit_diff
 
 logger = logging.getLogger(__name__)
@@ -352,8 +353,6 @@ def train_sweep(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
     (`attribution_logits`), else it is cold. A warm-started lambda trains `warm_config(cfg)`.
     With `out_dir`, each lambda checkpoints and saves into `out_dir/<lambda>/`; a finished
     lambda with the same run key is loaded, not retrained."""
-    from maskshare.masks.warm_start import attribution_start, continued_theta, warm_config
-
     targets = compute_targets(mm, batches, cfg.objective, cfg.scale)
     out: dict[float, TrainResult] = {}
     prev, n_prompts = None, sum(len(b) for b in batches)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from maskshare.artifacts import is_complete
+from maskshare.artifacts import building, is_complete, write_manifest
 from maskshare.errors import UserError
 from maskshare.runtime import cache_dir, configure_threads
+from maskshare.testing import tiny_model
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ def embedded_hf_dir() -> Path:
         raise UserError(f"the 'gguf' package is not installed: {INSTALL_HINT}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from maskshare.artifacts import building, write_manifest
 
     g = gguf_path()
     logger.info("converting %s to float32 safetensors in %s (once, ~15 s)", g.name, out)
@@ -202,8 +202,6 @@ def load_model(name: str = EMBEDDED, device: str = "cpu", threads: int | None = 
 
 def _load(name: str, device: str):
     if name == TINY:
-        from maskshare.testing import tiny_model
-
         return tiny_model(seed=0)
     if name == EMBEDDED:
         # SmolLM2's pretraining documents start after <|endoftext|>; its tokenizer's own BOS

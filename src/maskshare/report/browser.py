@@ -21,6 +21,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from maskshare.run.layout import RunLayout
+
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--mute-audio",
          "--no-first-run", "--disable-extensions", "--disable-background-networking"]
@@ -126,9 +128,9 @@ def screenshots(run: str | Path, widths: tuple[int, ...] = (1000, 1600), height:
     its main grouping."""
     import yaml
 
-    run = Path(run)
-    out = Path(out) if out is not None else run / "screenshots"
-    kind = yaml.safe_load((run / "config.yaml").read_text())["grouping"]["kind"]
-    pages = [("report", run / "report.html"), ("groups", run / "groups" / kind / "groups.html")]
+    layout = RunLayout(run)
+    out = Path(out) if out is not None else layout.screenshots
+    kind = yaml.safe_load(layout.config.read_text())["grouping"]["kind"]
+    pages = [("report", layout.report), ("groups", layout.groups_page(kind))]
     return [screenshot(f, out / f"{name}-{w}.png", w, height)
             for name, f in pages if f.is_file() for w in widths]

@@ -15,6 +15,7 @@ import html
 from maskshare.report.data import RunView
 from maskshare.report.slot_names import slot_title
 from maskshare.report.svg import svg_heatmap
+from maskshare.run.layout import RunLayout
 
 RANK_KEY = "theta"
 RANK_LABEL = {"theta": "mask logit θ", "mean_activation": "mean activation"}
@@ -32,8 +33,7 @@ def masks_theta(view: RunView) -> dict | None:
     lam = view.metrics.get("lambda")
     if lam is None:
         return None
-    p = view.run / "masks" / view.main_variant / f"lam{lam:g}_seed{view.seed}" / \
-        "masks.safetensors"
+    p = RunLayout(view.run).mask_file(view.main_variant, lam, view.seed)
     if not p.is_file():
         return None
     from safetensors.numpy import load_file

@@ -30,6 +30,7 @@ from maskshare.errors import UserError
 from maskshare.evaluation.metrics import f_at_size
 from maskshare.kinds import GROUPINGS
 from maskshare.report.slot_names import SlotLabel, load_slot_labels
+from maskshare.run.layout import RunLayout
 
 SPLIT_NAMES = {"train": "training prompts", "test_phrasing": "held-out phrasings",
                "test_entity": "held-out entities",
@@ -108,8 +109,7 @@ class RunView:
 
 
 def is_run_dir(path: str | Path) -> bool:
-    p = Path(path)
-    return (p / "config.yaml").is_file() and (p / "metrics.json").is_file()
+    return RunLayout(path).is_finished()
 
 
 def load_run_view(run: str | Path) -> RunView:
@@ -117,19 +117,15 @@ def load_run_view(run: str | Path) -> RunView:
     if not is_run_dir(run):
         raise UserError(f"{run} is not a finished run directory (it needs config.yaml and "
                         "metrics.json: run `maskshare run --config FILE` first)")
-    ev = run / "evaluate"
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    metrics = json.loads((run / "metrics.json").read_text())
-    curves = pl.read_parquet(ev / "curves.parquet") if (ev / "curves.parquet").is_file() \
+    layout = RunLayout(run)
+    config = yaml.safe_load(layout.config.read_text())
+    metrics = json.loads(layout.metrics.read_text())
+    curves = pl.read_parquet(layout.curves) if layout.curves.is_file() else pl.DataFrame()
+    comps = pl.read_parquet(layout.comparisons) if layout.comparisons.is_file() \
         else pl.DataFrame()
-    comps = pl.read_parquet(ev / "comparisons.parquet") \
-        if (ev / "comparisons.parquet").is_file() else pl.DataFrame()
-    circuit = json.loads((ev / "circuit.json").read_text()) if (ev / "circuit.json").is_file() \
-        else {}
-    ip = run / "dataset" / "items.parquet"
-    items = pl.read_parquet(ip) if ip.is_file() else None
-    labels = {d.name: load_slot_labels(d) for d in sorted((run / "groups").glob("*"))
-              if d.is_dir() and not d.name.startswith(".")}
+    circuit = json.loads(layout.circuit.read_text()) if layout.circuit.is_file() else {}
+    items = pl.read_parquet(layout.items) if layout.items.is_file() else None
+    labels = {d.name: load_slot_labels(d) for d in layout.grouping_dirs()}
     return RunView(run, config, metrics, curves, comps, circuit, items, labels)
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,15 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from maskshare.artifacts import (
-    _fsync_dir,
-    apply_umask_modes,
-    make_temp_dir,
-    stage_lock,
-    write_json_atomic,
-    write_manifest,
-    write_text_atomic,
-)
+from maskshare.artifacts import building, write_json_atomic, write_manifest, write_text_atomic
 from maskshare.config import GroupingKind
 from maskshare.errors import UserError
 from maskshare.grouping import Assignment, Grouping, grouping_quality, load_grouping
@@ -93,8 +83,7 @@ def write_group_artifacts(out_dir: str | Path, grouping: Grouping, assignment: A
         features_2d = assignment.features_2d
     if quality is None:
         quality = grouping_quality(grouping, assignment, items)
-    tmp = make_temp_dir(out_dir)
-    try:
+    with building(out_dir, replace=True) as tmp:
         grouping.save(tmp)
         table = tokens_table(grouping, assignment, items, features_2d)
         table.write_parquet(tmp / TOKENS)
@@ -103,19 +92,6 @@ def write_group_artifacts(out_dir: str | Path, grouping: Grouping, assignment: A
                                                   title=f"groups: {grouping.kind}"))
         write_manifest(tmp, config=grouping.cfg.model_dump(mode="json"), seed=grouping.seed,
                        extra=manifest or {})
-        apply_umask_modes(tmp)
-        old = None
-        with stage_lock(out_dir):  # one swap at a time: another writer's folder stays whole
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
-                os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            _fsync_dir(out_dir.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

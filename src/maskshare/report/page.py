@@ -33,6 +33,7 @@ from maskshare.report.data import (
     variants,
 )
 from maskshare.report.svg import svg_curves
+from maskshare.run.layout import RunLayout
 
 REPORT = "report.html"
 
@@ -195,9 +196,10 @@ def per_split_rows(view: RunView) -> list[dict]:
 
 def slots_html(view: RunView) -> str:
     labels = view.labels.get(view.main_grouping, {})
-    q = view.run / "groups" / view.main_grouping / "groups.html"
-    link = (f'<p>Every prompt coloured by slot: <a href="groups/{_esc(view.main_grouping)}/'
-            'groups.html">groups page</a>.</p>') if q.is_file() else ""
+    layout = RunLayout(view.run)
+    q = layout.groups_page(view.main_grouping)
+    link = (f'<p>Every prompt coloured by slot: <a href="{_esc(layout.relative(q))}">groups '
+            'page</a>.</p>') if q.is_file() else ""
     rows = [{"slot": s, "name": lab.label, "roles": lab.role_text,
              "distinct tokens": lab.n_tokens} for s, lab in sorted(labels.items())]
     return link + html_table(rows, headers={"roles": "roles (share of training tokens)"})

@@ -25,6 +25,17 @@ from pathlib import Path
 import polars as pl
 
 from maskshare.errors import UserError
+from maskshare.evaluation.applied import AppliedCircuit, check_ablation
+from maskshare.evaluation.apply import evaluate_prompts, items_frame, read_prompts, resolve_circuit
+from maskshare.grouping import load_grouping
+from maskshare.masks.checkpoints import TrainResult
+from maskshare.masks.circuit import circuit_summary
+from maskshare.masks.masking import MaskedModel, binarize
+from maskshare.masks.slot_stats import SlotStats
+from maskshare.model.models import bos_id, tokenize_prompt
+from maskshare.report.slot_names import load_slot_labels
+from maskshare.run.layout import RunLayout
+from maskshare.run.resources import get_model, get_saes, load_run_config
 
 CIRCUIT_SCHEMA = {"slot": pl.Int64, "slot_name": pl.String, "hook": pl.String,
                   "layer": pl.Int64, "latent": pl.Int64, "theta": pl.Float64,
@@ -39,9 +50,6 @@ class Run:
     """A run directory (config.yaml, its stages; see `open_run`)."""
 
     def __init__(self, path: str | Path):
-        from maskshare.run.layout import RunLayout
-        from maskshare.run.resources import load_run_config
-
         self.path = Path(path)
         if not RunLayout(self.path).config.is_file():
             raise UserError(f"{self.path} is not a run directory (no config.yaml)")
@@ -54,14 +62,9 @@ class Run:
     def resolve(self, variant: str | None = None, lam: float | None = None,
                 seed: int | None = None):
         """(config, Variant, lambda, seed, masks dir) of the circuit (apply.resolve_circuit)."""
-        from maskshare.evaluation.apply import resolve_circuit
-
         return resolve_circuit(self.path, variant, lam, seed)
 
     def slot_labels(self, variant: str | None = None) -> dict:
-        from maskshare.report.slot_names import load_slot_labels
-        from maskshare.run.layout import RunLayout
-
         _, v, *_ = self.resolve(variant)
         return load_slot_labels(RunLayout(self.path).groups(v.grouping))
 
@@ -69,14 +72,6 @@ class Run:
                 seed: int | None = None) -> pl.DataFrame:
         """One row per kept (slot, SAE, latent), BOS left out (it is never ablated); by slot,
         then hook (shallow to deep), then theta (largest first), then latent."""
-        from maskshare.masks.checkpoints import TrainResult
-        from maskshare.masks.circuit import circuit_summary
-        from maskshare.masks.masking import binarize
-        from maskshare.masks.slot_stats import SlotStats
-        from maskshare.report.slot_names import load_slot_labels
-        from maskshare.run.layout import RunLayout
-        from maskshare.run.resources import get_saes
-
         cfg, v, lam, seed, mdir = self.resolve(variant, lam, seed)
         layout = RunLayout(self.path)
         theta = TrainResult.load(mdir).theta
@@ -105,9 +100,6 @@ class Run:
         """One row per slot of the circuit's grouping (BOS is slot 0): `slot`, `slot_name`,
         `role` (the dominant role of its training tokens), `top_tokens`, `n_train_tokens`
         (tokens of the training split in the slot), `n_kept` (latents kept there)."""
-        from maskshare.masks.slot_stats import SlotStats
-        from maskshare.run.layout import RunLayout
-
         _, v, lam, seed, _ = self.resolve(variant, lam, seed)
         labels = self.slot_labels(variant)
         counts = SlotStats.load(RunLayout(self.path).slot_stats(v.grouping)).counts
@@ -127,20 +119,11 @@ class Run:
         """Token ids [1, P] of `prompt` as the run tokenises prompts (one BOS first)."""
         import torch
 
-        from maskshare.model.models import tokenize_prompt
-        from maskshare.run.resources import get_model
-
         return torch.as_tensor([tokenize_prompt(get_model(self.config), prompt)])
 
     def slots(self, prompts: str | Iterable[str], variant: str | None = None) -> pl.DataFrame:
         """The slot of every token (BOS included, slot 0) of each prompt, from the run's
         fitted grouping without refitting (what `maskshare eval` and `groups show` use)."""
-        from maskshare.evaluation.apply import items_frame
-        from maskshare.grouping import load_grouping
-        from maskshare.model.models import tokenize_prompt
-        from maskshare.run.layout import RunLayout
-        from maskshare.run.resources import get_model
-
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not texts:
             return pl.DataFrame(schema=SLOTS_SCHEMA)
@@ -164,8 +147,6 @@ class Run:
         """The circuit on `prompts` (dicts with prompt, answer, optional counterfactual; or
         a JSON-lines path): F, sizes and per-prompt logit differences (`per_prompt`), the
         dict `maskshare eval --json` prints (apply.evaluate_prompts)."""
-        from maskshare.evaluation.apply import evaluate_prompts, read_prompts
-
         skipped = []
         if isinstance(prompts, (str, Path)):
             prompts, skipped = read_prompts(prompts)
@@ -176,15 +157,6 @@ class Run:
                 lam: float | None = None, seed: int | None = None):
         """A context manager: inside it, `model`'s forward passes run with the circuit
         (maskshare.evaluation.applied). `model` defaults to the run's own (cached) model."""
-        from maskshare.evaluation.applied import AppliedCircuit, check_ablation
-        from maskshare.grouping import load_grouping
-        from maskshare.masks.checkpoints import TrainResult
-        from maskshare.masks.masking import MaskedModel
-        from maskshare.masks.slot_stats import SlotStats
-        from maskshare.model.models import bos_id
-        from maskshare.run.layout import RunLayout
-        from maskshare.run.resources import get_model, get_saes
-
         cfg, v, lam, seed, mdir = self.resolve(variant, lam, seed)
         abl = check_ablation(ablation if ablation is not None else v.ablation)
         layout = RunLayout(self.path)

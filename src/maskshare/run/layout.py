@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from maskshare.config import GroupingKind
 
@@ -35,9 +36,30 @@ class RunLayout:
     """The paths of the run directory `root`."""
 
     root: Path
+    # every stage's output folders, as globs under the run (one per stage of the plan)
+    STAGE_OUTPUTS: ClassVar[tuple[str, ...]] = (
+        "dataset", "groups/*", "stats/*", "attribution/*", "masks/*/*", "evaluate")
 
     def __init__(self, root: str | Path):
         object.__setattr__(self, "root", Path(root))
+
+    def stage_outputs(self) -> list[Path]:
+        """Every visible (not dot-named) stage output folder the run has."""
+        return [p for pat in self.STAGE_OUTPUTS for p in sorted(self.root.glob(pat))
+                if p.is_dir() and not p.name.startswith(".")]
+
+    def is_run(self) -> bool:
+        """A run directory: it has its config.yaml."""
+        return self.config.is_file()
+
+    def is_finished(self) -> bool:
+        """A run whose evaluation wrote metrics.json."""
+        return self.is_run() and self.metrics.is_file()
+
+    def grouping_dirs(self) -> list[Path]:
+        """RUN/groups/<kind>/ of every grouping the run has."""
+        root = self.groups_root
+        return [d for d in sorted(root.glob("*")) if d.is_dir() and not d.name.startswith(".")]
 
     # ------------------------------------------------------------------ top level
     @property
@@ -105,6 +127,9 @@ class RunLayout:
     def masks(self, variant, lam: float, seed: int) -> Path:
         return self.variant_masks(variant) / f"lam{lam:g}_seed{seed}"
 
+    def mask_file(self, variant, lam: float, seed: int) -> Path:
+        return self.masks(variant, lam, seed) / "masks.safetensors"
+
     def checkpoint(self, variant, lam: float, seed: int) -> Path:
         """Where an unfinished mask's training state lives (hidden, next to its output)."""
         out = self.masks(variant, lam, seed)
@@ -138,6 +163,11 @@ class RunLayout:
 
     def mask_settings(self, key: str) -> Path:
         return self.evaluate / "mask_settings" / f"{key}.json"
+
+    @property
+    def screenshots(self) -> Path:
+        """Where `maskshare report --screenshots` puts its PNGs."""
+        return self.root / "screenshots"
 
     def relative(self, path: Path) -> str:
         """`path` relative to the run directory, with forward slashes (for links)."""

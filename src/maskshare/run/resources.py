@@ -17,8 +17,13 @@ import yaml
 
 from maskshare.artifacts import file_sha256, hash_config, write_text_atomic
 from maskshare.config import RunConfig, config_data, dump_config, parse_config
+from maskshare.datasets import load_items
+from maskshare.datasets.registry import find_spec
+from maskshare.datasets.sources import load_source
 from maskshare.errors import UserError
 from maskshare.kinds import ABLATIONS, GROUPINGS
+from maskshare.model.models import load_model
+from maskshare.model.sae_set import SAESetConfig, embedded_sae_root, load_saes
 from maskshare.run.layout import RunLayout
 from maskshare.runtime import PROJECT_ROOT, configure_threads
 
@@ -28,8 +33,6 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- model, SAEs
 @functools.lru_cache(maxsize=2)
 def _model(name: str, device: str):
-    from maskshare.model.models import load_model
-
     return load_model(name, device=device)
 
 
@@ -43,8 +46,6 @@ def get_model(cfg: RunConfig):
 
 @functools.lru_cache(maxsize=2)
 def _saes(cfg_json: str, model_name: str, device: str):
-    from maskshare.model.sae_set import SAESetConfig, load_saes
-
     return load_saes(SAESetConfig.model_validate_json(cfg_json), _model(model_name, device), device)
 
 
@@ -56,8 +57,6 @@ def get_saes(cfg: RunConfig):
 # ----------------------------------------------------------------------------- fingerprints
 def sae_fingerprint(cfg: RunConfig) -> str:
     """Hash of the SAE files a run uses (or of the release ids, for hub SAEs)."""
-    from maskshare.model.sae_set import embedded_sae_root
-
     if cfg.saes.source == "pretrained":
         return hash_config(cfg.saes.model_dump(mode="json"))
     dirs = ([p.parent for p in sorted(embedded_sae_root(cfg.model).glob("*/cfg.json"))]
@@ -74,9 +73,6 @@ def sae_fingerprint(cfg: RunConfig) -> str:
 
 def dataset_fingerprint(cfg: RunConfig) -> str:
     """Hash of the dataset spec, its source table and the model that filters it."""
-    from maskshare.datasets.registry import find_spec
-    from maskshare.datasets.sources import load_source
-
     spec, path = find_spec(cfg.dataset.name)
     _, source_hash = load_source(spec, path.parent)
     return hash_config(spec.model_dump(mode="json"), source_hash, cfg.model)
@@ -98,8 +94,6 @@ def check_inputs(cfg: RunConfig) -> None:
     """Raise UserError on bad input before anything is written: the model, the SAE set
     (files, hooks, widths against the model), the dataset spec and its variant, and a
     grouping the data cannot take."""
-    from maskshare.datasets.registry import find_spec
-
     get_saes(cfg)  # loads the model too; both are cached for the stages
     spec, _ = find_spec(cfg.dataset.name)
     if cfg.dataset.variant not in spec.variants():
@@ -146,8 +140,6 @@ def load_run_config(run: str | Path) -> RunConfig:
 # ----------------------------------------------------------------------------- items
 def load_run_items(run: str | Path):
     """The run's dataset items (written by the dataset stage)."""
-    from maskshare.datasets import load_items
-
     return load_items(RunLayout(run).items)
 
 

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from maskshare.artifacts import is_complete, write_manifest
 from maskshare.errors import UserError
+from maskshare.model.activations import _flat, run_to_deepest
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
 def tl_forward(model, hooks: list[str]) -> Forward:
     """transformer_lens model, stopped after the deepest hook."""
-    from maskshare.model.activations import _flat, run_to_deepest
-
     def forward(rows: Tensor) -> dict[str, Tensor]:
         return {h: _flat(a) for h, a in run_to_deepest(model, rows, hooks).items()}
     return forward

@@ -27,7 +27,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from maskshare.artifacts import hash_config
 from maskshare.errors import UserError
+from maskshare.model.models import load_hf_form
+from maskshare.runtime import cache_dir
 from maskshare.validation import Strict
 
 logger = logging.getLogger(__name__)
@@ -217,8 +220,6 @@ def sampled_rows(hf_model, tokenizer, split: Split, n_rows: int, ctx: int, seed:
 def sampling_folder(root: Path, model_name: str, ctx: int, seed: int,
                     cfg: SamplingConfig) -> Path:
     """Content-addressed shard folder: changes with anything that changes the rows."""
-    from maskshare.artifacts import hash_config
-
     key = hash_config(model_name, ctx, seed, cfg.model_dump(mode="json"),
                       list(TRAIN_OPENINGS), list(HELDOUT_OPENINGS), list(TOPICS))
     return root / "sampled" / key
@@ -230,8 +231,6 @@ def model_sampler(model_name: str, corpus_cfg, tokenizer, hf_model=None, worker:
     Shards live in the cache (`sampling_folder`), so a second build reads them back. As
     one of several `workers`, it samples only its shards and returns placeholder rows while
     others' shards are missing (`maskshare train-saes --sample-worker I/N`)."""
-    from maskshare.runtime import cache_dir
-
     if corpus_cfg.mix.get("sampled", 0) <= 0:
         return None
     folder = sampling_folder(cache_dir(), model_name, corpus_cfg.context_size, corpus_cfg.seed,
@@ -240,8 +239,6 @@ def model_sampler(model_name: str, corpus_cfg, tokenizer, hf_model=None, worker:
 
     def sample(split: str, n_rows: int) -> torch.Tensor:
         if "model" not in state:  # loaded only if some shard is missing
-            from maskshare.model.models import load_hf_form
-
             state["model"] = (hf_model or load_hf_form(model_name)).to(
                 getattr(torch, corpus_cfg.sampling.dtype))
         rows = sampled_rows(state["model"], tokenizer, split, n_rows, corpus_cfg.context_size,

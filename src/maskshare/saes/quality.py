@@ -44,8 +44,11 @@ from maskshare.artifacts import (
 from maskshare.errors import UserError
 from maskshare.model.activations import at_final, collect_activations, pad_id, padded_batches
 from maskshare.model.activations import logit_diff as _logit_diff
-from maskshare.model.models import tokenize_prompt
-from maskshare.model.sae_set import SAESetConfig, hook_layer, load_saes
+from maskshare.model.models import load_model, tokenize_prompt
+from maskshare.model.sae_set import SAESetConfig, embedded_sae_root, hook_layer, load_saes
+from maskshare.saes.activation_store import outlier_mask
+from maskshare.saes.corpus import CorpusConfig, build_corpus
+from maskshare.saes.corpus_sampling import model_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +108,6 @@ def sae_stats(sae, acts: Float[Tensor, "n d"], batch: int = 4096,
     are counted over all positions."""
     keep = torch.ones(acts.shape[0], dtype=torch.bool)
     if outlier_factor is not None:
-        from maskshare.saes.activation_store import outlier_mask
-
         keep = outlier_mask(acts, outlier_factor)
     kept = acts[keep]
     sse, sst, l0, fired = _ev_parts(sae, kept, kept.double().mean(0), batch)
@@ -344,10 +345,6 @@ def sae_quality(sae_dir: str | Path | None = None, model_name: str = "smollm2-13
     `corpus_of` names another set whose held-out text to use instead (to compare sets on
     the same text). Sampled held-out text is read from the cache (sampled if missing).
     """
-    from maskshare.model.models import load_model
-    from maskshare.model.sae_set import embedded_sae_root
-    from maskshare.saes.corpus import CorpusConfig, build_corpus
-
     sae_dir = Path(sae_dir) if sae_dir is not None else embedded_sae_root(model_name)
     if not sae_dir.is_dir():
         raise UserError(f"{sae_dir} does not exist: train the SAEs with `maskshare train-saes`")
@@ -358,7 +355,6 @@ def sae_quality(sae_dir: str | Path | None = None, model_name: str = "smollm2-13
         model = load_model((m.get("config") or {}).get("model") or model_name, threads=threads)
     t0 = time.perf_counter()
     saes = load_sae_dir(sae_dir, model)
-    from maskshare.saes.corpus_sampling import model_sampler
 
     corpus = build_corpus(model.tokenizer, corpus_cfg,
                           model_sampler(model.cfg.model_name, corpus_cfg, model.tokenizer))

@@ -40,10 +40,19 @@ from maskshare.artifacts import (
     write_manifest,
 )
 from maskshare.errors import UserError
+from maskshare.model.models import load_hf_form, load_model
 from maskshare.model.sae_set import embedded_sae_root, hook_layer
 from maskshare.runtime import cache_dir, configure_threads
+from maskshare.saes.activation_store import (
+    build_store,
+    hf_resid_forward,
+    load_hook,
+    outlier_mask,
+    tl_forward,
+)
 from maskshare.saes.corpus import Corpus, CorpusConfig, build_corpus
-from maskshare.saes.quality import quality_summary
+from maskshare.saes.corpus_sampling import model_sampler
+from maskshare.saes.quality import load_sae_dir, measure_quality, quality_summary, write_quality
 from maskshare.validation import Strict
 
 logger = logging.getLogger(__name__)
@@ -89,8 +98,6 @@ def activation_store(model, corpus: Corpus, cfg: SAETrainingConfig, hf_model=Non
     """The training activations as a store (`maskshare.saes.activation_store`): read from the
     disk cache or collected once, streamed to disk, resumable; keyed by model, corpus hash,
     hooks and how the model was run."""
-    from maskshare.saes.activation_store import build_store, hf_resid_forward, tl_forward
-
     hooks = sorted(cfg.hooks)
     key = hash_config(model.cfg.model_name, corpus.sha256, hooks, cfg.activations)
     folder = cache_dir() / "activations" / key
@@ -108,8 +115,6 @@ def activation_store(model, corpus: Corpus, cfg: SAETrainingConfig, hf_model=Non
 def training_activations(store: Path, hook: str, cfg: SAETrainingConfig
                          ) -> tuple[Tensor, dict[str, float]]:
     """One hook's activations, outlier positions removed (`cfg.outlier_factor`)."""
-    from maskshare.saes.activation_store import load_hook, outlier_mask
-
     acts = load_hook(store, hook)
     info = {"tokens": float(acts.shape[0])}
     if cfg.outlier_factor is not None:
@@ -240,8 +245,6 @@ def _train_each(tmp: Path, store: Path, cfg: SAETrainingConfig,
 
 def _measure_set_quality(tmp: Path, model, corpus: Corpus, timings: dict[str, float]) -> dict:
     """Quality of the saved set on the held-out corpus, written next to it."""
-    from maskshare.saes.quality import load_sae_dir, measure_quality, write_quality
-
     t = time.perf_counter()
     q = measure_quality(model, load_sae_dir(tmp, model), corpus.heldout)
     q["corpus_sha256"] = corpus.sha256
@@ -264,9 +267,6 @@ def prepare_training(cfg: SAETrainingConfig, model=None, hf_model=None,
                      timings: dict[str, float] | None = None) -> TrainingData:
     """Load the model, assemble the corpus (sampling what is missing), collect the
     activations (what is missing): every step is cached and resumable."""
-    from maskshare.model.models import load_hf_form, load_model
-    from maskshare.saes.corpus_sampling import model_sampler
-
     if not cfg.hooks:
         raise UserError("no hooks to train SAEs for: set hooks")
     if len(set(cfg.hooks)) != len(cfg.hooks):

@@ -17,10 +17,17 @@ from pathlib import Path
 from maskshare.artifacts import building, save_tensors, write_manifest
 from maskshare.config import RunConfig
 from maskshare.evaluation.comparison import TopTriples
-from maskshare.masks.attribution import load_scores
+from maskshare.evaluation.metrics import size_metrics
+from maskshare.masks.attribution import (
+    attribution_by_method,
+    circuit_at_size,
+    load_scores,
+    method_of,
+)
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import load_run_config
 from maskshare.run.variants import Variant, attribution_variants
+from maskshare.stages.masks import load_masks, prepare_variant
 
 
 def attribution_methods(cfg: RunConfig) -> list[TopTriples]:
@@ -29,9 +36,6 @@ def attribution_methods(cfg: RunConfig) -> list[TopTriples]:
 
 
 def build(run: Path, variant: Variant | str) -> Path:
-    from maskshare.masks.attribution import attribution_by_method, method_of
-    from maskshare.stages.masks import prepare_variant
-
     variant = Variant.parse(variant) if isinstance(variant, str) else variant
     cfg = load_run_config(run)
     layout = RunLayout(run)
@@ -68,10 +72,6 @@ def matched_circuits(run: str | Path, method: TopTriples, seed: int) -> list[tup
     twice the densest of those sizes. A mask keeps different slots than the ranking does,
     so on a held-out split the two sizes differ; the extra points let each attribution
     curve be read at the masks' sizes there (`f_at_size` never extrapolates)."""
-    from maskshare.evaluation.metrics import size_metrics
-    from maskshare.masks.attribution import circuit_at_size
-    from maskshare.stages.masks import load_masks, prepare_variant
-
     cfg = load_run_config(run)
     slots = prepare_variant(run, method.variant, "train", cfg.masks.max_train_prompts).slots
     scores = load_scores(run, method.variant, method.finder)

@@ -7,14 +7,13 @@ import time
 from pathlib import Path
 
 from maskshare.artifacts import building, write_manifest
+from maskshare.datasets import build_dataset
 from maskshare.errors import UserError
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import get_model, load_run_config
 
 
 def build(run: Path) -> Path:
-    from maskshare.datasets import build_dataset
-
     cfg = load_run_config(run)
     out = RunLayout(run).dataset
     t0 = time.time()

@@ -37,6 +37,10 @@ from maskshare.evaluation.comparison import (
     pick,
     quality_metrics,
 )
+from maskshare.evaluation.metrics import evaluate_sweep, jaccard, subset_metrics
+from maskshare.masks.circuit import circuit_summary, kept_latents, top_activating_tokens
+from maskshare.masks.slot_stats import SlotStats
+from maskshare.report.page import write_report
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import (
     get_model,
@@ -93,8 +97,6 @@ def score_masks(run: Path, cfg: RunConfig, variant: Variant, masks: dict, split:
     ({key: mask}) of `variant` on `split` (the selection split: its seeded sample). M_clean
     and the reference lds come from `cache` when it has them (else they are computed, the
     empty circuit in the same stacked passes as the masks, and kept there)."""
-    from maskshare.evaluation.metrics import evaluate_sweep
-
     rule = cfg.evaluate
     limit = rule.select_limit if split == rule.select_split else None
     with cache.timed("prepare_s"):
@@ -125,8 +127,6 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
     other variants' calls (`EvalCache`). `circuits`: (method, [(lambda or None, binary
     masks)]) scored in place of the learned masks, rows named by the method (attribution
     circuits, `attribution_rows`)."""
-    from maskshare.evaluation.metrics import subset_metrics
-
     cache = cache if cache is not None else EvalCache()
     if clean is not None:
         cache.clean = clean
@@ -218,8 +218,6 @@ def build(run: Path) -> Path:
 
 def stability_metrics(run: Path, main: Variant, lam: float, seeds: list[int]) -> dict:
     """Jaccard overlap of the main variant's masks at the first two seeds."""
-    from maskshare.evaluation.metrics import jaccard
-
     if len(seeds) < 2:
         return {}
     a, b = load_masks(run, main, lam, seeds[0]), load_masks(run, main, lam, seeds[1])
@@ -230,9 +228,6 @@ def stability_metrics(run: Path, main: Variant, lam: float, seeds: list[int]) ->
 def circuit_listing(run: Path, cfg: RunConfig, variant: Variant, lam: float, seed: int,
                     items) -> dict:
     """The kept latents with their slot means and top-activating training tokens."""
-    from maskshare.masks.circuit import circuit_summary, kept_latents, top_activating_tokens
-    from maskshare.masks.slot_stats import SlotStats
-
     masks = load_masks(run, variant, lam, seed)
     stats = SlotStats.load(RunLayout(run).slot_stats(variant.grouping))
     train = split_items(items, "train")
@@ -243,6 +238,4 @@ def circuit_listing(run: Path, cfg: RunConfig, variant: Variant, lam: float, see
 
 def write_run_report(run: Path) -> None:
     """report.html, built from the run directory's files alone (see maskshare.report.page)."""
-    from maskshare.report.page import write_report
-
     write_report(run)

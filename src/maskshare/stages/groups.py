@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from maskshare.config import GroupingKind
+from maskshare.grouping import grouping_quality, load_grouping, make_grouping, stability
+from maskshare.grouping.features import TokenFeatures, items_features
+from maskshare.report.groups_view import write_group_artifacts
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import get_model, load_run_config, load_run_items
 
 
 def build(run: Path, kind: GroupingKind | str) -> Path:
-    from maskshare.grouping import grouping_quality, make_grouping, stability
-    from maskshare.report.groups_view import write_group_artifacts
-
     kind = GroupingKind(kind)
     cfg = load_run_config(run)
     out = RunLayout(run).groups(kind)
@@ -28,8 +28,6 @@ def build(run: Path, kind: GroupingKind | str) -> Path:
     grouping = make_grouping(gcfg, seed=cfg.seed)
     feats = train_feats = None
     if grouping.needs_features:  # one forward pass serves fit, assign and stability
-        from maskshare.grouping.features import items_features
-
         feats = items_features(model, items, gcfg.features, batch_size=gcfg.batch_size,
                                progress=True)
         train_feats = subset_features(feats, train["prompt_id"].to_list())
@@ -46,8 +44,6 @@ def build(run: Path, kind: GroupingKind | str) -> Path:
 
 def subset_features(f, prompt_ids: list[int]):
     """The rows of `f` belonging to `prompt_ids`, in the order of `prompt_ids`."""
-    from maskshare.grouping.features import TokenFeatures
-
     order = {int(p): i for i, p in enumerate(prompt_ids)}
     rows = np.array([i for i, p in enumerate(f.prompt_id.tolist()) if p in order], dtype=np.int64)
     rows = rows[np.lexsort((f.position[rows], [order[int(p)] for p in f.prompt_id[rows]]))]
@@ -59,7 +55,6 @@ def load_slots(run: str | Path, kind: GroupingKind | str):
     """(grouping, {prompt_id: slots}) of a run's grouping `kind`."""
     import polars as pl
 
-    from maskshare.grouping import load_grouping
 
     layout = RunLayout(run)
     grouping = load_grouping(layout.groups(kind))

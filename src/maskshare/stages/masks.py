@@ -13,6 +13,12 @@ from pathlib import Path
 
 from maskshare.artifacts import building, write_manifest
 from maskshare.config import MaskConfig
+from maskshare.evaluation.metrics import evaluate_masks, reference_lds
+from maskshare.masks.attribution import load_scores
+from maskshare.masks.masking import MaskedModel
+from maskshare.masks.slot_stats import SlotStats
+from maskshare.masks.training import TrainResult, compute_targets, slot_weights, train_masks
+from maskshare.masks.warm_start import attribution_start, continued_theta, warm_config
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import (
     get_model,
@@ -22,7 +28,7 @@ from maskshare.run.resources import (
     split_items,
     token_lists,
 )
-from maskshare.run.variants import Variant
+from maskshare.run.variants import Variant, attribution_variants
 from maskshare.stages.groups import load_slots
 
 
@@ -43,8 +49,6 @@ class Prepared:
         the empty-mask pass over every prompt), computed once per (objective, scale) and
         kept with the prepared batches, so the masks of a sweep trained in this process
         share them. Read-only for training."""
-        from maskshare.masks.training import compute_targets
-
         key = (str(objective), str(scale))
         if key not in self._targets:
             self._targets[key] = compute_targets(self.mm, self.batches, objective, scale)
@@ -62,9 +66,6 @@ def prepare_variant(run: str | Path, variant: Variant | str, split: str,
 
 @functools.lru_cache(maxsize=4)
 def _prepared(run: str, variant_name: str, split: str, limit: int | None) -> Prepared:
-    from maskshare.masks.masking import MaskedModel
-    from maskshare.masks.slot_stats import SlotStats
-
     cfg = load_run_config(run)
     variant = Variant.parse(variant_name)
     grouping, slots = load_slots(run, variant.grouping)
@@ -94,8 +95,6 @@ def mask_start(cfg, variant: str, lam: float) -> tuple[str, float | None]:
     lambda) with `masks.continue_sweep` for every lambda but the sweep's smallest; else
     ("attribution", None) with `masks.init: attribution` where the variant has IG scores;
     else ("cold", None). The plan orders the calls by it."""
-    from maskshare.run.variants import attribution_variants
-
     grid = sorted(cfg.masks.lambda_grid)
     i = grid.index(lam)
     if cfg.masks.continue_sweep and i > 0:
@@ -108,10 +107,6 @@ def mask_start(cfg, variant: str, lam: float) -> tuple[str, float | None]:
 
 def starting_theta(run: Path, cfg, variant: Variant, lam: float, seed: int, prep, targets):
     """(initial theta or None for a cold start, how it starts: `mask_start`'s kind)."""
-    from maskshare.masks.attribution import load_scores
-    from maskshare.masks.training import TrainResult, slot_weights
-    from maskshare.masks.warm_start import attribution_start, continued_theta
-
     how, prev = mask_start(cfg, variant.name, lam)
     if how == "continue":
         path = RunLayout(run).masks(variant, prev, seed)
@@ -127,9 +122,6 @@ def starting_theta(run: Path, cfg, variant: Variant, lam: float, seed: int, prep
 
 
 def build(run: Path, variant: Variant | str, lam: float, seed: int) -> Path:
-    from maskshare.masks.training import train_masks
-    from maskshare.masks.warm_start import warm_config
-
     if isinstance(variant, str):
         variant = Variant.parse(variant)
     cfg = load_run_config(run)
@@ -156,16 +148,12 @@ def build(run: Path, variant: Variant | str, lam: float, seed: int) -> Path:
 
 def load_masks(run: str | Path, variant: Variant | str, lam: float, seed: int):
     """The binarised masks {hook: bool[slot, latent]} the masks stage wrote."""
-    from maskshare.masks.training import TrainResult
-
     return TrainResult.load(RunLayout(run).masks(variant, lam, seed)).masks()
 
 
 @functools.lru_cache(maxsize=4)
 def split_reference(run: str, variant_name: str, split: str):
     """The reference logit differences (M, clean, empty) of a variant on a split."""
-    from maskshare.evaluation.metrics import reference_lds
-
     prep = prepare_variant(run, variant_name, split)
     return reference_lds(prep.mm, prep.batches)
 
@@ -187,9 +175,6 @@ def train_and_evaluate(run: str | Path, variant: Variant | str, lam: float, seed
     most `train_limit` prompts, as the masks stage does) with the run's mask settings or
     `masks`; evaluate it on each of `eval_splits` against that split's reference. Slot
     statistics stay the run's. Writes nothing."""
-    from maskshare.evaluation.metrics import evaluate_masks
-    from maskshare.masks.training import train_masks
-
     run = str(run)
     cfg = load_run_config(run)
     mcfg = masks or cfg.masks

@@ -33,8 +33,11 @@ from typing import Any
 
 from maskshare.artifacts import hash_config, is_complete, stage_lock
 from maskshare.config import RunConfig
+from maskshare.run.compute_slot import compute_slot
 from maskshare.run.layout import RunLayout
+from maskshare.run.resources import load_run_config
 from maskshare.run.variants import Variant, attribution_variants, grouping_kinds, mask_jobs
+from maskshare.runtime import thread_count
 from maskshare.stages import attribution, dataset, evaluate, groups, masks, stats
 
 logger = logging.getLogger(__name__)
@@ -108,10 +111,6 @@ class StageCall:
         process's share of the machine's cores (`compute_slot`), so two runs on one machine
         take turns instead of oversubscribing the cores; "building: <what>" and "built:
         <what> (N s)" are logged while the slots are held."""
-        from maskshare.run.compute_slot import compute_slot
-        from maskshare.run.resources import load_run_config
-        from maskshare.runtime import thread_count
-
         out = self.output(run)
         if self._cached(run):
             return out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from maskshare.artifacts import building, write_manifest
 from maskshare.config import GroupingKind
+from maskshare.masks.slot_stats import compute_slot_stats
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import (
     get_model,
@@ -21,8 +22,6 @@ from maskshare.stages.groups import load_slots
 
 
 def build(run: Path, kind: GroupingKind | str) -> Path:
-    from maskshare.masks.slot_stats import compute_slot_stats
-
     kind = GroupingKind(kind)
     cfg = load_run_config(run)
     layout = RunLayout(run)
