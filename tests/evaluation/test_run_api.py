@@ -165,3 +165,17 @@ def test_the_notebook_example_in_docs_runs(run_dir, capsys):
     assert isinstance(ns["circuit"], pl.DataFrame) and ns["circuit"].height > 0
     assert isinstance(ns["result"]["faithfulness"], float)
     assert ns["logits"].shape[-1] == ns["model"].cfg.d_vocab
+
+
+def test_the_readme_example_runs(run_dir):
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Use it from Python"):]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    code = code.replace('"data/runs/agreement-<hash>"', repr(str(run_dir)))
+    code = code.replace('"The teachers near the desk"', '"The symbol for gold is"')
+    code = code.replace('" are"', '" Au"').replace('" is"', '" Ag"')
+    ns: dict = {}
+    with torch.no_grad():
+        exec(compile(code, "README.md", "exec"), ns)  # noqa: S102 - our own documentation
+    assert ns["logits"].shape[-1] == ns["model"].cfg.d_vocab
+    assert ns["run"].circuit().height > 0

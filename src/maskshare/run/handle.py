@@ -115,6 +115,11 @@ class Run:
                                           "n_train_tokens": pl.Int64, "n_kept": pl.Int64})
 
     # ---- new prompts ----
+    def model(self):
+        """The run's model (a HookedSAETransformer without SAEs attached; loaded once per
+        process), the one `applied` splices the circuit into."""
+        return get_model(self.config)
+
     def tokens(self, prompt: str):
         """Token ids [1, P] of `prompt` as the run tokenises prompts (one BOS first)."""
         import torch
