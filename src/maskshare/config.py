@@ -71,6 +71,8 @@ NEW_FIELD = HashRule("left out at its default")
 # chooses which masks to train or where training starts (hashed there through the start
 # itself), not what a training computes: out of a mask's training key (masks.checkpoints)
 NOT_IN_MASK_KEY = HashRule("not in a mask's key")
+# where a run runs, not what it computes: out of the run directory's name (run_dir_for)
+NOT_IN_RUN_HASH = HashRule("not in the run's hash")
 
 
 def hash_excluded(model: type[BaseModel] | BaseModel, rule: HashRule) -> tuple[str, ...]:
@@ -353,15 +355,16 @@ class RunConfig(Strict):
     name: Slug = "default"  # part of the run directory's name
     seed: Seed = 0
     model: Text = "smollm2-135m"  # a name, or a local Hugging Face folder
-    device: str = Field(default="cpu", pattern=r"^(cpu|cuda|mps|xpu)(:[0-9]+)?$")
-    threads: Annotated[Count, Field(le=4096)] | None = None
+    device: Annotated[str, NOT_IN_RUN_HASH] = Field(
+        default="cpu", pattern=r"^(cpu|cuda|mps|xpu)(:[0-9]+)?$")
+    threads: Annotated[Annotated[Count, Field(le=4096)] | None, NOT_IN_RUN_HASH] = None
     saes: SAESetConfig = Field(default_factory=SAESetConfig)
     dataset: DatasetRef = Field(default_factory=DatasetRef)
     grouping: GroupingConfig = Field(default_factory=GroupingConfig)
     masks: MaskConfig = Field(default_factory=MaskConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
-    runs_dir: Text = "data/runs"
+    runs_dir: Annotated[Text, NOT_IN_RUN_HASH] = "data/runs"
 
 
 def parse_config(data: object, source: str = "config") -> RunConfig:

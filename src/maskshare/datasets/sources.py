@@ -115,8 +115,40 @@ def read_table(path: Path) -> pl.DataFrame:
     return df
 
 
+_LOADED: dict[tuple, tuple[pl.DataFrame, str]] = {}  # see load_source
+_MAX_LOADED = 8
+
+
+def _source_key(spec, spec_dir: Path | None) -> tuple | None:
+    """What the table depends on: the spec, its folder and the version of its table file
+    (None where there is no file to stamp: the loader then reports the problem)."""
+    table = getattr(spec.source, "table", None)
+    stamp = None
+    if table is not None:
+        try:
+            st = resolve_table_path(table, spec_dir).stat()
+        except (OSError, UserError):
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+    return type(spec).__name__, spec.model_dump_json(), str(spec_dir), stamp
+
+
 def load_source(spec, spec_dir: Path | None = None) -> tuple[pl.DataFrame, str]:
-    """The spec's source table and a hash of its contents."""
+    """The spec's source table and a hash of its contents, read and hashed once per version
+    of the table in a process (a run needs them for its directory's name and its dataset
+    stage)."""
+    key = _source_key(spec, spec_dir)
+    if key is None:
+        return _load_source(spec, spec_dir)
+    if key not in _LOADED:
+        if len(_LOADED) >= _MAX_LOADED:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = _load_source(spec, spec_dir)
+    df, digest = _LOADED[key]
+    return df.clone(), digest
+
+
+def _load_source(spec, spec_dir: Path | None) -> tuple[pl.DataFrame, str]:
     if getattr(spec, "kind", "template") == "prompts":
         df = load_prompt_table(spec, resolve_table_path(spec.source.table, spec_dir))
         return df, table_hash(df)
