@@ -14,7 +14,6 @@ from typing import Any
 
 import polars as pl
 
-from maskshare.datasets.prompts import load_prompt_table
 from maskshare.errors import UserError
 from maskshare.runtime import PROJECT_ROOT, data_dir
 
@@ -149,10 +148,12 @@ def load_source(spec, spec_dir: Path | None = None) -> tuple[pl.DataFrame, str]:
 
 
 def _load_source(spec, spec_dir: Path | None) -> tuple[pl.DataFrame, str]:
-    if getattr(spec, "kind", "template") == "prompts":
-        df = load_prompt_table(spec, resolve_table_path(spec.source.table, spec_dir))
-        return df, table_hash(df)
-    src = spec.source
+    df = spec.load_table(spec_dir)
+    return df, table_hash(df)
+
+
+def load_entity_table(src, spec_dir: Path | None) -> pl.DataFrame:
+    """A template spec's entity table: its generator's rows or its CSV/parquet file."""
     if src.generator is not None:
         if src.generator not in GENERATORS:
             raise UserError(f"unknown source generator {src.generator!r}; use one of "
@@ -163,7 +164,7 @@ def _load_source(spec, spec_dir: Path | None) -> tuple[pl.DataFrame, str]:
             raise UserError(f"source generator {src.generator!r}: {e}") from None
     else:
         df = read_table(resolve_table_path(src.table, spec_dir))
-    return df, table_hash(df)
+    return df
 
 
 def table_hash(df: pl.DataFrame) -> str:
@@ -171,10 +172,13 @@ def table_hash(df: pl.DataFrame) -> str:
 
 
 def check_source(spec, df: pl.DataFrame, *, where: str = "source table") -> None:
-    """Model-independent checks of a table against its spec (columns, empty answers).
-    Prompt tables are checked row by row as they are read (`load_source`)."""
-    if getattr(spec, "kind", "template") == "prompts":
-        return
+    """Model-independent checks of a table against its spec (the spec's `check_table`;
+    prompt tables are checked row by row as they are read)."""
+    spec.check_table(df, where=where)
+
+
+def check_entity_table(spec, df: pl.DataFrame, *, where: str) -> None:
+    """A template spec's table: its columns and no empty answers."""
     missing = sorted(spec.required_columns() - set(df.columns))
     if missing:
         unknown_ph = sorted(spec.placeholders() - set(df.columns))
