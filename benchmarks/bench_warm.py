@@ -214,9 +214,9 @@ def print_lines(s: dict) -> list[str]:
 def setup_from_run(run: str, n_train: int, n_eval: int, split: str = "test_phrasing"):
     """(masked model, training batches, held-out batches and slots, MaskConfig) of a built
     run's main variant (its groups and statistics; seeded samples of the splits)."""
+    from maskshare.masks.variant import prepare_variant
     from maskshare.run.resources import load_run_config
     from maskshare.run.variants import main_variant
-    from maskshare.stages.masks import prepare_variant
 
     cfg = load_run_config(run)
     v = main_variant(cfg)

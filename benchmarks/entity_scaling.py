@@ -18,10 +18,11 @@ from pathlib import Path
 
 from maskshare.artifacts import write_json_atomic
 from maskshare.errors import UserError
+from maskshare.evaluation.experiments import train_and_evaluate
+from maskshare.masks.variant import prepare_variant
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import load_run_config, load_run_items, split_items
 from maskshare.run.variants import main_variant
-from maskshare.stages.masks import prepare_variant, train_and_evaluate
 
 logger = logging.getLogger(__name__)
 

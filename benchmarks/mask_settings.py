@@ -23,10 +23,10 @@ import yaml
 from maskshare.artifacts import hash_config, write_json_atomic
 from maskshare.config import MaskConfig
 from maskshare.evaluation.comparison import heldout_splits
+from maskshare.evaluation.experiments import train_and_evaluate
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import load_run_config, load_run_items
 from maskshare.run.variants import main_variant
-from maskshare.stages.masks import train_and_evaluate
 
 
 def parse_sets(pairs: list[str]) -> dict:

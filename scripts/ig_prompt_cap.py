@@ -16,10 +16,10 @@ import torch
 
 from maskshare.masks.attribution import attribution_by_method, circuit_at_size, method_of
 from maskshare.masks.masking import empty_masks, full_masks
+from maskshare.masks.variant import prepare_variant
 from maskshare.run.resources import load_run_config
 from maskshare.run.variants import main_variant
 from maskshare.stages.attribution import load_scores
-from maskshare.stages.masks import prepare_variant
 
 
 def _flat(scores: dict) -> torch.Tensor:

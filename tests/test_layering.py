@@ -35,3 +35,9 @@ def test_every_stage_has_its_module_and_the_plan_names_them():
     for name, stage in STAGES.items():
         assert stage.build.__module__ == f"maskshare.stages.{name}"
     assert "maskshare.stages.plan" in _modules()
+
+
+def test_no_module_is_over_400_lines():
+    long = {str(p.relative_to(SRC)): n for p in sorted(SRC.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, long

@@ -151,7 +151,7 @@ def stage_lock(final_dir: str | Path, *, wait: bool = True) -> Iterator[bool]:
     """Hold the lock of `final_dir` (an empty file `.NAME.lock` beside it) across processes.
 
     Wrap "check complete -> build -> rename" in it: a second builder waits, then finds the
-    first's complete result. Re-entrant within a thread (stage_masks holds it around
+    first's complete result. Re-entrant within a thread (the stage runner holds it around
     `building`, which takes it again); other threads and processes wait. Yields True once
     held; with `wait=False` yields False at once if someone else holds it.
 

@@ -6,7 +6,6 @@ Unknown fields are rejected (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -38,7 +37,13 @@ from maskshare.domains import (
 from maskshare.errors import UserError
 from maskshare.kinds import ABLATIONS, GROUPINGS, KindName
 from maskshare.model.sae_set import SAESetConfig
-from maskshare.validation import Strict, read_yaml_file, validation_message
+from maskshare.validation import (
+    HashRule,
+    Strict,
+    hash_excluded,
+    read_yaml_file,
+    validation_message,
+)
 
 
 class Ablation(KindName):
@@ -56,14 +61,6 @@ Ablation.ZERO = Ablation("zero")
 Ablation.COUNTERFACTUAL = Ablation("counterfactual")
 
 
-@dataclass(frozen=True)
-class HashRule:
-    """How a field enters the hashes, declared on the field (`Annotated[type, RULE]`);
-    `hash_excluded(model, rule)` lists the fields a rule marks."""
-
-    name: str
-
-
 # added after run directories existed: left out of config.yaml and of the run's hash while
 # at its default, so existing runs keep their directory and bytes (`config_data`; a section
 # whose fields are all left out is left out whole)
@@ -71,12 +68,8 @@ NEW_FIELD = HashRule("left out at its default")
 # chooses which masks to train or where training starts (hashed there through the start
 # itself), not what a training computes: out of a mask's training key (masks.checkpoints)
 NOT_IN_MASK_KEY = HashRule("not in a mask's key")
-
-
-def hash_excluded(model: type[BaseModel] | BaseModel, rule: HashRule) -> tuple[str, ...]:
-    """The fields of `model` that `rule` marks."""
-    fields = type(model).model_fields if isinstance(model, BaseModel) else model.model_fields
-    return tuple(n for n, f in fields.items() if rule in f.metadata)
+# where a run runs, not what it computes: out of the run directory's name (run_dir_for)
+NOT_IN_RUN_HASH = HashRule("not in the run's hash")
 
 
 class ErrorTerm(StrEnum):
@@ -353,15 +346,16 @@ class RunConfig(Strict):
     name: Slug = "default"  # part of the run directory's name
     seed: Seed = 0
     model: Text = "smollm2-135m"  # a name, or a local Hugging Face folder
-    device: str = Field(default="cpu", pattern=r"^(cpu|cuda|mps|xpu)(:[0-9]+)?$")
-    threads: Annotated[Count, Field(le=4096)] | None = None
+    device: Annotated[str, NOT_IN_RUN_HASH] = Field(
+        default="cpu", pattern=r"^(cpu|cuda|mps|xpu)(:[0-9]+)?$")
+    threads: Annotated[Annotated[Count, Field(le=4096)] | None, NOT_IN_RUN_HASH] = None
     saes: SAESetConfig = Field(default_factory=SAESetConfig)
     dataset: DatasetRef = Field(default_factory=DatasetRef)
     grouping: GroupingConfig = Field(default_factory=GroupingConfig)
     masks: MaskConfig = Field(default_factory=MaskConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
-    runs_dir: Text = "data/runs"
+    runs_dir: Annotated[Text, NOT_IN_RUN_HASH] = "data/runs"
 
 
 def parse_config(data: object, source: str = "config") -> RunConfig:

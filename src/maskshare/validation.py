@@ -7,6 +7,7 @@ change: an unknown field is rejected (a typo must not fall back to a default sil
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,17 @@ def read_yaml_file(path: str | Path, what: str = "file") -> Any:
         where = f" at line {mark.line + 1}" if mark else ""
         problem = (str(getattr(e, "problem", None) or e).splitlines() or [type(e).__name__])[0]
         raise UserError(f"{path}: malformed YAML{where} ({problem})") from None
+
+
+@dataclass(frozen=True)
+class HashRule:
+    """How a field enters the hashes, declared on the field (`Annotated[type, RULE]`; the
+    rules are `maskshare.config`'s); `hash_excluded(model, rule)` lists the fields it marks."""
+
+    name: str
+
+
+def hash_excluded(model: type[BaseModel] | BaseModel, rule: HashRule) -> tuple[str, ...]:
+    """The fields of `model` that `rule` marks."""
+    fields = type(model).model_fields if isinstance(model, BaseModel) else model.model_fields
+    return tuple(n for n, f in fields.items() if rule in f.metadata)

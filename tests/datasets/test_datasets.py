@@ -27,6 +27,7 @@ from maskshare.datasets.build import (
     split_entities,
     token_roles,
 )
+from maskshare.datasets.prompts import PromptDatasetSpec
 from maskshare.datasets.registry import find_spec
 from maskshare.datasets.sources import check_source, load_source
 from maskshare.datasets.spec import parse_spec, parse_template, render
@@ -104,7 +105,7 @@ def test_builtin_specs_are_valid_and_their_sources_check():
         df, h = load_source(spec, path.parent)
         check_source(spec, df)
         assert len(h) == 16
-        if getattr(spec, "kind", "template") == "prompts":  # rows checked as they are read
+        if isinstance(spec, PromptDatasetSpec):  # rows checked as they are read
             assert df.height and spec.split.held_out_groups
             continue
         assert df[spec.entity].n_unique() == df.height

@@ -133,9 +133,9 @@ def evaluated(finished_tiny_run, tmp_path_factory):
 
 def test_the_evaluate_stage_rows_equal_one_pass_per_mask(evaluated):
     """Every row of curves.parquet (every variant, lambda and split) against the old path."""
+    from maskshare.masks.variant import load_masks, prepare_variant
     from maskshare.run.resources import load_run_config
     from maskshare.run.variants import run_seeds, variants
-    from maskshare.stages.masks import load_masks, prepare_variant
 
     cfg = load_run_config(evaluated)
     curves = pl.read_parquet(evaluated / "evaluate" / "curves.parquet")

@@ -218,7 +218,7 @@ def test_the_plan_chains_each_variant_and_seed_from_dense_to_sparse():
 
 
 def test_prepared_batches_compute_their_targets_once_per_setting(task):
-    from maskshare.stages.masks import Prepared
+    from maskshare.masks.variant import Prepared
 
     mm, batches = task["mm"], task["batches"]
     prep = Prepared(mm, batches, items=None, slots=[], slot_map={})

@@ -18,7 +18,7 @@ from maskshare.stages.plan import make_call
 
 def test_the_stage_writes_both_methods_scores_of_the_main_variant(finished_tiny_run):
     from maskshare.masks.attribution import attribution_scores
-    from maskshare.stages.masks import prepare_variant
+    from maskshare.masks.variant import prepare_variant
 
     _, run, _ = finished_tiny_run
     cfg = load_run_config(run)
@@ -92,8 +92,8 @@ def test_attribution_circuits_have_the_learned_masks_sizes(finished_tiny_run):
     from maskshare.evaluation.comparison import TopTriples
     from maskshare.evaluation.metrics import size_metrics
     from maskshare.masks.attribution import slot_token_share
+    from maskshare.masks.variant import load_masks, prepare_variant
     from maskshare.stages.attribution import matched_circuits
-    from maskshare.stages.masks import load_masks, prepare_variant
 
     _, run, _ = finished_tiny_run
     cfg = load_run_config(run)

@@ -106,12 +106,7 @@ def _list() -> int:
     from maskshare.datasets import list_specs
 
     for s in list_specs():
-        if getattr(s, "kind", "template") == "prompts":
-            print(f"{s.name:24s} {'prompts':20s} {s.source.table}  {s.description}")
-            continue
-        n = len(s.freeform)
-        print(f"{s.name:24s} {'+'.join(s.variants()):20s} {n:3d} free-form phrasings  "
-              f"{s.description}")
+        print(f"{s.name:24s} {s.describe()}  {s.description}")
     return 0
 
 

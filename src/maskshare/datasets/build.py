@@ -8,6 +8,7 @@ the variant, and lives in `cache_dir()/datasets/<name>-<variant>-<hash>/` with
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -22,6 +23,7 @@ import yaml
 
 from maskshare.artifacts import building, hash_config, is_complete, read_manifest, write_manifest
 from maskshare.datasets.prompt_build import prompt_items, prompt_pass_table
+from maskshare.datasets.prompts import PromptDatasetSpec
 from maskshare.datasets.registry import find_spec
 from maskshare.datasets.rows import first_token, split_entities, split_of, token_roles
 from maskshare.datasets.schema import ITEMS_SCHEMA, PASS_TABLE_SCHEMA, load_items, validate_items
@@ -204,10 +206,9 @@ def resolve_filter(spec, ref) -> tuple[str, float]:
     true` is the dataset's default (template specs `top1`, prompt specs their `filter`,
     `logit-diff` unless they say otherwise), false is `none`."""
     bf = getattr(ref, "behaviour_filter", True)
-    prompts = getattr(spec, "kind", "template") == "prompts"
-    margin = spec.filter.margin if prompts else 0.0
+    kind, margin = spec.default_filter
     if bf is True:
-        return (spec.filter.kind if prompts else "top1"), margin
+        return kind, margin
     if bf is False:
         return "none", margin
     return str(bf), margin
@@ -282,6 +283,36 @@ def build_dataset(ref, model, *, progress: bool = True) -> BuiltDataset:
     return build_from_table(spec, spec_path, df, source_hash, ref, model, progress=progress)
 
 
+@functools.singledispatch
+def kind_items(spec, df: pl.DataFrame, variant: str, model) -> tuple[pl.DataFrame, dict]:
+    """(items, info) of a spec's table: one implementation per dataset kind (spec class)."""
+    raise TypeError(f"no items builder for {type(spec).__name__}")
+
+
+@functools.singledispatch
+def kind_pass_table(spec, items: pl.DataFrame, passed: pl.Series, info: dict,
+                    filt: str) -> pl.DataFrame:
+    """The pass table of a build: one implementation per dataset kind (spec class)."""
+    raise TypeError(f"no pass table for {type(spec).__name__}")
+
+
+@kind_items.register
+def _(spec: PromptDatasetSpec, df, variant, model):
+    return prompt_items(spec, df, model.tokenizer, bos_id(model), model.cfg.d_vocab,
+                        model.cfg.n_ctx)
+
+
+@kind_pass_table.register
+def _(spec: PromptDatasetSpec, items, passed, info, filt):
+    return prompt_pass_table(items, passed, info, filt)
+
+
+@kind_pass_table.register
+def _(spec: DatasetSpec, items, passed, info, filt):
+    return pass_table(items, passed)
+
+
+@kind_items.register
 def _template_items(spec: DatasetSpec, df: pl.DataFrame, variant: str, model):
     n_rows = df.height
     df, dropped = resolve_answers(spec, df, model.tokenizer, model.cfg.d_vocab)
@@ -304,12 +335,7 @@ def build_from_table(spec, spec_path: Path, df: pl.DataFrame, source_hash: str, 
         return _check_min(_load_built(out, spec, variant), ref.min_items)
 
     t0 = time.time()
-    prompts = getattr(spec, "kind", "template") == "prompts"
-    if prompts:
-        items, info = prompt_items(spec, df, model.tokenizer, bos_id(model), model.cfg.d_vocab,
-                                   model.cfg.n_ctx)
-    else:
-        items, info = _template_items(spec, df, variant, model)
+    items, info = kind_items(spec, df, variant, model)
     if items.height == 0:
         raise UserError(f"{spec.name}: no usable rows ({info.get('dropped') or info})")
     top, prob, ld = score_prompts(model, items["tokens"].to_list(), items["answer_id"].to_list(),
@@ -320,8 +346,7 @@ def build_from_table(spec, spec_path: Path, df: pl.DataFrame, source_hash: str, 
                                pl.lit(spec.name).alias("dataset"),
                                pl.lit(variant).alias("variant"))
     passed = passes(filt, margin, top, ld, items["answer_id"].to_list())
-    table = (prompt_pass_table(items, passed, info, filt) if prompts
-             else pass_table(items, passed))
+    table = kind_pass_table(spec, items, passed, info, filt)
     kept = items.filter(passed)
     if ref.max_items is not None and kept.height > ref.max_items:
         idx = sorted(random.Random(f"cap:{spec.split.seed}").sample(range(kept.height),

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from maskshare.datasets.fieldpath import PathError, is_path, parse, resolve, top_key
 from maskshare.datasets.formats import looks_like_mib, looks_like_recall
+from maskshare.datasets.sources import resolve_table_path
 from maskshare.errors import UserError
 from maskshare.validation import Strict, read_text_file
 
@@ -89,6 +90,21 @@ class PromptDatasetSpec(Strict):
         if len(set(self.split.held_out_groups)) != len(self.split.held_out_groups):
             raise ValueError(f"split.held_out_groups repeats: {self.split.held_out_groups}")
         return self
+
+    @property
+    def default_filter(self) -> tuple[str, float]:
+        """(kind, margin): the spec's own `filter`."""
+        return self.filter.kind, self.filter.margin
+
+    def load_table(self, spec_dir: Path | None) -> pl.DataFrame:
+        return load_prompt_table(self, resolve_table_path(self.source.table, spec_dir))
+
+    def check_table(self, df: pl.DataFrame, *, where: str = "source table") -> None:
+        """Nothing more: the rows were checked one by one as they were read."""
+
+    def describe(self) -> str:
+        """The `datasets list` columns after the name."""
+        return f"{'prompts':20s} {self.source.table}"
 
     def variants(self) -> list[str]:
         return ["freeform"]  # one variant, so run configs' `variant: freeform` works

@@ -3,6 +3,7 @@ project's own `data/datasets/` when the data dir points elsewhere (built-ins sta
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -58,17 +59,29 @@ def find_spec(name: str):
         if not path.is_file():
             raise UserError(f"dataset spec file {name!r} not found (a dataset name with a "
                             "slash or a .yaml suffix is read as a path)")
-        return read_spec_file(path), path
+        return _read_spec(path), path
     files = _spec_files()
     if name not in files:
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(files)) or 'none'} "
                         "(add one with `maskshare datasets add SPEC.yaml`, or name a spec file "
                         "by its path)")
-    spec = read_spec_file(files[name])
+    spec = _read_spec(files[name])
     if spec.name != name:
         raise UserError(f"{files[name]}: the file is named {name!r} but the spec says "
                         f"name: {spec.name!r}")
     return spec, files[name]
+
+
+def _read_spec(path: Path):
+    """The spec in `path`, parsed once per version of the file: a run asks for it from its
+    input checks, its run directory's name and its dataset stage."""
+    st = path.stat()
+    return _parsed_spec(str(path), st.st_mtime_ns, st.st_size).model_copy(deep=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_spec(path: str, mtime_ns: int, size: int):
+    return read_spec_file(Path(path))
 
 
 def load_spec(name: str):

@@ -14,7 +14,6 @@ from typing import Any
 
 import polars as pl
 
-from maskshare.datasets.prompts import load_prompt_table
 from maskshare.errors import UserError
 from maskshare.runtime import PROJECT_ROOT, data_dir
 
@@ -115,12 +114,46 @@ def read_table(path: Path) -> pl.DataFrame:
     return df
 
 
+_LOADED: dict[tuple, tuple[pl.DataFrame, str]] = {}  # see load_source
+_MAX_LOADED = 8
+
+
+def _source_key(spec, spec_dir: Path | None) -> tuple | None:
+    """What the table depends on: the spec, its folder and the version of its table file
+    (None where there is no file to stamp: the loader then reports the problem)."""
+    table = getattr(spec.source, "table", None)
+    stamp = None
+    if table is not None:
+        try:
+            st = resolve_table_path(table, spec_dir).stat()
+        except (OSError, UserError):
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+    return type(spec).__name__, spec.model_dump_json(), str(spec_dir), stamp
+
+
 def load_source(spec, spec_dir: Path | None = None) -> tuple[pl.DataFrame, str]:
-    """The spec's source table and a hash of its contents."""
-    if getattr(spec, "kind", "template") == "prompts":
-        df = load_prompt_table(spec, resolve_table_path(spec.source.table, spec_dir))
-        return df, table_hash(df)
-    src = spec.source
+    """The spec's source table and a hash of its contents, read and hashed once per version
+    of the table in a process (a run needs them for its directory's name and its dataset
+    stage)."""
+    key = _source_key(spec, spec_dir)
+    if key is None:
+        return _load_source(spec, spec_dir)
+    if key not in _LOADED:
+        if len(_LOADED) >= _MAX_LOADED:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = _load_source(spec, spec_dir)
+    df, digest = _LOADED[key]
+    return df.clone(), digest
+
+
+def _load_source(spec, spec_dir: Path | None) -> tuple[pl.DataFrame, str]:
+    df = spec.load_table(spec_dir)
+    return df, table_hash(df)
+
+
+def load_entity_table(src, spec_dir: Path | None) -> pl.DataFrame:
+    """A template spec's entity table: its generator's rows or its CSV/parquet file."""
     if src.generator is not None:
         if src.generator not in GENERATORS:
             raise UserError(f"unknown source generator {src.generator!r}; use one of "
@@ -131,7 +164,7 @@ def load_source(spec, spec_dir: Path | None = None) -> tuple[pl.DataFrame, str]:
             raise UserError(f"source generator {src.generator!r}: {e}") from None
     else:
         df = read_table(resolve_table_path(src.table, spec_dir))
-    return df, table_hash(df)
+    return df
 
 
 def table_hash(df: pl.DataFrame) -> str:
@@ -139,10 +172,13 @@ def table_hash(df: pl.DataFrame) -> str:
 
 
 def check_source(spec, df: pl.DataFrame, *, where: str = "source table") -> None:
-    """Model-independent checks of a table against its spec (columns, empty answers).
-    Prompt tables are checked row by row as they are read (`load_source`)."""
-    if getattr(spec, "kind", "template") == "prompts":
-        return
+    """Model-independent checks of a table against its spec (the spec's `check_table`;
+    prompt tables are checked row by row as they are read)."""
+    spec.check_table(df, where=where)
+
+
+def check_entity_table(spec, df: pl.DataFrame, *, where: str) -> None:
+    """A template spec's table: its columns and no empty answers."""
     missing = sorted(spec.required_columns() - set(df.columns))
     if missing:
         unknown_ph = sorted(spec.placeholders() - set(df.columns))

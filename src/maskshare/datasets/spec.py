@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import polars as pl
 from pydantic import Field, ValidationError, model_validator
 
 from maskshare.datasets.prompts import PromptDatasetSpec
+from maskshare.datasets.sources import check_entity_table, load_entity_table
 from maskshare.domains import DATASET_NAME_RE, Finite, NonNegInt, Seed, Text
 from maskshare.errors import UserError
 from maskshare.validation import Strict, read_yaml_file, validation_message
@@ -65,10 +67,13 @@ class SplitPolicy(Strict):
 
 
 class DatasetSpec(Strict):
-    """The template kind: an entity table times phrasings, roles from the phrasings' spans."""
+    """The template kind: an entity table times phrasings, roles from the phrasings' spans.
+    (`PromptDatasetSpec` is the other kind; both answer `load_table`, `check_table`,
+    `default_filter`, `describe` and `labels_spans`, so nothing asks which kind a spec is.)"""
 
     labels_spans: ClassVar[bool] = True  # every token's role comes from a labelled span
     pairs_prompts: ClassVar[bool] = False  # no counterfactual prompts (answers only)
+    default_filter: ClassVar[tuple[str, float]] = ("top1", 0.0)  # (kind, margin)
     name: str = Field(pattern=NAME_RE, max_length=64)  # a file and folder name
     description: str = ""
     source: SourceSpec
@@ -112,6 +117,16 @@ class DatasetSpec(Strict):
         if variant == "freeform":
             return list(self.freeform)
         return ([self.templated] if self.templated else []) + list(self.freeform)
+
+    def load_table(self, spec_dir: Path | None) -> pl.DataFrame:
+        return load_entity_table(self.source, spec_dir)
+
+    def check_table(self, df: pl.DataFrame, *, where: str = "source table") -> None:
+        check_entity_table(self, df, where=where)
+
+    def describe(self) -> str:
+        """The `datasets list` columns after the name."""
+        return f"{'+'.join(self.variants()):20s} {len(self.freeform):3d} free-form phrasings"
 
     def variants(self) -> list[str]:
         return [v for v in ("templated", "freeform") if self.phrasings(v)]

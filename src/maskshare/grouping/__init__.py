@@ -12,7 +12,8 @@ state), `features` (per-token attention features), `attention` (clusters of atte
 features), `quality` (ARI, purity, stability), `persist` (fitted scikit-learn objects in
 skops files, byte-reproducible, no pickle), `registry` (kind -> class).
 
-May import: the root's shared modules and `maskshare.model`.
+May import: the root's shared modules, `maskshare.model` and `maskshare.datasets` (what a
+dataset labels, for the `roles` kind's data check).
 """
 
 from maskshare.grouping.attention import GROUPING_SKOPS, OOD_PERCENTILE, AttentionGrouping

@@ -16,7 +16,14 @@ from pathlib import Path
 import yaml
 
 from maskshare.artifacts import file_sha256, hash_config, write_text_atomic
-from maskshare.config import RunConfig, config_data, dump_config, parse_config
+from maskshare.config import (
+    NOT_IN_RUN_HASH,
+    RunConfig,
+    config_data,
+    dump_config,
+    hash_excluded,
+    parse_config,
+)
 from maskshare.datasets import load_items
 from maskshare.datasets.registry import find_spec
 from maskshare.datasets.sources import load_source
@@ -81,7 +88,7 @@ def dataset_fingerprint(cfg: RunConfig) -> str:
 # ----------------------------------------------------------------------------- run dir
 def run_dir_for(cfg: RunConfig) -> Path:
     key = config_data(cfg)
-    for k in ("runs_dir", "threads", "device"):  # where it runs, not what it computes
+    for k in hash_excluded(cfg, NOT_IN_RUN_HASH):
         key.pop(k)
     h = hash_config(key, sae_fingerprint(cfg), dataset_fingerprint(cfg))
     root = Path(cfg.runs_dir)

@@ -24,10 +24,10 @@ from maskshare.masks.attribution import (
     load_scores,
     method_of,
 )
+from maskshare.masks.variant import load_masks, prepare_variant
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import load_run_config
 from maskshare.run.variants import Variant, attribution_variants
-from maskshare.stages.masks import load_masks, prepare_variant
 
 
 def attribution_methods(cfg: RunConfig) -> list[TopTriples]:

@@ -40,6 +40,7 @@ from maskshare.evaluation.comparison import (
 from maskshare.evaluation.metrics import evaluate_sweep, jaccard, subset_metrics
 from maskshare.masks.circuit import circuit_summary, kept_latents, top_activating_tokens
 from maskshare.masks.slot_stats import SlotStats
+from maskshare.masks.variant import load_masks, prepare_variant
 from maskshare.report.page import write_report
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import (
@@ -52,7 +53,6 @@ from maskshare.run.resources import (
 )
 from maskshare.run.variants import Variant, main_variant, run_seeds, variants
 from maskshare.stages.attribution import attribution_methods, matched_circuits
-from maskshare.stages.masks import load_masks, prepare_variant
 
 
 @dataclass

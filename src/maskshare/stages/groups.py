@@ -1,5 +1,5 @@
 """Stage `groups`: fit one grouping on the training split and give every item's tokens a
-slot (RUN/groups/<kind>/), with its quality figures; `load_slots` reads it back."""
+slot (RUN/groups/<kind>/), with its quality figures (`maskshare.masks.variant.load_slots` reads it back)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from maskshare.config import GroupingKind
-from maskshare.grouping import grouping_quality, load_grouping, make_grouping, stability
+from maskshare.grouping import grouping_quality, make_grouping, stability
 from maskshare.grouping.features import TokenFeatures, items_features
 from maskshare.report.groups_view import write_group_artifacts
 from maskshare.run.layout import RunLayout
@@ -49,16 +49,3 @@ def subset_features(f, prompt_ids: list[int]):
     rows = rows[np.lexsort((f.position[rows], [order[int(p)] for p in f.prompt_id[rows]]))]
     return TokenFeatures(matrix=f.matrix[rows], prompt_id=f.prompt_id[rows],
                          position=f.position[rows], length=f.length[rows], names=f.names)
-
-
-def load_slots(run: str | Path, kind: GroupingKind | str):
-    """(grouping, {prompt_id: slots}) of a run's grouping `kind`."""
-    import polars as pl
-
-
-    layout = RunLayout(run)
-    grouping = load_grouping(layout.groups(kind))
-    toks = pl.read_parquet(layout.tokens(kind)).sort(["prompt_id", "position"])
-    slots = {pid: np.asarray(g["slot"].to_list(), dtype=np.int64)
-             for (pid,), g in toks.group_by("prompt_id", maintain_order=True)}
-    return grouping, slots

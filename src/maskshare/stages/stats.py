@@ -9,6 +9,7 @@ from pathlib import Path
 from maskshare.artifacts import building, write_manifest
 from maskshare.config import GroupingKind
 from maskshare.masks.slot_stats import compute_slot_stats
+from maskshare.masks.variant import load_slots
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import (
     get_model,
@@ -18,7 +19,6 @@ from maskshare.run.resources import (
     split_items,
     token_lists,
 )
-from maskshare.stages.groups import load_slots
 
 
 def build(run: Path, kind: GroupingKind | str) -> Path:
