@@ -66,6 +66,22 @@ class GroupingKind(StrEnum):
     ROLES = "roles"
 
 
+class ValidationSplit(Strict):
+    """The validation split carved from the training rows when the run's dataset is copied
+    into the run (maskshare.datasets.validation; docs/selection.md). Validation rows fit
+    nothing (grouping, slot statistics, attribution, masks read `train` only); they choose
+    the run's circuit (`evaluate.select_split: validation`) and drive the sweep's
+    refinement. `by`: `auto` (training phrasings of a free-form template dataset with at
+    least 3 of them, or groups of a prompt dataset with at least 3; else entities),
+    `phrasing` (phrasings / groups), `entity` (entities or rows), `none` (no validation
+    split: selection falls back to the training prompts). `fraction`: share of the training
+    phrasings / entities held for validation (at least one)."""
+
+    by: Literal["auto", "phrasing", "entity", "none"] = "auto"
+    fraction: Annotated[PositiveFloat, Field(lt=1)] = 0.2
+    seed: Seed = 0
+
+
 class DatasetRef(Strict):
     """A built-in or user-added dataset (data/datasets/<name>.yaml), or a spec file named by
     its path (`name: path/to/spec.yaml`: ends in .yaml/.yml or holds a slash), and its
@@ -82,6 +98,7 @@ class DatasetRef(Strict):
         "spec's filter.margin, default 0) or none; true = the dataset's default (top1 for "
         "template specs, the spec's filter for prompt specs: logit-diff), false = none (dry "
         "runs on models that answer nothing, e.g. `tiny`)")
+    validation: ValidationSplit = Field(default_factory=ValidationSplit)
 
 
 class AttentionFeatures(Strict):
@@ -196,6 +213,30 @@ class GroupingConfig(Strict):
 AUTO_LAMBDAS = (0.003, 0.01, 0.03, 0.1)
 
 
+class SweepConfig(Strict):
+    """How the lambda sweep grows after its first lambdas are trained (maskshare.sweep;
+    docs/selection.md): each (variant) chain adds lambdas, at most `budget`, until
+
+    - its densest circuit reaches F >= `dense_f` on the training and the validation sample
+      (else a lambda `extend` times smaller than its smallest),
+    - its sparsest keeps at most `sparse_size` latents per token (else `extend` times larger),
+    - each requested size in `sizes` (latents per token) has a circuit within a factor
+      `size_tolerance` (else the geometric midpoint of the lambdas around it), and
+    - no two neighbouring circuits differ by more than a factor `max_ratio` in latents per
+      token (else their geometric midpoint, continuing from the denser one's theta).
+
+    `refine: false` trains the first lambdas only (the sweep of older runs)."""
+
+    refine: bool = True
+    budget: Annotated[NonNegInt, Field(le=64)] = 6
+    max_ratio: Annotated[PositiveFloat, Field(gt=1)] = 1.8
+    dense_f: Finite = 0.95
+    sparse_size: NonNegFloat = 1.0
+    extend: Annotated[PositiveFloat, Field(gt=1)] = 3.0
+    sizes: list[PositiveFloat] = Field(default_factory=list)
+    size_tolerance: Annotated[PositiveFloat, Field(gt=1)] = 1.15
+
+
 _LAMBDA_LIST = TypeAdapter(Annotated[list[NonNegFloat], Field(min_length=1)])
 
 
@@ -239,6 +280,8 @@ class MaskConfig(Strict):
     # steps of a warm-started or continued training (the anneal compressed into them; at
     # most `steps`); None: `steps`
     warm_steps: Count | None = 20
+    # lambdas added after the first ones, from their circuits' sizes and F (SweepConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @field_validator("lambdas", mode="wrap")
     @classmethod
@@ -274,9 +317,13 @@ class EvalConfig(Strict):
     ablations: list[Ablation] = Field(
         default_factory=lambda: [Ablation.GLOBAL_MEAN, Ablation.ZERO])
     matched_latents_per_token: PositiveFloat | None = None  # None: chosen from the curves
-    # the run's lambda: the sparsest whose F on (a seeded sample of at most `select_limit`
-    # prompts of) `select_split` reaches `target_f`; if none does, the one with the best F
-    select_split: Literal["train", "test_phrasing", "test_entity", "test_both"] = "train"
+    # the run's circuit (its lambda): the sparsest whose F on (a seeded sample of at most
+    # `select_limit` prompts of) `select_split` reaches `target_f`; if none does, the one
+    # with the best F. `validation` (dataset.validation) falls back to `train` where the
+    # run has no validation rows (runs built before it existed); a held-out split here is
+    # a peek at the test data, and the report says so
+    select_split: Literal["validation", "train", "test_phrasing", "test_entity",
+                          "test_both"] = "validation"
     select_limit: Count | None = 64
     target_f: PositiveFloat = 0.9
 
@@ -333,6 +380,20 @@ def parse_config(data: object, source: str = "config") -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as e:
         raise UserError(validation_message(e, source)) from None
+
+
+def run_config_data(data: object) -> object:
+    """A run directory's config.yaml data, read with the settings the run was built with: a
+    run written before the validation split existed (no `dataset.validation`) had none, a
+    static sweep, and chose its lambda on the training prompts (docs/selection.md). User
+    configs are not upgraded: leaving the fields out there means the current defaults."""
+    if not isinstance(data, dict) or "validation" in (data.get("dataset") or {}):
+        return data
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    data.setdefault("dataset", {})["validation"] = {"by": "none"}
+    data.setdefault("masks", {}).setdefault("sweep", {"refine": False})
+    data.setdefault("evaluate", {}).setdefault("select_split", "train")
+    return data
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -16,7 +16,14 @@ from pathlib import Path
 import yaml
 
 from maskshare.artifacts import file_sha256, hash_config, write_text_atomic
-from maskshare.config import GroupingKind, RunConfig, config_data, dump_config, parse_config
+from maskshare.config import (
+    GroupingKind,
+    RunConfig,
+    config_data,
+    dump_config,
+    parse_config,
+    run_config_data,
+)
 from maskshare.errors import UserError
 from maskshare.layout import RunLayout
 from maskshare.runtime import PROJECT_ROOT, configure_threads
@@ -148,7 +155,7 @@ def load_run_config(run: str | Path) -> RunConfig:
     p = RunLayout(run).config
     if not p.is_file():
         raise UserError(f"{run} is not a run directory (no config.yaml)")
-    return parse_config(yaml.safe_load(p.read_text()), str(p))
+    return parse_config(run_config_data(yaml.safe_load(p.read_text())), str(p))
 
 
 # ----------------------------------------------------------------------------- items

@@ -79,8 +79,10 @@ def matched_circuits(run: str | Path, method: TopTriples, seed: int) -> list[tup
     def size(m) -> float:
         return size_metrics(m, slots)["latents_per_token"]
 
+    from maskshare.stages.plan import sweep_lambdas
+
     out = []
-    for lam in cfg.masks.lambda_grid:
+    for lam in sweep_lambdas(run, cfg, method.variant.name, seed):
         out.append((lam, circuit_at_size(scores, slots, size(load_masks(run, method.variant,
                                                                          lam, seed)))))
     sizes = [size(m) for _, m in out]

@@ -26,7 +26,6 @@ from maskshare.artifacts import building, write_json_atomic, write_manifest
 from maskshare.comparison import (
     EvalRow,
     TopTriples,
-    choose_lambda,
     compare_at_matched_size,
     group_splits,
     headline_metrics,
@@ -46,6 +45,7 @@ from maskshare.resources import (
     split_items,
     token_lists,
 )
+from maskshare.selection import choose_circuit
 from maskshare.stages.attribution import attribution_methods, matched_circuits
 from maskshare.stages.masks import load_masks, prepare_variant
 from maskshare.variants import Variant, main_variant, run_seeds, variants
@@ -62,6 +62,7 @@ class EvalCache:
     reference: dict[tuple, dict] = field(default_factory=dict)
     lds: list = field(default_factory=list)  # polars DataFrames, one per (mask, split)
     timings: dict[str, float] = field(default_factory=dict)
+    select: str = ""  # the split the run chooses on (`selection.selection_split`)
 
     @contextmanager
     def timed(self, phase: str):
@@ -92,8 +93,7 @@ def score_masks(run: Path, cfg: RunConfig, variant: Variant, masks: dict, split:
     empty circuit in the same stacked passes as the masks, and kept there)."""
     from maskshare.evaluation import evaluate_sweep
 
-    rule = cfg.evaluate
-    limit = rule.select_limit if split == rule.select_split else None
+    limit = cfg.evaluate.select_limit if split == _select(run, cfg, cache) else None
     with cache.timed("prepare_s"):
         prep = prepare_variant(run, variant, split, limit)
     with cache.timed("reference_s"):
@@ -106,6 +106,14 @@ def score_masks(run: Path, cfg: RunConfig, variant: Variant, masks: dict, split:
                                       clean=cache.clean[split])
     cache.reference[key] = ref
     return prep, results
+
+
+def _select(run: Path, cfg: RunConfig, cache: EvalCache) -> str:
+    from maskshare.selection import selection_split
+
+    if not cache.select:
+        cache.select = selection_split(cfg.evaluate.select_split, load_run_items(run))
+    return cache.select
 
 
 def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits: list[str],
@@ -125,12 +133,15 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
     cache = cache if cache is not None else EvalCache()
     if clean is not None:
         cache.clean = clean
+    from maskshare.stages.plan import sweep_lambdas
+
     label, pairs = circuits or (variant, [(lam, load_masks(run, variant, lam, seed))
-                                          for lam in cfg.masks.lambda_grid])
+                                          for lam in sweep_lambdas(run, cfg, variant.name,
+                                                                   seed)])
     masks = {i: m for i, (_, m) in enumerate(pairs)}  # lambdas may repeat (None)
     lams = [lam for lam, _ in pairs]
     rows = []
-    for split in [cfg.evaluate.select_split, *splits]:
+    for split in [_select(run, cfg, cache), *splits]:
         prep, results = score_masks(run, cfg, variant, masks, split, cache)
         with cache.timed("curves_s"):
             phrasing, ids = prep.items["phrasing"].to_list(), prep.items["prompt_id"].to_list()
@@ -177,11 +188,13 @@ def build(run: Path) -> Path:
     rows += attribution_rows(run, cfg, seeds[0], splits, groups=groups, cache=cache)
     with cache.timed("curves_s"):
         splits = [*splits, *(f"{s}:{g}" for s in splits for g in groups.get(s, []))]
-        lam = choose_lambda(rows, main.name, cfg.evaluate)
+        chosen = choose_circuit(rows, main.name, cache.select, cfg.evaluate.target_f)
+        lam = chosen.lam
         metrics: dict = {"run": run.name, "dataset": cfg.dataset.name,
                          "variant": cfg.dataset.variant, "headline_split": head, "lambda": lam,
                          "error_term": cfg.masks.error.value,
                          **headline_metrics(rows, main, head, splits, lam),
+                         **chosen.as_metrics(),
                          **quality_metrics(json.loads(layout.quality(main.grouping).read_text()))}
         target = pick(rows, main.name, head, lam).latents_per_token
         table, compared = compare_at_matched_size(

@@ -92,30 +92,41 @@ def batch_items(mm, items, slot_arrays: list, batch_size: int) -> list:
                       counterfactual_tokens=cf_tokens)
 
 
-def mask_start(cfg, variant: str, lam: float) -> tuple[str, float | None]:
+GRID = "grid"  # a mask call's `start` when it is one of the first lambdas (`mask_start`)
+
+
+def mask_start(cfg, variant: str, lam: float, start: float | str | None = GRID
+               ) -> tuple[str, float | None]:
     """Where the mask (variant, lam) starts (maskshare.warm_start): ("continue", the previous
     lambda) with `masks.continue_sweep` for every lambda but the sweep's smallest; else
     ("attribution", None) with `masks.init: attribution` where the variant has IG scores;
-    else ("cold", None). The plan orders the calls by it."""
+    else ("cold", None). The plan orders the calls by it. A lambda the sweep added
+    (maskshare.sweep) says where it starts: `start`, the lambda it continues, or None (a
+    chain head: attribution or cold as above)."""
     from maskshare.variants import attribution_variants
 
-    grid = sorted(cfg.masks.lambda_grid)
-    i = grid.index(lam)
-    if cfg.masks.continue_sweep and i > 0:
-        return "continue", grid[i - 1]
+    if start != GRID:
+        if start is not None:
+            return "continue", float(start)
+    else:
+        grid = sorted(cfg.masks.lambda_grid)
+        i = grid.index(lam)
+        if cfg.masks.continue_sweep and i > 0:
+            return "continue", grid[i - 1]
     if (cfg.masks.init == "attribution" and "ig" in cfg.attribution.methods
             and variant in {v.name for v in attribution_variants(cfg)}):
         return "attribution", None
     return "cold", None
 
 
-def starting_theta(run: Path, cfg, variant: Variant, lam: float, seed: int, prep, targets):
+def starting_theta(run: Path, cfg, variant: Variant, lam: float, seed: int, prep, targets,
+                   start: float | str | None = GRID):
     """(initial theta or None for a cold start, how it starts: `mask_start`'s kind)."""
     from maskshare.attribution import load_scores
     from maskshare.mask_training import TrainResult, slot_weights
     from maskshare.warm_start import attribution_start, continued_theta
 
-    how, prev = mask_start(cfg, variant.name, lam)
+    how, prev = mask_start(cfg, variant.name, lam, start)
     if how == "continue":
         path = RunLayout(run).masks(variant, prev, seed)
         if not (path / "masks.safetensors").is_file():
@@ -129,7 +140,10 @@ def starting_theta(run: Path, cfg, variant: Variant, lam: float, seed: int, prep
     return None, how
 
 
-def build(run: Path, variant: Variant | str, lam: float, seed: int) -> Path:
+def build(run: Path, variant: Variant | str, lam: float, seed: int,
+          start: float | str | None = GRID) -> Path:
+    """Train the mask (variant, lam, seed) from where `mask_start` says (`start`: see
+    there), and record its fit (`mask_fit`) in summary.json for the sweep's refinement."""
     from maskshare.mask_training import train_masks
     from maskshare.warm_start import warm_config
 
@@ -141,20 +155,65 @@ def build(run: Path, variant: Variant | str, lam: float, seed: int) -> Path:
     t0 = time.time()
     prep = prepare_variant(run, variant, "train", cfg.masks.max_train_prompts)
     targets = prep.targets(cfg.masks.objective, cfg.masks.scale)
-    init, how = starting_theta(run, cfg, variant, lam, seed, prep, targets)
+    init, how = starting_theta(run, cfg, variant, lam, seed, prep, targets, start)
     mcfg = cfg.masks if init is None else warm_config(cfg.masks)
     ckpt = layout.checkpoint(variant, lam, seed)
     res = train_masks(prep.mm, prep.batches, mcfg, lam, seed=seed, targets=targets,
                       init_theta=init, checkpoint_dir=ckpt)
+    fit = fit_metrics(run, cfg, variant, res.masks())
     with building(out) as tmp:
         res.save(tmp, extra={"variant": variant.name, "ablation": variant.ablation.value,
-                             "error": cfg.masks.error.value, "init": how})
+                             "error": cfg.masks.error.value, "init": how, "fit": fit})
         write_manifest(tmp, config=cfg.masks.model_dump(mode="json"), seed=seed,
                        timings={"train_s": time.time() - t0},
                        extra={"variant": variant.name, "lambda": lam, "init": how,
                               "steps_run": len(res.history), "steps_max": mcfg.steps})
     shutil.rmtree(ckpt, ignore_errors=True)
     return out
+
+
+def fit_metrics(run: Path, cfg, variant: Variant, masks) -> dict:
+    """What the sweep's refinement reads of a trained mask (maskshare.sweep.Fit): latents per
+    token and F on the seeded sample of at most `evaluate.select_limit` training prompts,
+    and F on the same-sized sample of the validation split (the sample the run's circuit
+    is chosen on) where the run has one. Never a held-out split."""
+    from maskshare.evaluation import evaluate_masks
+
+    out: dict = {}
+    items = load_run_items(run)
+    for split in ("train", "validation"):
+        if not (items["split"] == split).any():
+            continue
+        prep = prepare_variant(run, variant, split, cfg.evaluate.select_limit)
+        res = evaluate_masks(prep.mm, prep.batches, masks, prep.slots,
+                             reference=_fit_reference(str(run), variant.name, split,
+                                                      cfg.evaluate.select_limit))
+        if split == "train":
+            out["latents_per_token"] = res["latents_per_token"]
+        out[f"f_{split}"] = res["faithfulness"]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _fit_reference(run: str, variant_name: str, split: str, limit: int | None):
+    from maskshare.evaluation import reference_lds
+
+    prep = prepare_variant(run, variant_name, split, limit)
+    return reference_lds(prep.mm, prep.batches)
+
+
+def mask_fit(run: str | Path, variant: Variant | str, lam: float, seed: int):
+    """The `maskshare.sweep.Fit` the masks stage recorded for (variant, lam, seed)."""
+    import json
+
+    from maskshare.sweep import Fit
+
+    summary = json.loads((RunLayout(run).masks(variant, lam, seed) / "summary.json").read_text())
+    fit = summary.get("fit")
+    if fit is None:
+        raise RuntimeError(f"mask {variant} lambda={lam:g} seed={seed} has no recorded fit "
+                           "(trained before the sweep refined itself): rebuild it")
+    return Fit(lam, fit["latents_per_token"], fit.get("f_train"), fit.get("f_validation"))
 
 
 def load_masks(run: str | Path, variant: Variant | str, lam: float, seed: int):

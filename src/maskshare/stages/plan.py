@@ -5,7 +5,14 @@
             -> masks(variant, lambda, seed)    lambdas ascending: with masks.continue_sweep a
                                                chain per (variant, seed), each lambda starting
                                                from the previous one's mask; chains in parallel
+            -> refinement rounds               more mask calls, from the trained masks' fits
+                                               (`refinement_rounds`, maskshare.sweep)
             -> evaluate
+
+The plan grows once its first mask calls are done: `refinement_rounds` yields the next
+round's mask calls (lambdas between or beyond the trained ones, each a content-addressed
+StageCall whose `after` is the mask it continues) until the sweep's rule adds none; every
+executor runs them before the evaluation, which reads the whole sweep (`sweep_lambdas`).
 
 This is the only place that orders the stages: `maskshare.pipeline.run_pipeline` executes
 the plan in process; the Prefect flows (flows/) run each `StageCall` as a task named after
@@ -66,8 +73,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           lambda variant: f"attribution {variant}",
           inputs=("saes", "seed", "masks.error", "masks.batch_size", "masks.max_train_prompts",
                   "attribution")),
-    Stage("masks", masks.build, lambda lo, variant, lam, seed: lo.masks(variant, lam, seed),
-          lambda variant, lam, seed: f"masks {variant} lambda={lam:g} seed={seed}",
+    Stage("masks", masks.build,
+          lambda lo, variant, lam, seed, start=None: lo.masks(variant, lam, seed),
+          lambda variant, lam, seed, start=None: f"masks {variant} lambda={lam:g} seed={seed}",
           inputs=("saes", "masks"), fan_out=True),
     Stage("evaluate", evaluate.build, lambda lo: lo.evaluate, lambda: "evaluation",
           inputs=("saes", "evaluate", "masks.lambdas", "masks.error"),
@@ -212,5 +220,85 @@ def chains(calls: list[StageCall]) -> list[list[StageCall]]:
 
 
 def execute(calls: list[StageCall], run: str | Path) -> list[Path]:
-    """Run every call in order in this process (complete outputs are skipped)."""
-    return [c.run(run) for c in calls]
+    """Run every call in order in this process (complete outputs are skipped), the sweep's
+    refinement rounds after the mask calls (before the calls that follow them)."""
+    head, fan, tail = phases(calls)
+    out = [c.run(run) for c in [*head, *fan]]
+    if fan:
+        for new in refinement_rounds(run, calls):
+            out += [c.run(run) for c in new]
+    return out + [c.run(run) for c in tail]
+
+
+# ------------------------------------------------------------------ the sweep's refinement
+
+def _seed_of_chain(cfg: RunConfig) -> dict[str, list[int]]:
+    """{variant: its seeds} as `mask_jobs` trains them (the first seed's fits decide)."""
+    out: dict[str, list[int]] = {}
+    for v, _, seed in mask_jobs(cfg):
+        if seed not in out.setdefault(v, []):
+            out[v].append(seed)
+    return out
+
+
+def next_round(cfg: RunConfig, run: str | Path, calls: list[StageCall]) -> list[StageCall]:
+    """The mask calls the sweep adds (maskshare.sweep.next_lambdas) given `calls` (the plan
+    and its earlier rounds, every mask call trained): per variant, decided from its first
+    seed's fits and trained at each of its seeds, each after the stats of its grouping and
+    what it starts from (the mask it continues, or the attribution scores)."""
+    from maskshare.sweep import next_lambdas
+
+    rule = cfg.masks.sweep
+    if not rule.refine:
+        return []
+    mask_calls = [c for c in calls if c.stage == "masks"]
+    by_key = {(c.params["variant"], c.params["lam"], c.params["seed"]): c for c in mask_calls}
+    stats_of = {c.params["kind"]: c for c in calls if c.stage == "stats"}
+    attr_of = {c.params["variant"]: c for c in calls if c.stage == "attribution"}
+    n_first = len(cfg.masks.lambda_grid)
+    out: list[StageCall] = []
+    for v, seeds in _seed_of_chain(cfg).items():
+        lams = sorted({lam for (name, lam, s) in by_key if name == v and s == seeds[0]})
+        fits = [masks.mask_fit(run, v, lam, seeds[0]) for lam in lams]
+        new = next_lambdas(fits, rule, rule.budget - (len(lams) - n_first),
+                           cfg.masks.continue_sweep)
+        for n in new:
+            logger.info("sweep %s: adding lambda %g (%s)", v, n.lam, n.why)
+            for seed in seeds:
+                how, prev = masks.mask_start(cfg, v, n.lam, n.start)
+                after = [stats_of[Variant.parse(v).grouping.value]]
+                if how == "attribution":
+                    after.append(attr_of[v])
+                elif how == "continue":
+                    after.append(by_key[(v, prev, seed)])
+                out.append(make_call(cfg, "masks", after, variant=v, lam=n.lam, seed=seed,
+                                     start=n.start))
+    return out
+
+
+def refinement_rounds(run: str | Path, calls: list[StageCall]):
+    """Each round's new mask calls (`next_round`), computed once the previous round's are
+    trained: the caller runs a round's calls (in order, or as chains in parallel: a call
+    only reads calls of earlier rounds) before asking for the next."""
+    from maskshare.resources import load_run_config
+
+    cfg = load_run_config(run)
+    calls = list(calls)
+    while new := next_round(cfg, run, calls):
+        yield new
+        calls += new
+
+
+def sweep_lambdas(run: str | Path, cfg: RunConfig, variant: str, seed: int) -> list[float]:
+    """Every lambda of `variant`'s sweep at `seed` (ascending): the first ones and those its
+    refinement rounds added, replayed from the trained masks' fits (a pure function of
+    them: the same as the rounds the executor ran). Raises if a round's mask is missing."""
+    calls = plan(cfg)
+    while new := next_round(cfg, run, calls):
+        missing = [c.describe() for c in new if not c.is_done(run)]
+        if missing:
+            raise RuntimeError(f"the sweep's refinement is not trained ({missing[0]}, ...): "
+                               "run the plan with its refinement rounds first")
+        calls += new
+    return sorted({c.params["lam"] for c in calls if c.stage == "masks"
+                   and c.params["variant"] == variant and c.params["seed"] == seed})
