@@ -49,6 +49,7 @@ from maskshare.selection import choose_circuit
 from maskshare.stages.attribution import attribution_methods, matched_circuits
 from maskshare.stages.masks import load_masks, prepare_variant
 from maskshare.variants import Variant, main_variant, run_seeds, variants
+from maskshare.verdicts import matched_verdicts
 
 
 @dataclass
@@ -200,6 +201,9 @@ def build(run: Path) -> Path:
         table, compared = compare_at_matched_size(
             rows, [*variants(cfg), *attribution_methods(cfg)], main, head, target)
         metrics.update(compared)
+        others = [(v.name, "masks") for v in variants(cfg) if v != main]
+        others += [(t.name, t.finder) for t in attribution_methods(cfg)]
+        metrics.update(matched_verdicts(rows, main.name, others, heldout_splits(items), lam))
         metrics.update(stability_metrics(run, main, lam, seeds))
     with cache.timed("circuit_listing_s"):
         circuit = circuit_listing(run, cfg, main, lam, seeds[0], items)
