@@ -76,9 +76,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("masks", masks.build,
           lambda lo, variant, lam, seed, start=None: lo.masks(variant, lam, seed),
           lambda variant, lam, seed, start=None: f"masks {variant} lambda={lam:g} seed={seed}",
-          inputs=("saes", "masks"), fan_out=True),
+          # evaluate.select_limit: the sample its fit (summary.json) is measured on
+          inputs=("saes", "masks", "evaluate.select_limit"), fan_out=True),
     Stage("evaluate", evaluate.build, lambda lo: lo.evaluate, lambda: "evaluation",
-          inputs=("saes", "evaluate", "masks.lambdas", "masks.error"),
+          inputs=("saes", "evaluate", "masks.lambdas", "masks.sweep", "masks.error"),
           # written after the folder, in this order: a kill between them leaves the
           # folder complete, and the rerun must still write both
           also_needs=lambda lo: [lo.metrics, lo.report]),
