@@ -33,7 +33,8 @@ from maskshare.slot_names import SlotLabel, load_slot_labels
 GROUPING_NAMES = {"attention": "attention slots", "single": "single slot",
                   "from-end": "from-end positions", "roles": "role spans",
                   "template": "template positions"}
-SPLIT_NAMES = {"train": "training prompts", "test_phrasing": "held-out phrasings",
+SPLIT_NAMES = {"train": "training prompts", "validation": "validation prompts",
+               "test_phrasing": "held-out phrasings",
                "test_entity": "held-out entities",
                "test_both": "held-out phrasings and entities"}
 HELDOUT = ("test_phrasing", "test_entity", "test_both")

@@ -54,12 +54,13 @@ def prepare_variant(run: str | Path, variant: Variant | str, split: str,
                     limit: int | None = None) -> Prepared:
     """The variant's MaskedModel (its grouping's slot statistics, its ablation, the run's
     error term) and the items of `split` ("a+b" for several), at most `limit` of them (a
-    seeded sample), batched. Cached for the last few requests: stages ask repeatedly."""
+    seeded sample), batched. Cached for the last few requests: stages ask repeatedly (the
+    masks stage asks for three per variant: its training prompts and the two fit samples)."""
     name = variant if isinstance(variant, str) else variant.name
     return _prepared(str(run), name, split, limit)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)  # a variant's training batches, and its fit samples
 def _prepared(run: str, variant_name: str, split: str, limit: int | None) -> Prepared:
     from maskshare.masking import MaskedModel
     from maskshare.slot_stats import SlotStats
