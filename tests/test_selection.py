@@ -96,6 +96,10 @@ def test_the_sweep_extends_its_ends_and_fills_holes_largest_first():
             Fit(27.0, 0.5, 0.0, 0.0)]
     assert next_lambdas(done, RULE, 10) == [] and holes_left(done, RULE) == []
     assert holes_left(fits, RULE) == [(0.03, 0.1, 8.5)]
+    # a denser end that did not gain F: no further extension (the budget goes to holes)
+    stalled = [Fit(0.001, 400, 0.98, 0.57), *fits]
+    assert [n.why.split()[0] for n in next_lambdas(stalled, RULE, 10)] == ["sparsest", "sizes",
+                                                                            "sizes"]
 
 
 def test_requested_sizes_are_bisected_toward():
