@@ -102,7 +102,7 @@ def test_attribution_circuits_have_the_learned_masks_sizes(finished_tiny_run):
     half_triple = slot_token_share(prep.slots, prep.mm.n_slots).max() / 2
     circuits = matched_circuits(run, TopTriples(main, "ig"), seed)
     matched = [(lam, c) for lam, c in circuits if lam is not None]
-    from maskshare.stages.plan import sweep_lambdas
+    from maskshare.stages.masks import sweep_lambdas
 
     assert [lam for lam, _ in matched] == sweep_lambdas(run, cfg, main.name, seed)
     sizes = []

@@ -352,7 +352,7 @@ def _assert_valid_run(run: Path, cfg_path: Path) -> None:
                                                           "attribution", "masks", "evaluate"}
     for d in dirs:
         assert is_complete(d), d
-    from maskshare.stages.plan import sweep_lambdas
+    from maskshare.stages.masks import sweep_lambdas
 
     metrics = json.loads((run / "metrics.json").read_text())
     sweep = {lam for v in {p.parent.name for p in (run / "masks").glob("*/*")}

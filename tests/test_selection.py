@@ -177,7 +177,8 @@ def test_no_choice_reads_a_held_out_row(tmp_path, monkeypatch):
     from maskshare.layout import RunLayout
     from maskshare.pipeline import run_pipeline
     from maskshare.resources import prepare_run
-    from maskshare.stages.plan import make_call, sweep_lambdas
+    from maskshare.stages.masks import sweep_lambdas
+    from maskshare.stages.plan import make_call
 
     monkeypatch.setenv("MASKSHARE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MASKSHARE_THREADS", "1")
@@ -208,8 +209,7 @@ def test_a_size_targeted_sweep_hits_its_size_and_leaves_no_hole_but_for_its_budg
     import yaml
 
     from maskshare.pipeline import run_pipeline
-    from maskshare.stages.masks import mask_fit
-    from maskshare.stages.plan import sweep_lambdas
+    from maskshare.stages.masks import mask_fit, sweep_lambdas
 
     monkeypatch.setenv("MASKSHARE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MASKSHARE_THREADS", "1")

@@ -79,7 +79,7 @@ def matched_circuits(run: str | Path, method: TopTriples, seed: int) -> list[tup
     def size(m) -> float:
         return size_metrics(m, slots)["latents_per_token"]
 
-    from maskshare.stages.plan import sweep_lambdas
+    from maskshare.stages.masks import sweep_lambdas
 
     out = []
     for lam in sweep_lambdas(run, cfg, method.variant.name, seed):

@@ -134,7 +134,7 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
     cache = cache if cache is not None else EvalCache()
     if clean is not None:
         cache.clean = clean
-    from maskshare.stages.plan import sweep_lambdas
+    from maskshare.stages.masks import sweep_lambdas
 
     label, pairs = circuits or (variant, [(lam, load_masks(run, variant, lam, seed))
                                           for lam in sweep_lambdas(run, cfg, variant.name,

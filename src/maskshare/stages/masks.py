@@ -217,6 +217,40 @@ def mask_fit(run: str | Path, variant: Variant | str, lam: float, seed: int):
     return Fit(lam, fit["latents_per_token"], fit.get("f_train"), fit.get("f_validation"))
 
 
+def sweep_round(cfg, run: str | Path, variant: str, lams: list[float]) -> list:
+    """The lambdas (`maskshare.sweep.NewLambda`) the sweep's next round adds to `variant`,
+    whose trained lambdas are `lams`: decided from the fits at the run's first seed (every
+    variant trains there), within what is left of `masks.sweep.budget`."""
+    from maskshare.sweep import next_lambdas
+    from maskshare.variants import run_seeds
+
+    rule = cfg.masks.sweep
+    if not rule.refine:
+        return []
+    seed = run_seeds(cfg)[0]
+    fits = [mask_fit(run, variant, lam, seed) for lam in lams]
+    return next_lambdas(fits, rule, rule.budget - (len(lams) - len(cfg.masks.lambda_grid)),
+                        cfg.masks.continue_sweep)
+
+
+def sweep_lambdas(run: str | Path, cfg, variant: str, seed: int) -> list[float]:
+    """Every lambda of `variant`'s sweep (ascending): the first ones and those the
+    refinement rounds added (`sweep_round`), replayed from the trained masks' fits (a pure
+    function of them: the rounds the executor ran, `plan.refinement_rounds`). Raises if a
+    round's mask at `seed` is missing."""
+    from maskshare.artifacts import is_complete
+
+    lams = sorted(cfg.masks.lambda_grid)
+    while new := sweep_round(cfg, run, variant, lams):
+        for n in new:
+            if not is_complete(RunLayout(run).masks(variant, n.lam, seed)):
+                raise RuntimeError(f"the sweep's refinement is not trained (masks {variant} "
+                                   f"lambda={n.lam:g} seed={seed}): run the plan with its "
+                                   "refinement rounds first")
+        lams = sorted([*lams, *(n.lam for n in new)])
+    return lams
+
+
 def load_masks(run: str | Path, variant: Variant | str, lam: float, seed: int):
     """The binarised masks {hook: bool[slot, latent]} the masks stage wrote."""
     from maskshare.mask_training import TrainResult

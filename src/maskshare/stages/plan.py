@@ -12,7 +12,8 @@
 The plan grows once its first mask calls are done: `refinement_rounds` yields the next
 round's mask calls (lambdas between or beyond the trained ones, each a content-addressed
 StageCall whose `after` is the mask it continues) until the sweep's rule adds none; every
-executor runs them before the evaluation, which reads the whole sweep (`sweep_lambdas`).
+executor runs them before the evaluation, which reads the whole sweep
+(`masks.sweep_lambdas`, the same rounds replayed from the fits).
 
 This is the only place that orders the stages: `maskshare.pipeline.run_pipeline` executes
 the plan in process; the Prefect flows (flows/) run each `StageCall` as a task named after
@@ -243,27 +244,20 @@ def _seed_of_chain(cfg: RunConfig) -> dict[str, list[int]]:
 
 
 def next_round(cfg: RunConfig, run: str | Path, calls: list[StageCall]) -> list[StageCall]:
-    """The mask calls the sweep adds (maskshare.sweep.next_lambdas) given `calls` (the plan
-    and its earlier rounds, every mask call trained): per variant, decided from its first
-    seed's fits and trained at each of its seeds, each after the stats of its grouping and
-    what it starts from (the mask it continues, or the attribution scores)."""
-    from maskshare.sweep import next_lambdas
-
-    rule = cfg.masks.sweep
-    if not rule.refine:
+    """The mask calls the sweep adds (`masks.sweep_round`, maskshare.sweep) given `calls`
+    (the plan and its earlier rounds, every mask call trained): per variant, decided from
+    its first seed's fits and trained at each of its seeds, each after the stats of its
+    grouping and what it starts from (the mask it continues, or the attribution scores)."""
+    if not cfg.masks.sweep.refine:
         return []
     mask_calls = [c for c in calls if c.stage == "masks"]
     by_key = {(c.params["variant"], c.params["lam"], c.params["seed"]): c for c in mask_calls}
     stats_of = {c.params["kind"]: c for c in calls if c.stage == "stats"}
     attr_of = {c.params["variant"]: c for c in calls if c.stage == "attribution"}
-    n_first = len(cfg.masks.lambda_grid)
     out: list[StageCall] = []
     for v, seeds in _seed_of_chain(cfg).items():
         lams = sorted({lam for (name, lam, s) in by_key if name == v and s == seeds[0]})
-        fits = [masks.mask_fit(run, v, lam, seeds[0]) for lam in lams]
-        new = next_lambdas(fits, rule, rule.budget - (len(lams) - n_first),
-                           cfg.masks.continue_sweep)
-        for n in new:
+        for n in masks.sweep_round(cfg, run, v, lams):
             logger.info("sweep %s: adding lambda %g (%s)", v, n.lam, n.why)
             for seed in seeds:
                 how, prev = masks.mask_start(cfg, v, n.lam, n.start)
@@ -288,18 +282,3 @@ def refinement_rounds(run: str | Path, calls: list[StageCall]):
     while new := next_round(cfg, run, calls):
         yield new
         calls += new
-
-
-def sweep_lambdas(run: str | Path, cfg: RunConfig, variant: str, seed: int) -> list[float]:
-    """Every lambda of `variant`'s sweep at `seed` (ascending): the first ones and those its
-    refinement rounds added, replayed from the trained masks' fits (a pure function of
-    them: the same as the rounds the executor ran). Raises if a round's mask is missing."""
-    calls = plan(cfg)
-    while new := next_round(cfg, run, calls):
-        missing = [c.describe() for c in new if not c.is_done(run)]
-        if missing:
-            raise RuntimeError(f"the sweep's refinement is not trained ({missing[0]}, ...): "
-                               "run the plan with its refinement rounds first")
-        calls += new
-    return sorted({c.params["lam"] for c in calls if c.stage == "masks"
-                   and c.params["variant"] == variant and c.params["seed"] == seed})
