@@ -70,8 +70,9 @@ def split_verdict(rows, main: str, others: list[tuple[str, str]], split: str,
                        f", tied with {', '.join(tied)}") + ".")
     ahead = [f"{m['label']} by {m['lead']:.2f}" for m in read.values() if m["lead"] > TIE]
     behind = [f"{m['label']} by {-m['lead']:.2f}" for m in read.values() if m["lead"] < -TIE]
-    if ahead and behind:
-        sentence += (f" {me} leads {', '.join(ahead)}; trails {', '.join(behind)}.")
+    if ahead:
+        sentence += f" It leads {', '.join(ahead)}" + (
+            f"; trails {', '.join(behind)}." if behind else ".")
     unread = [methods[k]["label"] for k in methods if methods[k]["lead"] is None]
     if unread and best is not None:
         sentence += f" Not read at that size: {', '.join(unread)}."
