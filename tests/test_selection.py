@@ -134,7 +134,8 @@ def test_verdicts_say_per_split_who_leads_at_matched_size_and_by_how_much():
     assert e["leader"] == single and e["methods"][single]["lead"] == pytest.approx(-0.12)
     assert out["verdicts"][1].startswith("On held-out entities at 20 latents per token, single "
                                          "(slot-mean) leads attention (slot-mean) by 0.12 F")
-    assert "leads every other method by at least 0.20 F. It leads single (slot-mean) by 0.20." \
+    assert ("leads every other method by at least 0.20 F. attention (slot-mean) leads single "
+            "(slot-mean) by 0.20.") \
         in out["verdicts"][0]
 
 

@@ -71,7 +71,7 @@ def split_verdict(rows, main: str, others: list[tuple[str, str]], split: str,
     ahead = [f"{m['label']} by {m['lead']:.2f}" for m in read.values() if m["lead"] > TIE]
     behind = [f"{m['label']} by {-m['lead']:.2f}" for m in read.values() if m["lead"] < -TIE]
     if ahead:
-        sentence += f" It leads {', '.join(ahead)}" + (
+        sentence += f" {me} leads {', '.join(ahead)}" + (
             f"; trails {', '.join(behind)}." if behind else ".")
     unread = [methods[k]["label"] for k in methods if methods[k]["lead"] is None]
     if unread and best is not None:
