@@ -154,6 +154,8 @@ CONFIG_FIELDS = {
     "masks.sweep.sizes": _list_of(_positive.filter(lambda v: not isinstance(v, list)),
                                   empty_ok=True),
     "masks.sweep.size_tolerance": _positive | st.just(1.0),
+    "masks.validation_stop.every": _count(), "masks.validation_stop.patience": _count(),
+    "masks.validation_stop.prompts": _count(), "masks.validation_stop.min_gain": _negative,
     "evaluate.seeds": st.one_of(_list_of(_seed.filter(lambda v: not isinstance(v, list))),
                                 st.integers(0, 9).map(lambda s: [s, s])),
     "evaluate.baselines": _list_of(_enum("attention", "template", "single", "from-end",

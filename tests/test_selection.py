@@ -9,6 +9,7 @@ import logging
 
 import polars as pl
 import pytest
+import torch
 
 from maskshare.comparison import EvalRow
 from maskshare.config import SweepConfig, load_config, parse_config, run_config_data
@@ -241,3 +242,47 @@ def test_a_size_targeted_sweep_hits_its_size_and_leaves_no_hole_but_for_its_budg
     assert run_pipeline(cfg) == run
     assert not [r for r in caplog.records if r.getMessage().startswith("building:")]
     assert sweep_lambdas(run, cfg, v, 0) == lams
+
+
+def test_training_stops_when_validation_f_stops_improving_and_resumes_to_the_same_stop(
+        tiny, tmp_path):
+    import numpy as np
+
+    from maskshare.config import MaskConfig
+    from maskshare.mask_training import train_masks
+    from maskshare.masking import MaskedModel
+    from maskshare.slot_stats import compute_slot_stats
+    from maskshare.testing import tiny_task
+
+    model, saes = tiny
+    prompts = ["a b c d", "e f g", "h i j k l", "m n o", "p q r s", "t u v"]
+    tokens, slots, ans, cf = tiny_task(model, prompts, lambda n: np.minimum(np.arange(n), 2))
+    stats = compute_slot_stats(model, saes, tokens, slots, n_slots=3)
+    mm = MaskedModel(model, saes, stats, 3)
+    batches = mm.prepare(tokens, slots, ans, cf, batch_size=3)
+    scores = iter([0.5, 0.7, 0.702, 0.69, 0.9, 0.95])  # no gain > 0.005 after the 2nd check
+    seen = []
+
+    def monitor(masks):
+        assert all(m.dtype == torch.bool for m in masks.values())  # binarised
+        seen.append(1)
+        return next(scores)
+
+    cfg = MaskConfig(steps=30, batch_size=3, early_stop_patience=None, early_stop_min_steps=4,
+                     validation_stop={"every": 2, "patience": 2})
+    res = train_masks(mm, batches, cfg, 0.01, seed=0, progress=False, monitor=monitor)
+    # checks after steps 4, 6, 8, 10 (min 4 steps, every 2): 0.702 and 0.69 gain nothing
+    assert len(res.history) == 10 and len(seen) == 4
+    assert [r.get("f_validation") for r in res.history if "f_validation" in r] == \
+        [0.5, 0.7, 0.702, 0.69]
+    # without a monitor (a run without validation rows) the setting changes nothing
+    assert len(train_masks(mm, batches, cfg, 0.01, seed=0, progress=False).history) == 30
+    # a resumed training rebuilds the stop from its history: it does not train on
+    ckpt = tmp_path / "ckpt"
+    scores = iter([0.5, 0.7, 0.702, 0.69])
+    train_masks(mm, batches, cfg, 0.01, seed=0, progress=False, monitor=monitor,
+                checkpoint_dir=ckpt)
+    again = train_masks(mm, batches, cfg, 0.01, seed=0, progress=False,
+                        monitor=lambda m: pytest.fail("trained on after its stop"),
+                        checkpoint_dir=ckpt)
+    assert len(again.history) == 10

@@ -237,6 +237,19 @@ class SweepConfig(Strict):
     size_tolerance: Annotated[PositiveFloat, Field(gt=1)] = 1.15
 
 
+class ValidationStop(Strict):
+    """Stop a mask's training when its F on validation stops improving (off by default):
+    every `every` steps (once `masks.early_stop_min_steps` ran) the binarised mask is scored
+    on a seeded sample of at most `prompts` validation prompts; training ends after
+    `patience` checks without a gain above `min_gain`, or at `masks.steps` /
+    `masks.warm_steps` as before. Runs without validation rows train as before."""
+
+    every: Count | None = None
+    patience: Count = 2
+    prompts: Count = 32
+    min_gain: NonNegFloat = 0.005
+
+
 _LAMBDA_LIST = TypeAdapter(Annotated[list[NonNegFloat], Field(min_length=1)])
 
 
@@ -282,6 +295,7 @@ class MaskConfig(Strict):
     warm_steps: Count | None = 20
     # lambdas added after the first ones, from their circuits' sizes and F (SweepConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    validation_stop: ValidationStop = Field(default_factory=ValidationStop)
 
     @field_validator("lambdas", mode="wrap")
     @classmethod

@@ -160,7 +160,8 @@ def build(run: Path, variant: Variant | str, lam: float, seed: int,
     mcfg = cfg.masks if init is None else warm_config(cfg.masks)
     ckpt = layout.checkpoint(variant, lam, seed)
     res = train_masks(prep.mm, prep.batches, mcfg, lam, seed=seed, targets=targets,
-                      init_theta=init, checkpoint_dir=ckpt)
+                      init_theta=init, checkpoint_dir=ckpt,
+                      monitor=validation_monitor(run, cfg, variant))
     fit = fit_metrics(run, cfg, variant, res.masks())
     with building(out) as tmp:
         res.save(tmp, extra={"variant": variant.name, "ablation": variant.ablation.value,
@@ -171,6 +172,25 @@ def build(run: Path, variant: Variant | str, lam: float, seed: int,
                               "steps_run": len(res.history), "steps_max": mcfg.steps})
     shutil.rmtree(ckpt, ignore_errors=True)
     return out
+
+
+def validation_monitor(run: Path, cfg, variant: Variant):
+    """binary masks -> F on a seeded sample of `masks.validation_stop.prompts` validation
+    prompts (`mask_training._ValidationStop`), or None when the stop is off or the run has
+    no validation rows."""
+    import numpy as np
+
+    vs = cfg.masks.validation_stop
+    if vs.every is None or not (load_run_items(run)["split"] == "validation").any():
+        return None
+    prep = prepare_variant(run, variant, "validation", vs.prompts)
+    ref = _fit_reference(str(run), variant.name, "validation", vs.prompts)
+    m, e = float(np.mean(ref["ld_model"])), float(np.mean(ref["ld_ablated"]))
+
+    def f(masks) -> float | None:  # the circuit's pass only (no complement)
+        ld = float(np.mean(prep.mm.logit_diffs_many(prep.batches, [masks])[0]))
+        return (ld - e) / (m - e) if abs(m - e) > 1e-9 else None
+    return f
 
 
 def fit_metrics(run: Path, cfg, variant: Variant, masks) -> dict:
