@@ -56,7 +56,7 @@ from maskshare.mask_checkpoints import (
     run_key,
     save_checkpoint,
 )
-from maskshare.masking import MaskedModel, Masks, empty_masks, full_masks
+from maskshare.masking import MaskedModel, Masks, binarize, empty_masks, full_masks
 from maskshare.prepared import PreparedBatch
 
 logger = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ class _ValidationStop:
     def update(self, theta: dict[str, Tensor], rec: dict, step: int) -> bool:
         if self.every is None or step + 1 < self.min_steps or (step + 1) % self.every:
             return False
-        f = self.monitor({h: t.detach() > 0 for h, t in theta.items()})
+        f = self.monitor(binarize({h: t.detach() for h, t in theta.items()}))
         rec["f_validation"] = None if f is None else float(f)
         if f is not None:
             self._see(float(f))
