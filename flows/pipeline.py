@@ -27,7 +27,7 @@ from maskshare.errors import UserError
 from maskshare.evaluation.comparison import HEADLINE_METRICS
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import load_run_config, prepare_run, run_dir_for
-from maskshare.stages.plan import STAGES, StageCall, phases, plan
+from maskshare.stages.plan import STAGES, StageCall, phases, plan, refinement_rounds
 
 
 def _retry_unless_user_error(task_, task_run, state) -> bool:
@@ -110,9 +110,23 @@ def group_positions_flow(run: str) -> list[str]:
 @flow(name="train-masks")
 def train_masks_flow(run: str, parallel: bool = False) -> list[str]:
     """Every (variant, lambda, seed) mask of the plan: one after another in this process,
-    or (`parallel`, with a Dask task runner) submitted to the runner's worker processes."""
-    _, fan, _ = phases(plan(load_run_config(run)))
-    return run_calls(run, fan, parallel)
+    or (`parallel`, with a Dask task runner) submitted to the runner's worker processes;
+    then the sweep's refinement rounds (`refinement_rounds`), each round's calls submitted
+    the same way once the previous round is trained."""
+    calls = plan(load_run_config(run))
+    _, fan, _ = phases(calls)
+    out = run_calls(run, fan, parallel)
+    return out + refine_sweep(run, calls, parallel)
+
+
+def refine_sweep(run: str, calls: list[StageCall], parallel: bool = False) -> list[str]:
+    """The refinement rounds of a run whose plan is `calls` and whose first mask calls are
+    trained: each round run as `run_calls` runs the fan-out."""
+    out: list[str] = []
+    for new in refinement_rounds(run, calls):
+        get_run_logger().info("sweep refinement: %d more mask(s)", len(new))
+        out += run_calls(run, new, parallel)
+    return out
 
 
 def dask_runner(workers: int, address: str | None = None):

@@ -5,7 +5,8 @@ A local cluster by default (`n_workers` processes, one torch thread each), or an
 scheduler by address. Each run's plan (`maskshare.stages.plan`) is cut at its fan-out:
 the calls before it (dataset, groups, slot stats, attribution) run first, run by run; then
 the mask calls of every run are submitted to the task runner together (each chain of a
-continued sweep in order); then the rest (evaluate). Results are the same as a sequential sweep: every job is seeded and
+continued sweep in order); then each run's refinement rounds (more lambdas where its
+curve has holes or ends short, `maskshare.masks.sweep`); then the rest (evaluate). Results are the same as a sequential sweep: every job is seeded and
 writes its own content-addressed directory.
 """
 
@@ -15,8 +16,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.pipeline import prepare_run_task, run_calls, submit_calls
+from flows.pipeline import prepare_run_task, refine_sweep, run_calls, submit_calls
 from maskshare.config import GroupingKind, RunConfig, load_config, parse_config
+from maskshare.run.resources import load_run_config as load_run_config_of
 from maskshare.stages.plan import phases, plan
 
 
@@ -54,6 +56,8 @@ def sweep_flow(config_path: str, datasets: list[str] | None = None,
     log.info("submitted %d mask-training jobs", len(futures))
     for f in futures:
         f.result()
+    for run, _ in runs:  # each run's sweep refinement, its rounds on the same runner
+        refine_sweep(run, plan(load_run_config_of(run)), parallel=True)
     for run, (_, _, tail) in runs:
         run_calls(run, tail)
     return [run for run, _ in runs]

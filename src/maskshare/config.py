@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from maskshare.config_selection import SweepConfig, ValidationSplit, ValidationStop
 from maskshare.domains import (
     Count,
     DatasetName,
@@ -37,13 +38,7 @@ from maskshare.domains import (
 from maskshare.errors import UserError
 from maskshare.kinds import ABLATIONS, GROUPINGS, KindName
 from maskshare.model.sae_set import SAESetConfig
-from maskshare.validation import (
-    HashRule,
-    Strict,
-    hash_excluded,
-    read_yaml_file,
-    validation_message,
-)
+from maskshare.validation import HashRule, Strict, hash_excluded, read_yaml_file, validation_message
 
 
 class Ablation(KindName):
@@ -56,8 +51,7 @@ class Ablation(KindName):
 Ablation.SLOT_MEAN = Ablation("slot-mean")
 Ablation.GLOBAL_MEAN = Ablation("global-mean")
 Ablation.ZERO = Ablation("zero")
-# each token's latents replaced by those of the counterfactual prompt at the same
-# position (activation patching; needs prompt pairs of equal token length)
+# each token's latents from the patch prompt's, aligned by slot (masks.slot_patching)
 Ablation.COUNTERFACTUAL = Ablation("counterfactual")
 
 
@@ -119,6 +113,7 @@ class DatasetRef(Strict):
         "spec's filter.margin, default 0) or none; true = the dataset's default (top1 for "
         "template specs, the spec's filter for prompt specs: logit-diff), false = none (dry "
         "runs on models that answer nothing, e.g. `tiny`)")
+    validation: ValidationSplit = Field(default_factory=ValidationSplit)
 
 
 class AttentionFeatures(Strict):
@@ -276,6 +271,11 @@ class MaskConfig(Strict):
     # steps of a warm-started or continued training (the anneal compressed into them; at
     # most `steps`); None: `steps`
     warm_steps: Annotated[Count | None, NOT_IN_MASK_KEY] = 20
+    # lambdas added after the first ones, from their circuits' sizes and F (SweepConfig);
+    # which lambdas a run has, not how one mask trains
+    sweep: Annotated[SweepConfig, NOT_IN_MASK_KEY] = Field(default_factory=SweepConfig)
+    validation_stop: Annotated[ValidationStop, NEW_FIELD] = Field(
+        default_factory=ValidationStop)
 
     @field_validator("lambdas", mode="wrap")
     @classmethod
@@ -311,10 +311,13 @@ class EvalConfig(Strict):
     ablations: list[Ablation] = Field(
         default_factory=lambda: [Ablation.GLOBAL_MEAN, Ablation.ZERO])
     matched_latents_per_token: PositiveFloat | None = None  # None: chosen from the curves
-    # the run's lambda: the sparsest whose F on (a seeded sample of at most `select_limit`
-    # prompts of) `select_split` reaches `target_f`; if none does, the one with the best F
-    select_split: Annotated[Literal["train", "test_phrasing", "test_entity", "test_both"],
-                            NEW_FIELD] = "train"
+    # the run's circuit (its lambda): the sparsest whose F on (a seeded sample of at most
+    # `select_limit` prompts of) `select_split` reaches `target_f`; if none does, the one
+    # with the best F. `validation` (dataset.validation) falls back to `train` where the
+    # run has no validation rows (runs built before it existed); a held-out split here is
+    # a peek at the test data, and the report says so
+    select_split: Annotated[Literal["validation", "train", "test_phrasing", "test_entity",
+                                    "test_both"], NEW_FIELD] = "validation"
     select_limit: Annotated[Count | None, NEW_FIELD] = 64
     target_f: Annotated[PositiveFloat, NEW_FIELD] = 0.9
 

@@ -20,6 +20,7 @@ from maskshare.evaluation.comparison import (
     heldout_splits,
     quality_metrics,
 )
+from maskshare.evaluation.selection import BEST, SMALLEST, choose_circuit
 from maskshare.run.variants import Variant
 
 MAIN = Variant(GroupingKind.ATTENTION, Ablation.SLOT_MEAN)
@@ -36,10 +37,11 @@ def row(v: Variant, lam: float, split: str, f: float | None, size: float, **more
 
 
 def test_the_sparsest_lambda_reaching_the_target_on_the_selection_split_wins():
-    rows = [row(MAIN, 0.01, "train", 0.97, 40.0), row(MAIN, 0.02, "train", 0.92, 20.0),
-            row(MAIN, 0.05, "train", 0.85, 8.0),
+    rows = [row(MAIN, 0.01, "validation", 0.97, 40.0), row(MAIN, 0.02, "validation", 0.92, 20.0),
+            row(MAIN, 0.05, "validation", 0.85, 8.0),
             # other splits and variants never count, however good they look
-            row(MAIN, 0.05, "test_phrasing", 0.99, 8.0), row(SINGLE, 0.1, "train", 1.0, 1.0)]
+            row(MAIN, 0.05, "test_phrasing", 0.99, 8.0), row(MAIN, 0.05, "train", 0.99, 8.0),
+            row(SINGLE, 0.1, "validation", 1.0, 1.0)]
     assert choose_lambda(rows, MAIN.name) == 0.02
     # a lower target admits the sparser one; another selection split changes the answer
     assert choose_lambda(rows, MAIN.name, EvalConfig(target_f=0.8)) == 0.05
@@ -47,10 +49,14 @@ def test_the_sparsest_lambda_reaching_the_target_on_the_selection_split_wins():
 
 
 def test_without_a_lambda_reaching_the_target_the_best_f_wins_and_none_is_skipped():
-    rows = [row(MAIN, 0.01, "train", 0.7, 40.0), row(MAIN, 0.02, "train", None, 20.0),
-            row(MAIN, 0.05, "train", 0.8, 8.0)]
+    rows = [row(MAIN, 0.01, "validation", 0.7, 40.0), row(MAIN, 0.02, "validation", None, 20.0),
+            row(MAIN, 0.05, "validation", 0.8, 8.0)]
     assert choose_lambda(rows, MAIN.name) == 0.05
-    only_none = [row(MAIN, 0.03, "train", None, 5.0), row(MAIN, 0.04, "train", None, 2.0)]
+    chosen = choose_circuit(rows, MAIN.name, "validation", 0.9)
+    assert (chosen.lam, chosen.rule, chosen.faithfulness) == (0.05, BEST, 0.8)
+    assert choose_circuit(rows, MAIN.name, "validation", 0.75).rule == SMALLEST
+    only_none = [row(MAIN, 0.03, "validation", None, 5.0),
+                 row(MAIN, 0.04, "validation", None, 2.0)]
     assert choose_lambda(only_none, MAIN.name) == 0.03  # the first one, undecided
 
 

@@ -352,11 +352,14 @@ def _assert_valid_run(run: Path, cfg_path: Path) -> None:
                                                           "attribution", "masks", "evaluate"}
     for d in dirs:
         assert is_complete(d), d
+    from maskshare.evaluation.sweep_fits import sweep_lambdas
+
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["lambda"] in cfg.masks.lambda_grid
+    sweep = {lam for v in {p.parent.name for p in (run / "masks").glob("*/*")}
+             for lam in sweep_lambdas(run, cfg, v, 0)}
+    assert metrics["lambda"] in sweep and set(cfg.masks.lambda_grid) <= sweep
     masks = list((run / "masks").glob("*/*"))
-    assert {json.loads((m / "summary.json").read_text())["lambda"] for m in masks} \
-        == set(cfg.masks.lambda_grid)
+    assert {json.loads((m / "summary.json").read_text())["lambda"] for m in masks} == sweep
     assert not [p for p in run.rglob(".*")], "temporary files left behind"
 
 

@@ -102,7 +102,9 @@ def test_attribution_circuits_have_the_learned_masks_sizes(finished_tiny_run):
     half_triple = slot_token_share(prep.slots, prep.mm.n_slots).max() / 2
     circuits = matched_circuits(run, TopTriples(main, "ig"), seed)
     matched = [(lam, c) for lam, c in circuits if lam is not None]
-    assert [lam for lam, _ in matched] == cfg.masks.lambda_grid
+    from maskshare.evaluation.sweep_fits import sweep_lambdas
+
+    assert [lam for lam, _ in matched] == sweep_lambdas(run, cfg, main.name, seed)
     sizes = []
     for lam, c in matched:
         want = size_metrics(load_masks(run, main, lam, seed), prep.slots)["latents_per_token"]

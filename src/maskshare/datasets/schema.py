@@ -39,7 +39,7 @@ OPTIONAL_ITEMS_SCHEMA: dict[str, pl.DataType] = {
     "counterfactual_tokens": pl.List(pl.Int64()),
 }
 
-SPLITS = ("train", "test_entity", "test_phrasing", "test_both")
+SPLITS = ("train", "validation", "test_entity", "test_phrasing", "test_both")
 VARIANTS = ("templated", "freeform")
 BASE_ROLES = ("bos", "subject", "relation", "final", "other")
 

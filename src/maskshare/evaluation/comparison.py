@@ -8,8 +8,9 @@ hand-made rows:
   `finder` says how the circuit was found: `masks` (learned) or an attribution method
   (`atp`, `ig`: a `TopTriples` method, the top-scoring triples at the size of the learned
   mask of that lambda; lambda None for its extra points beyond the sweep's sizes);
-- lambda: the sparsest (fewest latents per token) whose F on `select_split` reaches
-  `target_f` (`EvalConfig`); if none does, the one with the best F;
+- lambda: the sparsest (fewest latents per token) whose F on `select_split` (validation)
+  reaches `target_f` (`EvalConfig`); if none does, the one with the best F
+  (`maskshare.evaluation.selection`);
 - matched size: each method's F read off its own curve (linear in log size) at the main
   method's size; the curve area is mean F over log10 size on the span of every method's
   points (`maskshare.evaluation.metrics.curve_area`).
@@ -22,6 +23,7 @@ from typing import Any
 
 from maskshare.config import EvalConfig
 from maskshare.evaluation.metrics import curve_area, f_at_size
+from maskshare.evaluation.selection import choose_circuit
 from maskshare.run.variants import Variant
 
 # the metrics a run reports first (CLI output, Prefect table artifact)
@@ -143,14 +145,10 @@ def headline_split(dataset_variant: str, splits: list[str]) -> str | None:
 
 
 def choose_lambda(rows: list[EvalRow], variant: str, rule: EvalConfig | None = None) -> float:
-    """The sparsest lambda whose F on the selection split reaches the target; else best F."""
+    """The sparsest lambda whose F on the selection split reaches the target; else best F
+    (`maskshare.evaluation.selection.choose_circuit`, which also says which rule picked it)."""
     rule = rule or EvalConfig()
-    sel = [r for r in rows if r.variant == variant and r.split == rule.select_split]
-    ok = [r for r in sel if r.faithfulness is not None and r.faithfulness >= rule.target_f]
-    if ok:
-        return min(ok, key=lambda r: r.latents_per_token).lam
-    scored = [r for r in sel if r.faithfulness is not None]
-    return max(scored, key=lambda r: r.faithfulness).lam if scored else sel[0].lam
+    return choose_circuit(rows, variant, rule.select_split, rule.target_f).lam
 
 
 def pick(rows: list[EvalRow], variant: str, split: str, lam: float) -> EvalRow:

@@ -55,7 +55,7 @@ from maskshare.masks.checkpoints import (
     run_key,
     save_checkpoint,
 )
-from maskshare.masks.masking import MaskedModel, Masks, empty_masks, full_masks
+from maskshare.masks.masking import MaskedModel, Masks, binarize, empty_masks, full_masks
 from maskshare.masks.prepared import PreparedBatch
 from maskshare.masks.warm_start import attribution_start, continued_theta, warm_config
 from maskshare.model.activations import logit_diff
@@ -257,6 +257,41 @@ class _EarlyStop:
         return self.unchanged >= self.patience and step + 1 >= self.min_steps
 
 
+class _ValidationStop:
+    """`cfg.validation_stop.every = N` with a `monitor` (binary masks -> validation F): every
+    N steps (from `early_stop_min_steps` on) record `f_validation`; stop after `patience`
+    checks without a gain above `min_gain` over the best so far. Rebuilt from the history,
+    so a resumed run stops where it would have."""
+
+    def __init__(self, cfg: MaskConfig, monitor, history: list[dict]):
+        vs = cfg.validation_stop
+        self.every = vs.every if monitor is not None else None
+        self.monitor, self.patience, self.gain = monitor, vs.patience, vs.min_gain
+        self.min_steps = cfg.early_stop_min_steps
+        self.best, self.stale = None, 0
+        for r in history:
+            if r.get("f_validation") is not None:
+                self._see(r["f_validation"])
+
+    def _see(self, f: float) -> None:
+        if self.best is None or f > self.best + self.gain:
+            self.best, self.stale = f, 0
+        else:
+            self.stale += 1
+
+    def done(self) -> bool:
+        return self.every is not None and self.stale >= self.patience
+
+    def update(self, theta: dict[str, Tensor], rec: dict, step: int) -> bool:
+        if self.every is None or step + 1 < self.min_steps or (step + 1) % self.every:
+            return False
+        f = self.monitor(binarize({h: t.detach() for h, t in theta.items()}))
+        rec["f_validation"] = None if f is None else float(f)
+        if f is not None:
+            self._see(float(f))
+        return self.done()
+
+
 def _step_loss(mm: MaskedModel, batch: PreparedBatch, bi: int, theta: dict[str, Tensor],
                cfg: MaskConfig, targets: Targets, w: Tensor, lam: float, step: int,
                seed: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -287,12 +322,15 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
                 seed: int = 0, targets: Targets | None = None,
                 init_theta: dict[str, Tensor] | None = None,
                 checkpoint_dir: str | Path | None = None, progress: bool = True,
-                callback: Callable[[int, dict], None] | None = None) -> TrainResult:
+                callback: Callable[[int, dict], None] | None = None,
+                monitor: Callable[[dict], float | None] | None = None) -> TrainResult:
     """Train one mask at sparsity coefficient `lam`; resumes from `checkpoint_dir` if present.
 
     `callback(step, record)` runs after every step (tests use it to simulate a crash).
     With `cfg.early_stop_patience = K`, training ends once the binarised mask has not
     changed for K consecutive steps (and at least `cfg.early_stop_min_steps` steps ran).
+    With `cfg.validation_stop.every` and a `monitor` (binary masks -> validation F), it also
+    ends once that F stops improving (`_ValidationStop`).
     """
     from tqdm.auto import tqdm
 
@@ -307,7 +345,8 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     start, history = _resume(ckpt, theta, opt, key, lam)
     early = _EarlyStop(cfg, theta, history)
-    bar = tqdm(range(start, start if early.done(start) else cfg.steps),
+    vstop = _ValidationStop(cfg, monitor, history)
+    bar = tqdm(range(start, start if early.done(start) or vstop.done() else cfg.steps),
                desc=f"masks lambda={lam:g}", disable=not progress, initial=start,
                total=cfg.steps, leave=False)
     # gradients reach theta only; enabled here whatever the caller's grad mode
@@ -325,6 +364,10 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
                    if cfg.relaxation == Relaxation.SIGMOID else None,
                    "kept": int(sum((t > 0).sum() for t in theta.values()))}
             stop = early.update(theta, rec, step)
+            if vstop.update(theta, rec, step):
+                stop = True
+                logger.info("lambda=%g: validation F not improving (best %.3f), stopping at "
+                            "step %d of %d", lam, vstop.best, step + 1, cfg.steps)
             history.append(rec)
             bar.set_postfix(obj=f"{rec['objective']:.3f}", size=f"{rec['size']:.1f}", refresh=False)
             if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0
@@ -333,8 +376,9 @@ def train_masks(mm: MaskedModel, batches: list[PreparedBatch], cfg: MaskConfig, 
             if callback is not None:
                 callback(step, rec)
             if stop:
-                logger.info("lambda=%g: mask unchanged for %d steps, stopping at step %d of %d",
-                            lam, early.patience, step + 1, cfg.steps)
+                if not vstop.done():
+                    logger.info("lambda=%g: mask unchanged for %d steps, stopping at step %d "
+                                "of %d", lam, early.patience, step + 1, cfg.steps)
                 break
     bar.close()
     return TrainResult(theta={h: t.detach().clone() for h, t in theta.items()}, lam=lam,

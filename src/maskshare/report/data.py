@@ -32,7 +32,8 @@ from maskshare.kinds import GROUPINGS
 from maskshare.report.slot_names import SlotLabel, load_slot_labels
 from maskshare.run.layout import RunLayout
 
-SPLIT_NAMES = {"train": "training prompts", "test_phrasing": "held-out phrasings",
+SPLIT_NAMES = {"train": "training prompts", "validation": "validation prompts",
+               "test_phrasing": "held-out phrasings",
                "test_entity": "held-out entities",
                "test_both": "held-out phrasings and entities"}
 HELDOUT = ("test_phrasing", "test_entity", "test_both")

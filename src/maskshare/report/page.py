@@ -21,6 +21,7 @@ import polars as pl
 import yaml
 
 from maskshare.artifacts import write_text_atomic
+from maskshare.evaluation.selection import SMALLEST
 from maskshare.report.circuit import circuit_html, depth_figure
 from maskshare.report.data import (
     RunView,
@@ -133,15 +134,34 @@ def headline_html(view: RunView) -> str:
     cards_html = "".join(f'<div class="card"><div class="v">{v}</div><div class="k">{_esc(k)}'
                          "</div></div>" for v, k in cards)
     sents = "".join(f"<p>{_esc(s)}</p>" for s in h["sentences"])
+    verdicts = view.metrics.get("verdicts") or []
+    if verdicts:
+        sents += ('<p><b>At matched size, per held-out split</b> (closer to F = 1 leads):</p>'
+                  '<ul class="verdicts">' + "".join(f"<li>{_esc(v)}</li>" for v in verdicts)
+                  + "</ul>")
     return (f'<h1 id="headline">{_esc(h["dataset"])} on {_esc(h["model"])}</h1>'
             f'<p class="sub">{_esc(h["method"])} · {_esc(h["saes"])} · λ {_g(h["lambda"])} '
-            f'(chosen on training prompts) · SAE error term {_esc(h["error_term"])} · '
+            f'({_esc(chosen_text(view.metrics))}) · SAE error term {_esc(h["error_term"])} · '
             f'run <code>{_esc(view.run.name)}</code></p>'
             f'<div class="headline"><div class="cards">{cards_html}</div>{sents}'
             f'<p class="note">F: faithfulness against the model with every SAE spliced in '
             f'(1 = the full model\'s logit difference, 0 = every latent ablated); against the '
             f'clean model: {_fmt(h["faithfulness_vs_clean"], 2)} on '
             f'{_esc(h["headline_split_name"])}.</p></div>')
+
+
+def chosen_text(metrics: dict) -> str:
+    """How the circuit was chosen: the rule, the split and the F there (metrics.json
+    `selection`); runs without it chose on the training prompts."""
+    sel = metrics.get("selection")
+    if not sel:
+        return "chosen on training prompts"
+    where = {"validation": "validation prompts", "train": "training prompts"}.get(
+        sel["split"], f"{sel['split']}, a held-out split (a peek: not a held-out figure)")
+    f, n, t = _fmt(sel.get("faithfulness"), 2), sel.get("n_prompts"), sel["target_f"]
+    if sel["rule"] == SMALLEST:
+        return f"chosen on {where}: the smallest circuit with F ≥ {t:g} there, F {f} on {n} prompts"
+    return f"chosen on {where}: none reaches F {t:g} there, the best F, {f} on {n} prompts"
 
 
 def plots_html(view: RunView) -> str:

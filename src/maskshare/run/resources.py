@@ -24,6 +24,7 @@ from maskshare.config import (
     hash_excluded,
     parse_config,
 )
+from maskshare.config_selection import run_config_data
 from maskshare.datasets import load_items
 from maskshare.datasets.registry import find_spec
 from maskshare.datasets.sources import load_source
@@ -141,7 +142,7 @@ def load_run_config(run: str | Path) -> RunConfig:
     p = RunLayout(run).config
     if not p.is_file():
         raise UserError(f"{run} is not a run directory (no config.yaml)")
-    return parse_config(yaml.safe_load(p.read_text()), str(p))
+    return parse_config(run_config_data(yaml.safe_load(p.read_text())), str(p))
 
 
 # ----------------------------------------------------------------------------- items

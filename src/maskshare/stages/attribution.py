@@ -18,6 +18,7 @@ from maskshare.artifacts import building, save_tensors, write_manifest
 from maskshare.config import RunConfig
 from maskshare.evaluation.comparison import TopTriples
 from maskshare.evaluation.metrics import size_metrics
+from maskshare.evaluation.sweep_fits import sweep_lambdas
 from maskshare.masks.attribution import (
     attribution_by_method,
     circuit_at_size,
@@ -79,8 +80,10 @@ def matched_circuits(run: str | Path, method: TopTriples, seed: int) -> list[tup
     def size(m) -> float:
         return size_metrics(m, slots)["latents_per_token"]
 
+
+
     out = []
-    for lam in cfg.masks.lambda_grid:
+    for lam in sweep_lambdas(run, cfg, method.variant.name, seed):
         out.append((lam, circuit_at_size(scores, slots, size(load_masks(run, method.variant,
                                                                          lam, seed)))))
     sizes = [size(m) for _, m in out]

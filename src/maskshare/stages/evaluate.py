@@ -28,7 +28,6 @@ from maskshare.errors import UserError
 from maskshare.evaluation.comparison import (
     EvalRow,
     TopTriples,
-    choose_lambda,
     compare_at_matched_size,
     group_splits,
     headline_metrics,
@@ -38,6 +37,9 @@ from maskshare.evaluation.comparison import (
     quality_metrics,
 )
 from maskshare.evaluation.metrics import evaluate_sweep, jaccard, subset_metrics
+from maskshare.evaluation.selection import choose_circuit, selection_split
+from maskshare.evaluation.sweep_fits import sweep_lambdas
+from maskshare.evaluation.verdicts import matched_verdicts
 from maskshare.masks.circuit import circuit_summary, kept_latents, top_activating_tokens
 from maskshare.masks.slot_stats import SlotStats
 from maskshare.masks.variant import load_masks, prepare_variant
@@ -69,6 +71,7 @@ class EvalCache:
     # what an ablation reports of a variant's prepared split (slot-aligned patching: how
     # many tokens took a same-rank, a mean or a slot-mean patch), {variant: {split: ...}}
     ablation_reports: dict[str, dict] = field(default_factory=dict)
+    select: str = ""  # the split the run chooses on (`selection.selection_split`)
 
     @contextmanager
     def timed(self, phase: str):
@@ -97,8 +100,7 @@ def score_masks(run: Path, cfg: RunConfig, variant: Variant, masks: dict, split:
     ({key: mask}) of `variant` on `split` (the selection split: its seeded sample). M_clean
     and the reference lds come from `cache` when it has them (else they are computed, the
     empty circuit in the same stacked passes as the masks, and kept there)."""
-    rule = cfg.evaluate
-    limit = rule.select_limit if split == rule.select_split else None
+    limit = cfg.evaluate.select_limit if split == _select(run, cfg, cache) else None
     with cache.timed("prepare_s"):
         prep = prepare_variant(run, variant, split, limit)
     if (report := prep.mm.ablation_method.report()) is not None:
@@ -113,6 +115,12 @@ def score_masks(run: Path, cfg: RunConfig, variant: Variant, masks: dict, split:
                                       clean=cache.clean[split])
     cache.reference[key] = ref
     return prep, results
+
+
+def _select(run: Path, cfg: RunConfig, cache: EvalCache) -> str:
+    if not cache.select:
+        cache.select = selection_split(cfg.evaluate.select_split, load_run_items(run))
+    return cache.select
 
 
 def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits: list[str],
@@ -130,12 +138,15 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
     cache = cache if cache is not None else EvalCache()
     if clean is not None:
         cache.clean = clean
+
+
     label, pairs = circuits or (variant, [(lam, load_masks(run, variant, lam, seed))
-                                          for lam in cfg.masks.lambda_grid])
+                                          for lam in sweep_lambdas(run, cfg, variant.name,
+                                                                   seed)])
     masks = {i: m for i, (_, m) in enumerate(pairs)}  # lambdas may repeat (None)
     lams = [lam for lam, _ in pairs]
     rows = []
-    for split in [cfg.evaluate.select_split, *splits]:
+    for split in [_select(run, cfg, cache), *splits]:
         prep, results = score_masks(run, cfg, variant, masks, split, cache)
         with cache.timed("curves_s"):
             phrasing, ids = prep.items["phrasing"].to_list(), prep.items["prompt_id"].to_list()
@@ -182,16 +193,21 @@ def build(run: Path) -> Path:
     rows += attribution_rows(run, cfg, seeds[0], splits, groups=groups, cache=cache)
     with cache.timed("curves_s"):
         splits = [*splits, *(f"{s}:{g}" for s in splits for g in groups.get(s, []))]
-        lam = choose_lambda(rows, main.name, cfg.evaluate)
+        chosen = choose_circuit(rows, main.name, cache.select, cfg.evaluate.target_f)
+        lam = chosen.lam
         metrics: dict = {"run": run.name, "dataset": cfg.dataset.name,
                          "variant": cfg.dataset.variant, "headline_split": head, "lambda": lam,
                          "error_term": cfg.masks.error.value,
                          **headline_metrics(rows, main, head, splits, lam),
+                         **chosen.as_metrics(),
                          **quality_metrics(json.loads(layout.quality(main.grouping).read_text()))}
         target = pick(rows, main.name, head, lam).latents_per_token
         table, compared = compare_at_matched_size(
             rows, [*variants(cfg), *attribution_methods(cfg)], main, head, target)
         metrics.update(compared)
+        others = [(v.name, "masks") for v in variants(cfg) if v != main]
+        others += [(t.name, t.finder) for t in attribution_methods(cfg)]
+        metrics.update(matched_verdicts(rows, main.name, others, heldout_splits(items), lam))
         metrics.update(stability_metrics(run, main, lam, seeds))
         if cache.ablation_reports:
             metrics["ablation_reports"] = cache.ablation_reports

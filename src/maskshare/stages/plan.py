@@ -5,7 +5,15 @@
             -> masks(variant, lambda, seed)    lambdas ascending: with masks.continue_sweep a
                                                chain per (variant, seed), each lambda starting
                                                from the previous one's mask; chains in parallel
+            -> refinement rounds               more mask calls, from the trained masks' fits
+                                               (`refinement_rounds`, maskshare.masks.sweep)
             -> evaluate
+
+The plan grows once its first mask calls are done: `refinement_rounds` yields the next
+round's mask calls (lambdas between or beyond the trained ones, each a content-addressed
+StageCall whose `after` is the mask it continues) until the sweep's rule adds none; every
+executor runs them before the evaluation, which reads the whole sweep
+(`evaluation.sweep_fits.sweep_lambdas`, the same rounds replayed from the fits).
 
 This is the only place that orders the stages: `maskshare.stages.pipeline.run_pipeline` executes
 the plan in process; the Prefect flows (flows/) run each `StageCall` as a task named after
@@ -33,6 +41,7 @@ from typing import Any
 
 from maskshare.artifacts import hash_config, is_complete, stage_lock
 from maskshare.config import RunConfig
+from maskshare.evaluation.sweep_fits import sweep_round
 from maskshare.run.compute_slot import compute_slot
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import load_run_config
@@ -69,11 +78,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           lambda variant: f"attribution {variant}",
           inputs=("saes", "seed", "masks.error", "masks.batch_size", "masks.max_train_prompts",
                   "attribution")),
-    Stage("masks", masks.build, lambda lo, variant, lam, seed: lo.masks(variant, lam, seed),
-          lambda variant, lam, seed: f"masks {variant} lambda={lam:g} seed={seed}",
-          inputs=("saes", "masks"), fan_out=True),
+    Stage("masks", masks.build,
+          lambda lo, variant, lam, seed, start=None: lo.masks(variant, lam, seed),
+          lambda variant, lam, seed, start=None: f"masks {variant} lambda={lam:g} seed={seed}",
+          # evaluate.select_limit: the sample its fit (summary.json) is measured on
+          inputs=("saes", "masks", "evaluate.select_limit"), fan_out=True),
     Stage("evaluate", evaluate.build, lambda lo: lo.evaluate, lambda: "evaluation",
-          inputs=("saes", "evaluate", "masks.lambdas", "masks.error"),
+          inputs=("saes", "evaluate", "masks.lambdas", "masks.sweep", "masks.error"),
           # written after the folder, in this order: a kill between them leaves the
           # folder complete, and the rerun must still write both
           also_needs=lambda lo: [lo.metrics, lo.report]),
@@ -211,5 +222,62 @@ def chains(calls: list[StageCall]) -> list[list[StageCall]]:
 
 
 def execute(calls: list[StageCall], run: str | Path) -> list[Path]:
-    """Run every call in order in this process (complete outputs are skipped)."""
-    return [c.run(run) for c in calls]
+    """Run every call in order in this process (complete outputs are skipped), the sweep's
+    refinement rounds after the mask calls (before the calls that follow them)."""
+    head, fan, tail = phases(calls)
+    out = [c.run(run) for c in [*head, *fan]]
+    if fan:
+        for new in refinement_rounds(run, calls):
+            out += [c.run(run) for c in new]
+    return out + [c.run(run) for c in tail]
+
+
+# ------------------------------------------------------------------ the sweep's refinement
+
+def _seed_of_chain(cfg: RunConfig) -> dict[str, list[int]]:
+    """{variant: its seeds} as `mask_jobs` trains them (the first seed's fits decide)."""
+    out: dict[str, list[int]] = {}
+    for v, _, seed in mask_jobs(cfg):
+        if seed not in out.setdefault(v, []):
+            out[v].append(seed)
+    return out
+
+
+def next_round(cfg: RunConfig, run: str | Path, calls: list[StageCall]) -> list[StageCall]:
+    """The mask calls the sweep adds (`evaluation.sweep_fits.sweep_round`, maskshare.masks.sweep) given `calls`
+    (the plan and its earlier rounds, every mask call trained): per variant, decided from
+    its first seed's fits and trained at each of its seeds, each after the stats of its
+    grouping and what it starts from (the mask it continues, or the attribution scores)."""
+    if not cfg.masks.sweep.refine:
+        return []
+    mask_calls = [c for c in calls if c.stage == "masks"]
+    by_key = {(c.params["variant"], c.params["lam"], c.params["seed"]): c for c in mask_calls}
+    stats_of = {c.params["kind"]: c for c in calls if c.stage == "stats"}
+    attr_of = {c.params["variant"]: c for c in calls if c.stage == "attribution"}
+    out: list[StageCall] = []
+    for v, seeds in _seed_of_chain(cfg).items():
+        lams = sorted({lam for (name, lam, s) in by_key if name == v and s == seeds[0]})
+        for n in sweep_round(cfg, run, v, lams):
+            logger.info("sweep %s: adding lambda %g (%s)", v, n.lam, n.why)
+            for seed in seeds:
+                how, prev = masks.mask_start(cfg, v, n.lam, n.start)
+                after = [stats_of[Variant.parse(v).grouping.value]]
+                if how == "attribution":
+                    after.append(attr_of[v])
+                elif how == "continue":
+                    after.append(by_key[(v, prev, seed)])
+                out.append(make_call(cfg, "masks", after, variant=v, lam=n.lam, seed=seed,
+                                     start=n.start))
+    return out
+
+
+def refinement_rounds(run: str | Path, calls: list[StageCall]):
+    """Each round's new mask calls (`next_round`), computed once the previous round's are
+    trained: the caller runs a round's calls (in order, or as chains in parallel: a call
+    only reads calls of earlier rounds) before asking for the next."""
+
+    cfg = load_run_config(run)
+    calls = list(calls)
+    while new := next_round(cfg, run, calls):
+        yield new
+        calls += new
