@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from maskshare.artifacts import WriteError
 from maskshare.config import RunConfig, load_config
 from maskshare.errors import UserError
 from maskshare.evaluation.comparison import HEADLINE_METRICS
@@ -31,10 +32,11 @@ from maskshare.stages.plan import STAGES, StageCall, phases, plan, refinement_ro
 
 
 def _retry_unless_user_error(task_, task_run, state) -> bool:
-    """Retry only on failures that may be transient (OS/I/O errors), never on bad input."""
+    """Retry only on failures that may be transient (OS/I/O errors), never on bad input or
+    on a write the user must fix (a full disk, no permission: WriteError)."""
     try:
         state.result()
-    except UserError:
+    except (UserError, WriteError):
         return False
     except (OSError, TimeoutError):
         return True

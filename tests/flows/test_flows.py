@@ -107,3 +107,28 @@ def test_pipeline_with_dask_workers_gives_the_sequential_masks(harness, tiny_set
     a, b = _theta(seq), _theta(par)
     assert a and a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Failed:
+    """A task state whose result raises `error`."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def result(self):
+        raise self.error
+
+
+def test_io_tasks_retry_transient_os_errors_but_not_a_full_disk_or_bad_input():
+    import errno
+
+    from flows.pipeline import _retry_unless_user_error
+    from maskshare.artifacts import WriteError
+    from maskshare.errors import UserError
+
+    def retried(e):
+        return _retry_unless_user_error(None, None, _Failed(e))
+
+    assert retried(OSError(errno.EIO, "Input/output error"))
+    assert not retried(WriteError(errno.ENOSPC, "No space left on device", "/runs/x"))
+    assert not retried(UserError("bad input"))
