@@ -377,10 +377,14 @@ def test_two_runs_with_different_configs_at_once_do_not_clobber(setup_root, env)
     _assert_valid_run(runs[1], b)
     built = [d for d in (env / "cache" / "datasets").iterdir() if not d.name.startswith(".")]
     assert len(built) == 1 and is_complete(built[0])  # the shared dataset cache, built once
-    # each run's dataset is the shared build's items
+    # each run's dataset is the shared build's items, with its validation rows carved out
+    from maskshare.datasets.validation import carve_validation
+
     items = pl.read_parquet(built[0] / "items.parquet")
-    for r in runs:
-        assert pl.read_parquet(r / "dataset" / "items.parquet").equals(items)
+    for r, c in zip(runs, (a, b), strict=True):
+        val = load_config(c).dataset.validation
+        want, _ = carve_validation(items, val.by, val.fraction, val.seed)
+        assert pl.read_parquet(r / "dataset" / "items.parquet").equals(want)
 
 
 @pytest.mark.slow
