@@ -24,7 +24,7 @@ from maskshare.run.variants import Variant, run_seeds
 
 def validation_monitor(run: Path, cfg, variant: Variant):
     """binary masks -> F on a seeded sample of `masks.validation_stop.prompts` validation
-    prompts (`masks.training._ValidationStop`), or None when the stop is off or the run has
+    prompts (`masks.stopping.ValidationStop`), or None when the stop is off or the run has
     no validation rows."""
     vs = cfg.masks.validation_stop
     if vs.every is None or not (load_run_items(run)["split"] == "validation").any():
