@@ -102,6 +102,11 @@ class AttentionFeatures(Strict):
     # AVX512-BF16 (this machine) and the same groups on elements-symbol; use "float32" on
     # CPUs without bfloat16 instructions (autocast is slower there) or for exact patterns
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    # "uniform": each attention value times the number of keys its query attends to (the
+    # final position's n for from_final, t + 1 for the token's own row), i.e. relative to
+    # uniform attention, so a prompt's length alone does not shift the features; "none":
+    # raw probabilities (they shrink as prompts grow). docs/transfer.md
+    normalize: Literal["none", "uniform"] = "none"
 
     @model_validator(mode="after")
     def _some_feature(self):
@@ -129,6 +134,10 @@ class GroupingConfig(Strict):
     pca_components: int | float | None = 10  # int: components; float: variance kept
     pin_bos: bool = True
     pin_final: bool = True
+    # attention: the last k positions each own a slot (slot 1 = final, ..., slot k), like
+    # `from-end`, and only the tokens before them are clustered; None: pin_final alone (k = 1
+    # when pinned). Needs pin_final. docs/transfer.md
+    pin_last: Count | None = None
     from_end_k: Count = 3  # for `from-end`
     features: AttentionFeatures = Field(default_factory=AttentionFeatures)
     batch_size: Count = 32
@@ -172,9 +181,22 @@ class GroupingConfig(Strict):
             raise bad("false is not supported: slot 0 is BOS in every grouping")
         return v
 
+    @property
+    def n_pinned_slots(self) -> int:
+        """BOS plus the pinned positions from the end (`pin_last`, or the final token)."""
+        if self.pin_last is not None:
+            return 1 + self.pin_last
+        return 2 if self.pin_final else 1
+
+    @model_validator(mode="after")
+    def _pin_last_needs_final(self):
+        if self.pin_last is not None and not self.pin_final:
+            raise bad("pin_last pins the final token too: it needs pin_final: true")
+        return self
+
     @model_validator(mode="after")
     def _slots_left(self):
-        pinned = 2 if self.pin_final else 1  # BOS, and the final token when pinned
+        pinned = self.n_pinned_slots
         lo, hi = self.n_slots_range
         if lo > hi:
             raise bad(f"n_slots_range {list(self.n_slots_range)}: low must be <= high")

@@ -224,3 +224,31 @@ def test_grouping_written_by_the_old_format_asks_for_a_rerun(model, items, tmp_p
     (tmp_path / "grouping.json").write_text(json.dumps(doc))  # new format, file missing
     with pytest.raises(UserError, match="cannot read fitted objects"):
         load_grouping(tmp_path)
+
+
+def test_pin_last_pins_the_last_k_positions_like_from_end(model, items):
+    """Issue 22's hybrid: with pin_last k the last k positions own slots 1..k (slot 1 the
+    final token), as `from-end` gives them, and only earlier tokens are clustered."""
+    g = make_grouping(cfg(n_slots=7, pin_last=3), seed=0).fit(model, items)
+    assert g.slot_names[:4] == ["bos", "final", "end-2", "end-3"] and g.n_slots == 7
+    new = make_items(model, elements=["hydrogen", "mercury"], start_id=500)
+    for table in (items, new):
+        a = g.assign(model, table)
+        for s, d in zip(a.slots, a.distance, strict=True):
+            n = len(s)
+            assert s[0] == 0 and list(s[-3:]) == [3, 2, 1]
+            assert (s[1:n - 3] >= 4).all()
+            assert np.isnan(d[-3:]).all() and np.isfinite(d[1:n - 3]).all()
+    assert np.isinf(g.ood_threshold[:4]).all() and np.isfinite(g.ood_threshold[4:]).all()
+
+
+def test_pin_last_domain():
+    from maskshare.config import parse_config
+
+    with pytest.raises(UserError, match="pin_last"):
+        parse_config({"grouping": {"pin_last": 2, "pin_final": False}})
+    with pytest.raises(UserError, match="n_slots = 4 leaves no slot"):
+        parse_config({"grouping": {"pin_last": 3, "n_slots": 4}})
+    with pytest.raises(UserError):
+        parse_config({"grouping": {"pin_last": 0}})
+    assert GroupingConfig(pin_last=1).n_pinned_slots == GroupingConfig().n_pinned_slots == 2

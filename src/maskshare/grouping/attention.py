@@ -2,9 +2,10 @@
 
 Features (`maskshare.features`) are standardised (`StandardScaler`, near-constant columns
 left unscaled), reduced (`PCA`) and clustered (KMeans, agglomerative/Ward, Gaussian mixture
-or HDBSCAN). BOS is slot 0; with `pin_final` the last token of each prompt is slot 1; the
-clusters take the remaining slots, numbered by their mean position from the end (nearest
-the end first). `n_slots` is fixed (total) or `"auto"`: chosen over `n_slots_range` by
+or HDBSCAN). BOS is slot 0; with `pin_final` the last token of each prompt is slot 1 (with
+`pin_last` k, the last k positions take slots 1..k, like `from-end`, and only the tokens
+before them are clustered); the clusters take the remaining slots, numbered by their mean
+position from the end (nearest the end first). `n_slots` is fixed (total) or `"auto"`: chosen over `n_slots_range` by
 silhouette (any clusterer) or BIC (`gmm` only); HDBSCAN picks its own number.
 
 New tokens get their slot from a fitted predictor, without refitting: the Gaussian mixture
@@ -62,7 +63,7 @@ class AttentionGrouping(Grouping):
 
     @property
     def n_pinned(self) -> int:
-        return 2 if self.cfg.pin_final else 1
+        return self.cfg.n_pinned_slots
 
     @property
     def centroids(self) -> np.ndarray:
@@ -85,8 +86,9 @@ class AttentionGrouping(Grouping):
     def _pinned_slot(self, f: TokenFeatures) -> np.ndarray:
         """-1 for clustered rows, else the pinned slot (0 BOS, 1 final)."""
         s = np.full(len(f), -1, dtype=np.int64)
-        if self.cfg.pin_final:
-            s[f.position == f.length - 1] = 1
+        from_end = f.length - 1 - f.position
+        near_end = from_end < self.n_pinned - 1     # pin_last k: from_end 0..k-1 -> 1..k
+        s[near_end] = from_end[near_end] + 1
         s[f.position == 0] = 0
         return s
 
@@ -122,7 +124,8 @@ class AttentionGrouping(Grouping):
         self._tree = None
         from_end = (f.length - 1 - f.position)[pinned < 0][fit_idx]
         k = self._fit_predictor(rf, labels, obj, from_end)
-        pinned_names = ["bos", "final"] if cfg.pin_final else ["bos"]
+        pinned_names = ["bos"] + (["final"] if cfg.pin_final else [])
+        pinned_names += [f"end-{i}" for i in range(2, self.n_pinned)]
         self.slot_names = pinned_names + [f"c{j}" for j in range(k)]
         # training range of distances per slot, from the predictor itself
         slot, dist = self.predict(r)
