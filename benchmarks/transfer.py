@@ -58,6 +58,14 @@ CANDIDATES: dict[str, dict] = {
     "posend": {"features": {"position_from_end": True}},
     "uniform-posend": {"features": {"normalize": "uniform", "position_from_end": True}},
     "self-feats": {"features": {"to_bos": True, "to_self": True, "to_prev": True}},
+    # what the token itself attends to (independent of what the final token is)
+    "own": {"features": {"from_final": False, "to_bos": True, "to_self": True,
+                         "to_prev": True}},
+    "own-uniform": {"features": {"from_final": False, "to_bos": True, "to_self": True,
+                                 "to_prev": True, "normalize": "uniform"}},
+    "own-uniform-posend": {"features": {"from_final": False, "to_bos": True, "to_self": True,
+                                        "to_prev": True, "normalize": "uniform",
+                                        "position_from_end": True}},
     "layers-all": {"features": {"layer_start_fraction": 0.0}},
     "layers-half": {"features": {"layer_start_fraction": 0.5}},
     # (3) slot counts

@@ -138,6 +138,11 @@ class GroupingConfig(Strict):
     # `from-end`, and only the tokens before them are clustered; None: pin_final alone (k = 1
     # when pinned). Needs pin_final. docs/transfer.md
     pin_last: Count | None = None
+    # attention: the slot of a token farther from its nearest centroid than the slot's
+    # training range (out of distribution): "nearest" keeps the nearest centroid's slot;
+    # "position" gives it the cluster whose training tokens' mean position from the end is
+    # nearest its own (a from-end fallback). docs/transfer.md
+    ood_fallback: Literal["nearest", "position"] = "nearest"
     from_end_k: Count = 3  # for `from-end`
     features: AttentionFeatures = Field(default_factory=AttentionFeatures)
     batch_size: Count = 32

@@ -13,7 +13,9 @@ itself (`predict`, the most likely component) for `gmm`; otherwise a 1-nearest-n
 classifier over the cluster centroids (the mean of each cluster's training tokens in the
 reduced space). `distance` is the Euclidean distance to the slot's centroid (the
 component's mean for `gmm`) in the reduced space; a token is out of distribution when it
-exceeds the 99th percentile of its slot's training distances.
+exceeds the 99th percentile of its slot's training distances. Such a token keeps that
+slot (`ood_fallback: nearest`) or, with `ood_fallback: position`, takes the cluster whose
+training tokens' mean position from the end is nearest its own.
 
 The scaler, PCA and predictor are saved as they are, in `grouping.skops`.
 """
@@ -60,6 +62,7 @@ class AttentionGrouping(Grouping):
         self.ood_threshold: np.ndarray | None = None     # per slot; inf for pinned slots
         self._centroids: np.ndarray | None = None
         self._tree = None
+        self.cluster_from_end: np.ndarray | None = None  # mean log1p(from end) per cluster
 
     @property
     def n_pinned(self) -> int:
@@ -124,6 +127,7 @@ class AttentionGrouping(Grouping):
         self._tree = None
         from_end = (f.length - 1 - f.position)[pinned < 0][fit_idx]
         k = self._fit_predictor(rf, labels, obj, from_end)
+        self.cluster_from_end = self._cluster_positions(r, (f.length - 1 - f.position)[pinned < 0])
         pinned_names = ["bos"] + (["final"] if cfg.pin_final else [])
         pinned_names += [f"end-{i}" for i in range(2, self.n_pinned)]
         self.slot_names = pinned_names + [f"c{j}" for j in range(k)]
@@ -270,6 +274,25 @@ class AttentionGrouping(Grouping):
             self.cluster_of_label = np.arange(k)
         return len(self._centroids)
 
+    def _cluster_positions(self, r: np.ndarray, from_end: np.ndarray) -> np.ndarray:
+        """[clusters]: mean log1p(position from the end) of each cluster's training tokens
+        (as the predictor assigns them; NaN for a cluster that gets none)."""
+        slot, _ = self.predict(r)
+        c = slot - self.n_pinned
+        out = np.full(len(self._centroids), np.nan)
+        for j in range(len(out)):
+            if (c == j).any():
+                out[j] = float(np.log1p(from_end[c == j]).mean())
+        return out
+
+    def _position_fallback(self, from_end: np.ndarray) -> np.ndarray:
+        """`ood_fallback: position`: the slot of the cluster whose training tokens' mean
+        log1p(position from the end) is nearest each token's own."""
+        if self.cluster_from_end is None:
+            raise UserError("this grouping was fitted before ood_fallback existed: refit it")
+        gap = np.abs(self.cluster_from_end[None, :] - np.log1p(from_end)[:, None])
+        return np.nanargmin(np.where(np.isnan(gap), np.inf, gap), axis=1) + self.n_pinned
+
     # assigning --------------------------------------------------------------
     def predict(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(slot, distance to the slot's centre) of reduced features `r` [n, dims]."""
@@ -294,7 +317,11 @@ class AttentionGrouping(Grouping):
             dist[free] = d
         thr = self.ood_threshold
         has = ~np.isnan(dist)
-        ood = float(np.mean(dist[has] > thr[slot[has]])) if has.any() else 0.0
+        far = np.zeros(len(f), dtype=bool)
+        far[has] = dist[has] > thr[slot[has]]
+        ood = float(np.mean(far[has])) if has.any() else 0.0
+        if self.cfg.ood_fallback == "position" and far.any():
+            slot[far] = self._position_fallback((f.length - 1 - f.position)[far])
         bounds = np.cumsum([0] + [len(t) for t in token_lists(items)])
         pairs = list(zip(bounds[:-1], bounds[1:], strict=True))
         return Assignment([slot[a:b] for a, b in pairs], [dist[a:b] for a, b in pairs], ood,
@@ -304,7 +331,8 @@ class AttentionGrouping(Grouping):
     def _save_state(self, directory: Path) -> None:
         dump_fitted({"scaler": self.scaler, "pca": self.pca, "predictor": self.predictor,
                      "cluster_of_label": self.cluster_of_label, "centroids": self._centroids,
-                     "ood_threshold": self.ood_threshold}, directory / GROUPING_SKOPS)
+                     "ood_threshold": self.ood_threshold,
+                     "cluster_from_end": self.cluster_from_end}, directory / GROUPING_SKOPS)
 
     def _load_state(self, directory: Path) -> None:
         state = load_fitted(directory / GROUPING_SKOPS, TRUSTED_TYPES)
@@ -312,3 +340,5 @@ class AttentionGrouping(Grouping):
         self.cluster_of_label = np.asarray(state["cluster_of_label"], dtype=np.int64)
         self._centroids = np.asarray(state["centroids"], dtype=np.float64)
         self.ood_threshold = np.asarray(state["ood_threshold"], dtype=np.float64)
+        cfe = state.get("cluster_from_end")
+        self.cluster_from_end = None if cfe is None else np.asarray(cfe, dtype=np.float64)
