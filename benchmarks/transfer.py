@@ -44,10 +44,10 @@ LAMBDAS = [0.003, 0.01, 0.03]
 SIZES = [20, 40, 60, 100]  # latents per token at which F is read off each curve
 
 # the attention grouping before this study (src/maskshare/config.py defaults then)
-BASE = {"kind": "attention", "n_slots": "auto", "pin_last": None,
+BASE = {"kind": "attention", "n_slots": "auto", "pin_last": None, "ood_fallback": "nearest",
         "features": {"normalize": "none", "layer_start_fraction": 0.67,
-                     "position_from_end": False, "to_bos": False, "to_self": False,
-                     "to_prev": False}}
+                     "position_from_end": False, "position_weight": 1.0, "to_bos": False,
+                     "to_self": False, "to_prev": False}}
 
 CANDIDATES: dict[str, dict] = {
     "baselines": {},  # from-end and single only
@@ -56,6 +56,9 @@ CANDIDATES: dict[str, dict] = {
     "uniform": {"features": {"normalize": "uniform"}},
     # (2) more feature families / layers
     "posend": {"features": {"position_from_end": True}},
+    "posend-w3": {"features": {"position_from_end": True, "position_weight": 3.0}},
+    "uniform-posend-w3": {"features": {"normalize": "uniform", "position_from_end": True,
+                                       "position_weight": 3.0}},
     "uniform-posend": {"features": {"normalize": "uniform", "position_from_end": True}},
     "self-feats": {"features": {"to_bos": True, "to_self": True, "to_prev": True}},
     # what the token itself attends to (independent of what the final token is)
@@ -72,6 +75,9 @@ CANDIDATES: dict[str, dict] = {
     "slots4": {"n_slots": 4},
     "slots8": {"n_slots": 8},
     "slots12": {"n_slots": 12},
+    # (5) what an out-of-distribution token gets
+    "fallback-pos": {"ood_fallback": "position"},
+    "uniform-fallback-pos": {"ood_fallback": "position", "features": {"normalize": "uniform"}},
     # (4) hybrid: pin the last k positions, cluster the rest
     "pin2": {"pin_last": 2},
     "pin3": {"pin_last": 3},
@@ -83,6 +89,9 @@ CANDIDATES: dict[str, dict] = {
 FOLD_SETS = {
     "agreement": ["agreement-val-simple", "agreement-val-nounpp"],
     "eq": [f"element-questions-val-{g}" for g in ("question", "statement", "fill-in", "list")],
+    # subsets, to add candidates to some folds
+    "agreement-simple": ["agreement-val-simple"],
+    "eq-rest": [f"element-questions-val-{g}" for g in ("statement", "fill-in", "list")],
 }
 FINAL = {"agreement": "agreement", "eq": "element-questions"}
 

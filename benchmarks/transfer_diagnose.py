@@ -13,7 +13,8 @@ From a finished run (its fitted attention grouping, slot means and masks):
    slot whose mask is all ones; they count every latent in the size), `all-clean` (every
    clustered token of the split clean: the ceiling of what the clustered slots cost), and
    `ood-to-position` (each OOD token moved to the cluster whose training tokens' mean
-   position from the end is nearest its own).
+   position from the end is nearest its own); with `--per-slot`, each clustered slot's
+   tokens clean (`cN-clean`) and each slot alone ablated (`only-cN-ablated`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("--split", default="test_phrasing")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--per-slot", action="store_true",
+                    help="also: each clustered slot's tokens clean, and each slot alone ablated")
+    ap.add_argument("--lambdas", type=float, nargs="*", default=None)
     a = ap.parse_args()
 
     from maskshare.evaluation import evaluate_masks
@@ -105,11 +109,17 @@ def main() -> None:
                                       for i in range(len(s))], dtype=np.int64)
                             for s, o in zip(base_slots, oods, strict=True)],
     }
+    if a.per_slot:  # one clustered slot at a time: its tokens clean / only its tokens ablated
+        for c in range(g.n_pinned, K):
+            name = g.slot_names[c]
+            variants[f"{name}-clean"] = [np.where(s == c, K, s) for s in base_slots]
+            variants[f"only-{name}-ablated"] = [np.where((s >= g.n_pinned) & (s != c), K, s)
+                                                for s in base_slots]
     tokens = [list(t) for t in items["tokens"].to_list()]
     ans = [int(x) for x in items["answer_id"].to_list()]
     cf = [int(x) for x in items["counterfactual_id"].to_list()]
     mm = MaskedModel(model, saes, ext, K + 1, ablation=v.ablation, error=cfg.masks.error)
-    for lam in cfg.masks.lambda_grid:
+    for lam in a.lambdas or cfg.masks.lambda_grid:
         d = lay.masks(v, lam, (cfg.evaluate.seeds or [cfg.seed])[0])
         masks = TrainResult.load(d).masks()
         masks = {h: torch.cat([m, torch.ones(1, m.shape[1])]) for h, m in masks.items()}

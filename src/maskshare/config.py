@@ -107,6 +107,9 @@ class AttentionFeatures(Strict):
     # uniform attention, so a prompt's length alone does not shift the features; "none":
     # raw probabilities (they shrink as prompts grow). docs/transfer.md
     normalize: Literal["none", "uniform"] = "none"
+    # the standardised position_from_end column times this before PCA: > 1 makes position
+    # weigh like several attention columns (with position_from_end only)
+    position_weight: Finite = Field(default=1.0, gt=0, le=100)
 
     @model_validator(mode="after")
     def _some_feature(self):

@@ -290,3 +290,17 @@ def test_ood_fallback_survives_save_and_load(model, items, tmp_path):
     new = make_items(model, elements=["hydrogen", "mercury"], start_id=700)
     for x, y in zip(g.assign(model, new).slots, h.assign(model, new).slots, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_position_weight_makes_position_dominate_the_reduced_space(model, items):
+    from maskshare.config import AttentionFeatures
+
+    def first_component_on_position(w: float) -> float:
+        f = AttentionFeatures(position_from_end=True, position_weight=w, dtype="float32")
+        g = make_grouping(cfg(n_slots=6, features=f), seed=0).fit(model, items)
+        return float(abs(g.pca.components_[0, -1]))
+
+    assert first_component_on_position(100.0) > 0.99
+    assert first_component_on_position(1.0) < 0.9
+    with pytest.raises(ValueError, match="position_weight"):
+        AttentionFeatures(position_weight=0)

@@ -97,7 +97,16 @@ class AttentionGrouping(Grouping):
 
     def reduce(self, matrix: np.ndarray) -> np.ndarray:
         """Standardise and project features into the fitted reduced (PCA) space."""
-        return self.pca.transform(self.scaler.transform(matrix.astype(np.float64)))
+        return self.pca.transform(self._weigh(self.scaler.transform(matrix.astype(np.float64))))
+
+    def _weigh(self, z: np.ndarray) -> np.ndarray:
+        """Standardised features with the position-from-end column scaled by
+        `features.position_weight` (the last column, when present)."""
+        fc = self.cfg.features
+        if fc.position_from_end and fc.position_weight != 1.0:
+            z = z.copy()
+            z[:, -1] *= fc.position_weight
+        return z
 
     def project_2d(self, features: TokenFeatures) -> np.ndarray:
         """First two PCA coordinates of every token (BOS and pinned rows too)."""
@@ -116,7 +125,9 @@ class AttentionGrouping(Grouping):
         pinned = self._pinned_slot(f)
         x = f.matrix[pinned < 0].astype(np.float64)
         if len(x) < 2:
-            raise UserError("too few tokens to cluster (every token is BOS or final)")
+            pinned = ("BOS or one of the last " + str(cfg.pin_last) + " positions (pin_last)"
+                      if cfg.pin_last else "BOS or final")
+            raise UserError(f"too few tokens to cluster (every token is {pinned})")
         r = self._fit_reducer(x)
         fit_idx = np.arange(len(r))
         if cfg.clusterer == "agglomerative" and len(r) > MAX_AGGLOMERATIVE_FIT:
@@ -153,7 +164,7 @@ class AttentionGrouping(Grouping):
         self.scaler = StandardScaler().fit(x)
         # a column whose spread is float noise would become a unit-variance noise dimension
         self.scaler.scale_[self.scaler.scale_ < MIN_SCALE] = 1.0
-        z = self.scaler.transform(x)
+        z = self._weigh(self.scaler.transform(x))
         pc = self.cfg.pca_components
         if pc is None:
             pc = min(z.shape)
