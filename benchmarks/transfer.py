@@ -41,7 +41,7 @@ from transfer_folds import folds as write_folds  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = ROOT / "benchmarks" / "transfer" / "configs"
 LAMBDAS = [0.003, 0.01, 0.03]
-SIZES = [20, 40, 60, 100]  # latents per token at which F is read off each curve
+SIZES = [20, 40, 60, 100, 200, 400]  # latents per token at which F is read off each curve
 
 # the attention grouping before this study (src/maskshare/config.py defaults then)
 BASE = {"kind": "attention", "n_slots": "auto", "pin_last": None, "ood_fallback": "nearest",
@@ -206,11 +206,42 @@ def table(path: Path, split: str = "test_phrasing") -> str:
             if variant == "ood_fraction":
                 continue
             ood = block.get("ood_fraction")
-            fa = " | ".join("-" if v["F_at"][str(s)] is None else f"{v['F_at'][str(s)]:.2f}"
+            pts_f = [(p["latents_per_token"], p["F"]) for p in v["points"]]
+            fa = " | ".join("-" if f_at(pts_f, s) is None else f"{f_at(pts_f, s):.2f}"
                             for s in SIZES)
             pts = " / ".join(f"{p['F']:.2f} ({p['latents_per_token']:.0f})" for p in v["points"])
             ood_s = "-" if ood is None or "attention" not in variant else f"{ood:.2f}"
             lines.append(f"| {cand} | {fold} | {variant} | {ood_s} | {fa} | {pts} |")
+    return "\n".join(lines)
+
+
+def summary(path: Path, folds: list[str], reference: str = "base") -> str:
+    """Per candidate: on the folds where it ran, the mean F at each size of its attention
+    variant, and the mean paired difference to `reference` on those folds (sizes where
+    both have a value)."""
+    doc = json.loads(path.read_text())
+    att = "attention__slot-mean"
+
+    def fat(cand: str, fold: str, size: int):
+        v = doc.get(f"{cand}|{fold}", {}).get("test_phrasing", {}).get(att)
+        return None if v is None else f_at([(p["latents_per_token"], p["F"])
+                                            for p in v["points"]], size)
+
+    cands = sorted({k.split("|")[0] for k in doc if k.split("|")[1] in folds} - {"baselines"})
+    lines = ["| candidate | folds | " + " | ".join(f"F@{s}" for s in SIZES) + " | "
+             + " | ".join(f"vs {reference} @{s}" for s in SIZES) + " |",
+             "|---" * (2 + 2 * len(SIZES)) + "|"]
+    for c in cands:
+        fl = [f for f in folds if f"{c}|{f}" in doc]
+        mean, diff = [], []
+        for s in SIZES:
+            xs = [x for x in (fat(c, f, s) for f in fl) if x is not None]
+            mean.append(f"{np.mean(xs):.3f} ({len(xs)})" if xs else "-")
+            ds = [fat(c, f, s) - fat(reference, f, s) for f in fl
+                  if fat(c, f, s) is not None and fat(reference, f, s) is not None]
+            diff.append(f"{np.mean(ds):+.3f} ({len(ds)})" if ds else "-")
+        lines.append(f"| {c} | {len(fl)} | " + " | ".join(mean) + " | " + " | ".join(diff)
+                     + " |")
     return "\n".join(lines)
 
 
@@ -221,6 +252,7 @@ def main() -> None:
     ap.add_argument("--final", nargs="*", choices=sorted(FINAL), default=None,
                     help="measure the held-out splits of these datasets (after choosing)")
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--summary", action="store_true", help="validation means per candidate")
     ap.add_argument("--split", default="test_phrasing")
     a = ap.parse_args()
     unknown = [c for c in a.candidates if c not in CANDIDATES]
@@ -230,7 +262,13 @@ def main() -> None:
         validate(a.candidates, a.folds)
     if a.final is not None:
         final(a.candidates, a.final or sorted(FINAL))
-    if a.table or not (a.folds or a.final is not None):
+    if a.summary:
+        p = RESULTS / "transfer_validation.json"
+        for name, fl in (("agreement (simple held out)", ["agreement-val-simple"]),
+                         ("element-questions (4 styles in turn)", FOLD_SETS["eq"])):
+            print(f"### {name}: mean F of the attention variant; paired difference to base\n")
+            print(summary(p, fl), "\n")
+    if a.table or not (a.folds or a.final is not None or a.summary):
         for name in ("transfer_validation.json", "transfer_heldout.json"):
             if (RESULTS / name).exists():
                 print(f"## {name}\n")
