@@ -89,6 +89,7 @@ CANDIDATES: dict[str, dict] = {
 FOLD_SETS = {
     "agreement": ["agreement-val-simple", "agreement-val-nounpp"],
     "eq": [f"element-questions-val-{g}" for g in ("question", "statement", "fill-in", "list")],
+    "elements": ["elements-symbol-val"],
     # subsets, to add candidates to some folds
     "agreement-simple": ["agreement-val-simple"],
     "eq-rest": [f"element-questions-val-{g}" for g in ("statement", "fill-in", "list")],

@@ -130,10 +130,9 @@ def _is_number(v, whole: bool = False) -> bool:
 
 class GroupingConfig(Strict):
     kind: GroupingKind = GroupingKind.ATTENTION
-    # total slots, pinned ones included. 8: chosen over "auto" (silhouette over
-    # n_slots_range) on leave-one-training-group-out validation, agreement and
-    # element-questions (docs/transfer.md); "auto" often picked 4 there
-    n_slots: int | Literal["auto"] = 8
+    # total slots, pinned ones included. A fixed 8 beat "auto" on agreement and
+    # element-questions validation but lost badly on elements-symbol's (docs/transfer.md)
+    n_slots: int | Literal["auto"] = "auto"
     n_slots_range: tuple[Count, Count] = (4, 12)  # searched when n_slots is "auto"
     score: Literal["silhouette", "bic"] = "silhouette"
     clusterer: Literal["kmeans", "agglomerative", "gmm", "hdbscan"] = "agglomerative"
