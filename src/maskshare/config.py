@@ -20,6 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+from maskshare.config_grouping import AttentionFeatures as AttentionFeatures
+from maskshare.config_grouping import GroupingConfig
+from maskshare.config_grouping import GroupingKind as GroupingKind
 from maskshare.config_selection import SweepConfig, ValidationSplit, ValidationStop
 from maskshare.domains import (
     Count,
@@ -33,10 +36,9 @@ from maskshare.domains import (
     Text,
     bad,
     distinct,
-    not_bool,
 )
 from maskshare.errors import UserError
-from maskshare.kinds import ABLATIONS, GROUPINGS, KindName
+from maskshare.kinds import ABLATIONS, KindName
 from maskshare.model.sae_set import SAESetConfig
 from maskshare.validation import HashRule, Strict, hash_excluded, read_yaml_file, validation_message
 
@@ -83,20 +85,6 @@ class Relaxation(StrEnum):
     HARD_CONCRETE = "hard-concrete"
 
 
-class GroupingKind(KindName):
-    """A grouping kind's name (`maskshare.kinds.GROUPINGS`; each is a `Grouping` class that
-    owns what it needs and how it assigns slots)."""
-
-    registry = GROUPINGS
-
-
-GroupingKind.ATTENTION = GroupingKind("attention")
-GroupingKind.TEMPLATE = GroupingKind("template")
-GroupingKind.SINGLE = GroupingKind("single")
-GroupingKind.FROM_END = GroupingKind("from-end")
-GroupingKind.ROLES = GroupingKind("roles")
-
-
 class DatasetRef(Strict):
     """A built-in or user-added dataset (data/datasets/<name>.yaml), or a spec file named by
     its path (`name: path/to/spec.yaml`: ends in .yaml/.yml or holds a slash), and its
@@ -114,109 +102,6 @@ class DatasetRef(Strict):
         "template specs, the spec's filter for prompt specs: logit-diff), false = none (dry "
         "runs on models that answer nothing, e.g. `tiny`)")
     validation: ValidationSplit = Field(default_factory=ValidationSplit)
-
-
-class AttentionFeatures(Strict):
-    """Which per-token attention features the `attention` grouping clusters."""
-
-    # Defaults measured on elements-symbol (docs/groups-results.md): attention from the final
-    # position in the last third of the layers separates the tokens the answer is read from.
-    from_final: bool = True          # attention paid to the token by the final position
-    to_bos: bool = False             # attention the token pays to BOS
-    to_self: bool = False            # ... to itself
-    to_prev: bool = False            # ... to its predecessor
-    position_from_end: bool = False  # optionally, position counted from the end
-    # None: layers from layer_start_fraction x n_layers on
-    layers: list[NonNegInt] | None = Field(default=None, min_length=1)
-    layer_start_fraction: Finite = Field(default=0.67, ge=0, lt=1)  # 0: every layer
-    log_scale: bool = True           # log(attn + eps) before standardising
-    # "bfloat16": the feature forward pass runs under autocast, ~1.6x faster on CPUs with
-    # AVX512-BF16 (this machine) and the same groups on elements-symbol; use "float32" on
-    # CPUs without bfloat16 instructions (autocast is slower there) or for exact patterns
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"
-
-    @model_validator(mode="after")
-    def _some_feature(self):
-        if not (self.from_final or self.to_bos or self.to_self or self.to_prev
-                or self.position_from_end):
-            raise bad("switch on at least one of from_final, to_bos, to_self, to_prev, "
-                      "position_from_end")
-        return self
-
-
-def _is_number(v, whole: bool = False) -> bool:
-    try:
-        x = float(v) if isinstance(v, (str, float)) else None
-    except ValueError:
-        return False
-    return x is not None and (x.is_integer() or not whole)
-
-
-class GroupingConfig(Strict):
-    kind: GroupingKind = GroupingKind.ATTENTION
-    n_slots: int | Literal["auto"] = "auto"  # total slots, pinned ones included
-    n_slots_range: tuple[Count, Count] = (4, 12)  # searched when n_slots is "auto"
-    score: Literal["silhouette", "bic"] = "silhouette"
-    clusterer: Literal["kmeans", "agglomerative", "gmm", "hdbscan"] = "agglomerative"
-    pca_components: int | float | None = 10  # int: components; float: variance kept
-    pin_bos: bool = True
-    pin_final: bool = True
-    from_end_k: Count = 3  # for `from-end`
-    features: AttentionFeatures = Field(default_factory=AttentionFeatures)
-    batch_size: Count = 32
-
-    # these unions would otherwise report one error per member, none saying what is allowed
-    @field_validator("n_slots", mode="before")
-    @classmethod
-    def _n_slots_type(cls, v):
-        if not (v == "auto" or isinstance(not_bool(v), int) or _is_number(v, whole=True)):
-            raise bad('must be "auto" or a whole number from 2 to 4096')
-        return v
-
-    @field_validator("pca_components", mode="before")
-    @classmethod
-    def _pca_type(cls, v):
-        if not (v is None or isinstance(not_bool(v), int) or _is_number(v)):
-            raise bad("must be a number of components (1 to 4096), a fraction of variance "
-                      "kept (between 0 and 1), or null")
-        return v
-
-    @field_validator("n_slots")
-    @classmethod
-    def _n_slots(cls, v):
-        if v != "auto" and not 2 <= v <= 4096:
-            raise bad(f"must be \"auto\" or a whole number from 2 to 4096, got {v}")
-        return v
-
-    @field_validator("pca_components")
-    @classmethod
-    def _pca(cls, v):
-        if isinstance(v, int) and not 1 <= v <= 4096:
-            raise bad(f"a number of components must be from 1 to 4096, got {v}")
-        if isinstance(v, float) and not 0 < v < 1:  # NaN fails this too
-            raise bad(f"a fraction of variance kept must be between 0 and 1, got {v}")
-        return v
-
-    @field_validator("pin_bos")
-    @classmethod
-    def _bos_pinned(cls, v: bool) -> bool:
-        if not v:
-            raise bad("false is not supported: slot 0 is BOS in every grouping")
-        return v
-
-    @model_validator(mode="after")
-    def _slots_left(self):
-        pinned = 2 if self.pin_final else 1  # BOS, and the final token when pinned
-        lo, hi = self.n_slots_range
-        if lo > hi:
-            raise bad(f"n_slots_range {list(self.n_slots_range)}: low must be <= high")
-        if self.n_slots == "auto" and hi < pinned + 2:
-            raise bad(f"n_slots_range {list(self.n_slots_range)} leaves fewer than 2 "
-                      f"clusters after {pinned} pinned slot(s): use high >= {pinned + 2}")
-        if self.n_slots != "auto" and self.n_slots < pinned + 1:
-            raise bad(f"n_slots = {self.n_slots} leaves no slot for clusters after "
-                      f"{pinned} pinned slot(s): use at least {pinned + 1}")
-        return self
 
 
 # The "auto" sweep, in task-normalised units (MaskConfig.scale = "task"): a lambda is the

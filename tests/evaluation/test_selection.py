@@ -177,9 +177,9 @@ def test_no_choice_reads_a_held_out_row(tmp_path, monkeypatch):
     """The same run twice, the second with every held-out row's answer and counterfactual
     swapped after the dataset stage: the held-out figures change, but the validation split,
     every lambda the sweep added, every mask and the chosen circuit do not."""
+    from maskshare.evaluation.sweep_fits import sweep_lambdas
     from maskshare.run.layout import RunLayout
     from maskshare.run.resources import prepare_run
-    from maskshare.evaluation.sweep_fits import sweep_lambdas
     from maskshare.stages.pipeline import run_pipeline
     from maskshare.stages.plan import make_call
 

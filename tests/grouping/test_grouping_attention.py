@@ -224,3 +224,83 @@ def test_grouping_written_by_the_old_format_asks_for_a_rerun(model, items, tmp_p
     (tmp_path / "grouping.json").write_text(json.dumps(doc))  # new format, file missing
     with pytest.raises(UserError, match="cannot read fitted objects"):
         load_grouping(tmp_path)
+
+
+def test_pin_last_pins_the_last_k_positions_like_from_end(model, items):
+    """Issue 22's hybrid: with pin_last k the last k positions own slots 1..k (slot 1 the
+    final token), as `from-end` gives them, and only earlier tokens are clustered."""
+    g = make_grouping(cfg(n_slots=7, pin_last=3), seed=0).fit(model, items)
+    assert g.slot_names[:4] == ["bos", "final", "end-2", "end-3"] and g.n_slots == 7
+    new = make_items(model, elements=["hydrogen", "mercury"], start_id=500)
+    for table in (items, new):
+        a = g.assign(model, table)
+        for s, d in zip(a.slots, a.distance, strict=True):
+            n = len(s)
+            assert s[0] == 0 and list(s[-3:]) == [3, 2, 1]
+            assert (s[1:n - 3] >= 4).all()
+            assert np.isnan(d[-3:]).all() and np.isfinite(d[1:n - 3]).all()
+    assert np.isinf(g.ood_threshold[:4]).all() and np.isfinite(g.ood_threshold[4:]).all()
+
+
+def test_pin_last_domain():
+    from maskshare.config import parse_config
+
+    with pytest.raises(UserError, match="pin_last"):
+        parse_config({"grouping": {"pin_last": 2, "pin_final": False}})
+    with pytest.raises(UserError, match="n_slots = 4 leaves no slot"):
+        parse_config({"grouping": {"pin_last": 3, "n_slots": 4}})
+    with pytest.raises(UserError):
+        parse_config({"grouping": {"pin_last": 0}})
+    assert GroupingConfig(pin_last=1).n_pinned_slots == GroupingConfig().n_pinned_slots == 2
+
+
+def test_ood_fallback_position_moves_only_out_of_distribution_tokens(model, items):
+    """ood_fallback: position gives a token beyond its slot's training range the cluster
+    whose training tokens sit nearest its position from the end; other tokens keep their
+    nearest-centroid slot; the reported OOD share is the same either way."""
+    near = make_grouping(cfg(n_slots=6), seed=0).fit(model, items)
+    pos = make_grouping(cfg(n_slots=6, ood_fallback="position"), seed=0).fit(model, items)
+    a_near, a_pos = near.assign(model, items), pos.assign(model, items)
+    # training tokens within range: nothing moves
+    for s, d, t in zip(a_near.slots, a_near.distance, a_pos.slots, strict=True):
+        inside = ~(d > near.ood_threshold[s])
+        np.testing.assert_array_equal(s[inside], t[inside])
+    # every token out of range (thresholds 0): each clustered token takes the cluster whose
+    # training tokens' mean log1p(from end) is nearest its own
+    train_slots, fe = np.concatenate(a_near.slots), np.concatenate(
+        [len(s) - 1 - np.arange(len(s)) for s in a_near.slots])
+    means = {c: np.log1p(fe[train_slots == c]).mean() for c in range(2, 6)
+             if (train_slots == c).any()}
+    pos.ood_threshold = np.where(np.isfinite(pos.ood_threshold), 0.0, np.inf)
+    a_all = pos.assign(model, items)
+    assert a_all.ood_fraction == 1.0
+    for s in a_all.slots:
+        n = len(s)
+        for i in range(1, n - 1):
+            want = min(means, key=lambda c: abs(means[c] - np.log1p(n - 1 - i)))
+            assert s[i] == want
+    assert a_near.ood_fraction == a_pos.ood_fraction
+
+
+def test_ood_fallback_survives_save_and_load(model, items, tmp_path):
+    g = make_grouping(cfg(n_slots=6, ood_fallback="position"), seed=0).fit(model, items)
+    g.save(tmp_path / "g")
+    h = load_grouping(tmp_path / "g")
+    np.testing.assert_array_equal(g.cluster_from_end, h.cluster_from_end)
+    new = make_items(model, elements=["hydrogen", "mercury"], start_id=700)
+    for x, y in zip(g.assign(model, new).slots, h.assign(model, new).slots, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_position_weight_makes_position_dominate_the_reduced_space(model, items):
+    from maskshare.config import AttentionFeatures
+
+    def first_component_on_position(w: float) -> float:
+        f = AttentionFeatures(position_from_end=True, position_weight=w, dtype="float32")
+        g = make_grouping(cfg(n_slots=6, features=f), seed=0).fit(model, items)
+        return float(abs(g.pca.components_[0, -1]))
+
+    assert first_component_on_position(100.0) > 0.99
+    assert first_component_on_position(1.0) < 0.9
+    with pytest.raises(ValueError, match="position_weight"):
+        AttentionFeatures(position_weight=0)

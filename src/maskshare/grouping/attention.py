@@ -2,9 +2,10 @@
 
 Features (`maskshare.grouping.features`) are standardised (`StandardScaler`, near-constant columns
 left unscaled), reduced (`PCA`) and clustered (KMeans, agglomerative/Ward, Gaussian mixture
-or HDBSCAN). BOS is slot 0; with `pin_final` the last token of each prompt is slot 1; the
-clusters take the remaining slots, numbered by their mean position from the end (nearest
-the end first). `n_slots` is fixed (total) or `"auto"`: chosen over `n_slots_range` by
+or HDBSCAN). BOS is slot 0; with `pin_final` the last token of each prompt is slot 1 (with
+`pin_last` k, the last k positions take slots 1..k, like `from-end`, and only the tokens
+before them are clustered); the clusters take the remaining slots, numbered by their mean
+position from the end (nearest the end first). `n_slots` is fixed (total) or `"auto"`: chosen over `n_slots_range` by
 silhouette (any clusterer) or BIC (`gmm` only); HDBSCAN picks its own number.
 
 New tokens get their slot from a fitted predictor, without refitting: the Gaussian mixture
@@ -12,7 +13,9 @@ itself (`predict`, the most likely component) for `gmm`; otherwise a 1-nearest-n
 classifier over the cluster centroids (the mean of each cluster's training tokens in the
 reduced space). `distance` is the Euclidean distance to the slot's centroid (the
 component's mean for `gmm`) in the reduced space; a token is out of distribution when it
-exceeds the 99th percentile of its slot's training distances.
+exceeds the 99th percentile of its slot's training distances. Such a token keeps that
+slot (`ood_fallback: nearest`) or, with `ood_fallback: position`, takes the cluster whose
+training tokens' mean position from the end is nearest its own.
 
 The scaler, PCA and predictor are saved as they are, in `grouping.skops`.
 """
@@ -63,10 +66,11 @@ class AttentionGrouping(Grouping):
         self.ood_threshold: np.ndarray | None = None     # per slot; inf for pinned slots
         self._centroids: np.ndarray | None = None
         self._tree = None
+        self.cluster_from_end: np.ndarray | None = None  # mean log1p(from end) per cluster
 
     @property
     def n_pinned(self) -> int:
-        return 2 if self.cfg.pin_final else 1
+        return self.cfg.n_pinned_slots
 
     @property
     def centroids(self) -> np.ndarray:
@@ -89,14 +93,24 @@ class AttentionGrouping(Grouping):
     def _pinned_slot(self, f: TokenFeatures) -> np.ndarray:
         """-1 for clustered rows, else the pinned slot (0 BOS, 1 final)."""
         s = np.full(len(f), -1, dtype=np.int64)
-        if self.cfg.pin_final:
-            s[f.position == f.length - 1] = 1
+        from_end = f.length - 1 - f.position
+        near_end = from_end < self.n_pinned - 1     # pin_last k: from_end 0..k-1 -> 1..k
+        s[near_end] = from_end[near_end] + 1
         s[f.position == 0] = 0
         return s
 
     def reduce(self, matrix: np.ndarray) -> np.ndarray:
         """Standardise and project features into the fitted reduced (PCA) space."""
-        return self.pca.transform(self.scaler.transform(matrix.astype(np.float64)))
+        return self.pca.transform(self._weigh(self.scaler.transform(matrix.astype(np.float64))))
+
+    def _weigh(self, z: np.ndarray) -> np.ndarray:
+        """Standardised features with the position-from-end column scaled by
+        `features.position_weight` (the last column, when present)."""
+        fc = self.cfg.features
+        if fc.position_from_end and fc.position_weight != 1.0:
+            z = z.copy()
+            z[:, -1] *= fc.position_weight
+        return z
 
     def project_2d(self, features: TokenFeatures) -> np.ndarray:
         """First two PCA coordinates of every token (BOS and pinned rows too)."""
@@ -115,7 +129,9 @@ class AttentionGrouping(Grouping):
         pinned = self._pinned_slot(f)
         x = f.matrix[pinned < 0].astype(np.float64)
         if len(x) < 2:
-            raise UserError("too few tokens to cluster (every token is BOS or final)")
+            pinned = ("BOS or one of the last " + str(cfg.pin_last) + " positions (pin_last)"
+                      if cfg.pin_last else "BOS or final")
+            raise UserError(f"too few tokens to cluster (every token is {pinned})")
         r = self._fit_reducer(x)
         fit_idx = np.arange(len(r))
         if cfg.clusterer == "agglomerative" and len(r) > MAX_AGGLOMERATIVE_FIT:
@@ -126,7 +142,9 @@ class AttentionGrouping(Grouping):
         self._tree = None
         from_end = (f.length - 1 - f.position)[pinned < 0][fit_idx]
         k = self._fit_predictor(rf, labels, obj, from_end)
-        pinned_names = ["bos", "final"] if cfg.pin_final else ["bos"]
+        self.cluster_from_end = self._cluster_positions(r, (f.length - 1 - f.position)[pinned < 0])
+        pinned_names = ["bos"] + (["final"] if cfg.pin_final else [])
+        pinned_names += [f"end-{i}" for i in range(2, self.n_pinned)]
         self.slot_names = pinned_names + [f"c{j}" for j in range(k)]
         # training range of distances per slot, from the predictor itself
         slot, dist = self.predict(r)
@@ -150,7 +168,7 @@ class AttentionGrouping(Grouping):
         self.scaler = StandardScaler().fit(x)
         # a column whose spread is float noise would become a unit-variance noise dimension
         self.scaler.scale_[self.scaler.scale_ < MIN_SCALE] = 1.0
-        z = self.scaler.transform(x)
+        z = self._weigh(self.scaler.transform(x))
         pc = self.cfg.pca_components
         if pc is None:
             pc = min(z.shape)
@@ -271,6 +289,25 @@ class AttentionGrouping(Grouping):
             self.cluster_of_label = np.arange(k)
         return len(self._centroids)
 
+    def _cluster_positions(self, r: np.ndarray, from_end: np.ndarray) -> np.ndarray:
+        """[clusters]: mean log1p(position from the end) of each cluster's training tokens
+        (as the predictor assigns them; NaN for a cluster that gets none)."""
+        slot, _ = self.predict(r)
+        c = slot - self.n_pinned
+        out = np.full(len(self._centroids), np.nan)
+        for j in range(len(out)):
+            if (c == j).any():
+                out[j] = float(np.log1p(from_end[c == j]).mean())
+        return out
+
+    def _position_fallback(self, from_end: np.ndarray) -> np.ndarray:
+        """`ood_fallback: position`: the slot of the cluster whose training tokens' mean
+        log1p(position from the end) is nearest each token's own."""
+        if self.cluster_from_end is None:
+            raise UserError("this grouping was fitted before ood_fallback existed: refit it")
+        gap = np.abs(self.cluster_from_end[None, :] - np.log1p(from_end)[:, None])
+        return np.nanargmin(np.where(np.isnan(gap), np.inf, gap), axis=1) + self.n_pinned
+
     # assigning --------------------------------------------------------------
     def predict(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(slot, distance to the slot's centre) of reduced features `r` [n, dims]."""
@@ -295,7 +332,11 @@ class AttentionGrouping(Grouping):
             dist[free] = d
         thr = self.ood_threshold
         has = ~np.isnan(dist)
-        ood = float(np.mean(dist[has] > thr[slot[has]])) if has.any() else 0.0
+        far = np.zeros(len(f), dtype=bool)
+        far[has] = dist[has] > thr[slot[has]]
+        ood = float(np.mean(far[has])) if has.any() else 0.0
+        if self.cfg.ood_fallback == "position" and far.any():
+            slot[far] = self._position_fallback((f.length - 1 - f.position)[far])
         bounds = np.cumsum([0] + [len(t) for t in token_lists(items)])
         pairs = list(zip(bounds[:-1], bounds[1:], strict=True))
         return Assignment([slot[a:b] for a, b in pairs], [dist[a:b] for a, b in pairs], ood,
@@ -305,7 +346,8 @@ class AttentionGrouping(Grouping):
     def _save_state(self, directory: Path) -> None:
         dump_fitted({"scaler": self.scaler, "pca": self.pca, "predictor": self.predictor,
                      "cluster_of_label": self.cluster_of_label, "centroids": self._centroids,
-                     "ood_threshold": self.ood_threshold}, directory / GROUPING_SKOPS)
+                     "ood_threshold": self.ood_threshold,
+                     "cluster_from_end": self.cluster_from_end}, directory / GROUPING_SKOPS)
 
     def _load_state(self, directory: Path) -> None:
         state = load_fitted(directory / GROUPING_SKOPS, TRUSTED_TYPES)
@@ -313,3 +355,5 @@ class AttentionGrouping(Grouping):
         self.cluster_of_label = np.asarray(state["cluster_of_label"], dtype=np.int64)
         self._centroids = np.asarray(state["centroids"], dtype=np.float64)
         self.ood_threshold = np.asarray(state["ood_threshold"], dtype=np.float64)
+        cfe = state.get("cluster_from_end")
+        self.cluster_from_end = None if cfe is None else np.asarray(cfe, dtype=np.float64)

@@ -10,6 +10,11 @@ A[l, h] the attention pattern of layer l, head h, rows = queries, columns = keys
 - `to_prev`: A[l, h][t, t-1] (attention t pays to its predecessor; 0 for t = 0)
 - `position_from_end` (optional): n-1-t, as log1p(n-1-t) when `log_scale`.
 
+With `normalize: uniform` every attention value is multiplied by the number of keys its
+query attends to (n for `from_final`, t+1 for the token's own row): attention relative to
+uniform, which does not shrink as prompts grow (raw attention from the final position
+does: spread evenly over n tokens it is 1/n).
+
 Defaults (`AttentionFeatures`): `from_final` only, in the last third of the layers
 (`layer_start_fraction` 0.67: layers 20-29 of SmolLM2's 30), log scale; chosen on
 elements-symbol (docs/groups-results.md). With `log_scale` every attention value becomes
@@ -150,6 +155,18 @@ def _pattern_values(model, batch: Tensor, lens: Tensor, layers: list[int], group
     return out
 
 
+def _keys_attended(lens: Tensor, T: int, real: Tensor, groups: list[str],
+                   per_group: int) -> Tensor:
+    """[rows, n_att]: how many keys the query of each kept value attends to under the causal
+    mask: the prompt's length n for `from_final` (the final position sees every token), t + 1
+    for the token's own row (`to_bos`, `to_self`, `to_prev`). Uniform attention times this
+    is 1 at any length (`normalize: uniform`)."""
+    n = lens[:, None].expand(-1, T)[real].float()                    # [rows]
+    t1 = (torch.arange(T)[None, :].expand(len(lens), -1)[real] + 1).float()
+    cols = [(n if g == "from_final" else t1)[:, None].expand(-1, per_group) for g in groups]
+    return torch.cat(cols, dim=1)
+
+
 def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | None = None,
                        prompt_ids: list[int] | None = None, batch_size: int = 32,
                        progress: bool = False,
@@ -188,6 +205,8 @@ def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | 
         out = _pattern_values(model, batch, lens, layers, groups, cfg.dtype)
         real = torch.arange(T)[None, :] < lens[:, None]          # [B, T]
         vals = out.reshape(B, T, n_att)[real]                    # prompt by prompt, in order
+        if cfg.normalize == "uniform":
+            vals = vals * _keys_attended(lens, T, real, groups, n_att // len(groups))
         if cfg.log_scale:
             vals = torch.log(vals + LOG_EPS)
         from_end = (lens[:, None] - 1 - torch.arange(T)[None, :])[real].float()
