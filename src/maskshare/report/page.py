@@ -134,11 +134,6 @@ def headline_html(view: RunView) -> str:
     cards_html = "".join(f'<div class="card"><div class="v">{v}</div><div class="k">{_esc(k)}'
                          "</div></div>" for v, k in cards)
     sents = "".join(f"<p>{_esc(s)}</p>" for s in h["sentences"])
-    verdicts = view.metrics.get("verdicts") or []
-    if verdicts:
-        sents += ('<p><b>At matched size, per held-out split</b> (closer to F = 1 leads):</p>'
-                  '<ul class="verdicts">' + "".join(f"<li>{_esc(v)}</li>" for v in verdicts)
-                  + "</ul>")
     return (f'<h1 id="headline">{_esc(h["dataset"])} on {_esc(h["model"])}</h1>'
             f'<p class="sub">{_esc(h["method"])} · {_esc(h["saes"])} · λ {_g(h["lambda"])} '
             f'({_esc(chosen_text(view.metrics))}) · SAE error term {_esc(h["error_term"])} · '
@@ -182,6 +177,18 @@ def plots_html(view: RunView) -> str:
     return (f'<div class="plots">{figs}</div><p class="note">F on {_esc(head)} against '
             "circuit size over the λ sweep; the dashed line is the chosen circuit's size, "
             f"where the table below reads each curve.{_esc(attr)}</p>")
+
+
+def verdicts_html(view: RunView) -> str:
+    """Per held-out split, who leads at matched size and by how much (metrics.json
+    `verdicts`, maskshare.evaluation.verdicts); below the first plot, so the headline and the
+    plot stay on the first screen."""
+    verdicts = view.metrics.get("verdicts") or []
+    if not verdicts:
+        return ""
+    return ('<p><b>At matched size, per held-out split</b> (closer to F = 1 leads):</p>'
+            '<ul class="verdicts">' + "".join(f"<li>{_esc(v)}</li>" for v in verdicts)
+            + "</ul>")
 
 
 def comparison_html(view: RunView) -> str:
@@ -251,7 +258,8 @@ def render_report(view: RunView) -> str:
                        else json.dumps(v, default=str)} for k, v in sorted(m.items())])
     body = [headline_html(view),
             '<h2 id="curves">Faithfulness against size</h2>', plots_html(view),
-            '<h2 id="comparison">Methods at matched size</h2>', comparison_html(view),
+            '<h2 id="comparison">Methods at matched size</h2>', verdicts_html(view),
+            comparison_html(view),
             '<h2 id="details">Details</h2>',
             "<h3>The chosen circuit on every split</h3>", html_table(per_split_rows(view)),
             stab, "<h3>Where the circuit sits in depth</h3>", depth_figure(view),
