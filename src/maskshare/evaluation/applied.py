@@ -21,13 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from maskshare.config import Ablation
 from maskshare.errors import UserError
-from maskshare.evaluation.apply import items_frame
 from maskshare.model.activations import pad_batch, pad_slots
 from maskshare.model.models import tokenize_prompt
 
@@ -114,10 +112,9 @@ class AppliedCircuit:
                             "cannot be given slots")
         self._busy = True  # the grouping may run the model: no slots, no splicing then
         try:
-            assignment = self.grouping.assign(self.model, items_frame(rows, self.grouping))
+            slots = self.grouping.assign_tokens(self.model, rows)
         finally:
             self._busy = False
-        slots = [np.asarray(s, dtype=np.int64) for s in assignment.slots]
         return pad_slots(slots, list(range(len(rows))), toks.shape[1])
 
     def _splicer(self, hook: str):

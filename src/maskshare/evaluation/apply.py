@@ -249,11 +249,6 @@ def resolve_circuit(run: Path, variant: str | None = None, lam: float | None = N
     return cfg, v, float(lam), int(seed), d
 
 
-def items_frame(tokens: list[list[int]], grouping):
-    """New prompts (token rows, BOS first) as the items table `grouping.assign` reads."""
-    return grouping.prompt_items(tokens)
-
-
 def _check_prompts(model, raw: list, skipped: list[Skipped],
                    grouping) -> tuple[list[_Checked], int]:
     """The usable prompts of `raw` (the others join `skipped`, sorted by line) and how many
@@ -325,7 +320,7 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
     checked, n_read = _check_prompts(model, list(prompts), skipped, grouping)
     cfs, picked = _counterfactual_ids(model, checked)
 
-    items = items_frame([c.tokens for c in checked], grouping)
+    items = grouping.prompt_items([c.tokens for c in checked])
     assignment = grouping.assign(model, items)
     slots = [np.asarray(s, dtype=np.int64) for s in assignment.slots]
     stats = SlotStats.load(RunLayout(run).slot_stats(v.grouping))

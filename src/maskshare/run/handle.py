@@ -26,7 +26,7 @@ import polars as pl
 
 from maskshare.errors import UserError
 from maskshare.evaluation.applied import AppliedCircuit, check_ablation
-from maskshare.evaluation.apply import evaluate_prompts, items_frame, read_prompts, resolve_circuit
+from maskshare.evaluation.apply import evaluate_prompts, read_prompts, resolve_circuit
 from maskshare.grouping import load_grouping
 from maskshare.masks.checkpoints import TrainResult
 from maskshare.masks.circuit import circuit_summary
@@ -136,10 +136,10 @@ class Run:
         model = get_model(cfg)
         grouping = load_grouping(RunLayout(self.path).groups(v.grouping))
         toks = [tokenize_prompt(model, t) for t in texts]
-        assignment = grouping.assign(model, items_frame(toks, grouping))
+        slots = grouping.assign_tokens(model, toks)
         labels = self.slot_labels(variant)
         rows = []
-        for i, (text, ids, sl) in enumerate(zip(texts, toks, assignment.slots, strict=True)):
+        for i, (text, ids, sl) in enumerate(zip(texts, toks, slots, strict=True)):
             for pos, (t, s) in enumerate(zip(ids, sl, strict=True)):
                 rows.append({"prompt_index": i, "prompt": text, "position": pos,
                              "token_id": int(t), "token": model.tokenizer.decode([int(t)]),
