@@ -74,24 +74,13 @@ def bench_grouping(model, feats, tokens: list[list[int]], sizes=(20_000, 100_000
 
 
 # ----------------------------------------------------------------------------- pipeline
-def bench_pipeline(config: Path, device: str, threads: int) -> dict:
-    """run_pipeline(config) twice in child processes: cold (fresh runs_dir and a fresh cache
-    dir holding only a link to the converted model), then cached."""
-    from maskshare.config import config_data, dump_config, load_config, parse_config
-    from maskshare.runtime import cache_dir
-
+def bench_pipeline(config: Path, device: str, threads: int, prefect: bool = True) -> dict:
+    """The default pipeline in child processes: cold in-process (`run_pipeline`, a fresh
+    runs_dir and a fresh cache dir holding only a link to the converted model), cached
+    in-process, then (`prefect`) cold again through Prefect (`maskshare run`, its own
+    fresh runs_dir and cache): the Prefect-against-in-process ratio of one invocation."""
     tmp = Path(tempfile.mkdtemp(prefix="maskshare-bench-"))
-    cache = tmp / "cache"
-    cache.mkdir()
-    models = cache_dir() / "models"
-    if models.is_dir():
-        (cache / "models").symlink_to(models)
-    cfg = parse_config({**config_data(load_config(config)), "runs_dir": str(tmp / "runs"),
-                        "device": device}, str(config))
-    cfg_path = tmp / "config.yaml"
-    cfg_path.write_text(dump_config(cfg))
-    env = dict(os.environ, MASKSHARE_CACHE=str(cache), MASKSHARE_THREADS=str(threads),
-               HF_HUB_OFFLINE="1")
+    cfg_path, env = _cold_setup(config, device, threads, tmp)
     out = {"config": str(config), "runner": "maskshare.stages.pipeline.run_pipeline (no Prefect)",
            "tmp": str(tmp)}
     for label in ("cold", "cached"):
@@ -108,8 +97,53 @@ def bench_pipeline(config: Path, device: str, threads: int) -> dict:
             out[label] = entry
             break
         out[label] = entry
+    if prefect and out.get("cold", {}).get("returncode") == 0:
+        out["prefect_cold"] = bench_prefect_cold(config, device, threads, tmp / "prefect")
+        inner = out["cold"].get("inner_s")
+        if out["prefect_cold"].get("returncode") == 0 and inner:
+            out["prefect_ratio"] = round(out["prefect_cold"]["wall_s"] / out["cold"]["wall_s"],
+                                         3)
     shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _cold_setup(config: Path, device: str, threads: int, tmp: Path) -> tuple[Path, dict]:
+    """(a copy of `config` writing under `tmp`/runs, the child's environment with a fresh
+    cache `tmp`/cache that links the converted model only)."""
+    from maskshare.config import config_data, dump_config, load_config, parse_config
+    from maskshare.runtime import cache_dir
+
+    cache = tmp / "cache"
+    cache.mkdir(parents=True)
+    models = cache_dir() / "models"
+    if models.is_dir():
+        (cache / "models").symlink_to(models)
+    cfg = parse_config({**config_data(load_config(config)), "runs_dir": str(tmp / "runs"),
+                        "device": device}, str(config))
+    cfg_path = tmp / "config.yaml"
+    cfg_path.write_text(dump_config(cfg))
+    env = dict(os.environ, MASKSHARE_CACHE=str(cache), MASKSHARE_THREADS=str(threads),
+               HF_HUB_OFFLINE="1")
+    return cfg_path, env
+
+
+def bench_prefect_cold(config: Path, device: str, threads: int, tmp: Path) -> dict:
+    """`maskshare run --config` (through Prefect, an ephemeral server) cold, in a child:
+    wall seconds (the server's start included), seconds per stage, evaluation share."""
+    cfg_path, env = _cold_setup(config, device, threads, tmp)
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "maskshare.cli", "run", "--config",
+                        str(cfg_path)], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    entry = {"wall_s": round(wall, 1), "returncode": p.returncode,
+             "runner": "maskshare run (Prefect, ephemeral server)"}
+    if p.returncode != 0:
+        entry["stderr_tail"] = p.stderr[-2000:]
+        return entry
+    run = Path(p.stdout.strip().splitlines()[-1])
+    entry.update({"run_dir": str(run), "stage_s": stage_timings(run),
+                  **evaluation_share(run, wall)})
+    return entry
 
 
 def _pipeline_child(config: str, out: str) -> None:

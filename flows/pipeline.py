@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows import quiet_threads
 from maskshare.artifacts import WriteError
 from maskshare.config import RunConfig, load_config
 from maskshare.errors import UserError
@@ -56,7 +57,9 @@ def prepare_run_task(config: RunConfig) -> str:
 
 
 def _run_stage(run: str, stage: str, params: dict) -> str:
-    """One stage call of the run (skipped when its output is complete)."""
+    """One stage call of the run (skipped when its output is complete), with Prefect's
+    background threads below the compute's priority (`flows.quiet_threads`)."""
+    quiet_threads()
     return str(StageCall(stage, params).run(Path(run)))
 
 

@@ -111,9 +111,13 @@ def test_the_pipeline_section_prints_the_evaluation_share(bench, finished_tiny_r
     assert t["evaluate_and_report_s"] >= t["evaluate_s"] > 0 and "report_s" in t["phases"]
     cold = {"wall_s": 120.0, "returncode": 0, "inner_s": 100.0, "stage_s": {"evaluate": 9.0},
             **share}
-    print("\n".join(bench.pipeline_lines({"cold": cold})))
+    prefect = {"wall_s": 132.0, "returncode": 0, "stage_s": {"evaluate": 10.0}, **share}
+    print("\n".join(bench.pipeline_lines({"cold": cold, "prefect_cold": prefect,
+                                           "prefect_ratio": 1.1})))
     out = capsys.readouterr().out
-    assert f"= {100 * share['evaluation_share']:.1f}% (target <= 15%)" in out and "circuits" in out
+    assert f"= {100 * share['evaluation_share']:.1f}% (target <= 20%)" in out and "circuits" in out
+    assert "pipeline cold through Prefect: 132.0 s (rc 0)" in out
+    assert "Prefect / in-process, cold wall: 1.100 (target <= 1.1" in out
 
 
 def test_tiled_features_keep_whole_prompts(bench, setup):

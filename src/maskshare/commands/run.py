@@ -46,7 +46,10 @@ def run(args) -> int:
         from flows import configure_prefect_env
 
         configure_prefect_env()
+        from flows import quiet_background
         from flows.pipeline import pipeline_flow
+
+        quiet_background()
 
         state = pipeline_flow(config=cfg, workers=args.workers,
                               dask_address=args.dask_address, return_state=True)

@@ -22,7 +22,10 @@ def run(args) -> int:
     from flows import configure_prefect_env
 
     configure_prefect_env()
+    from flows import quiet_background
     from flows.sweep import run_sweep
+
+    quiet_background()
 
     runs = run_sweep(args.config, dask_address=args.dask_address, n_workers=args.workers,
                      sequential=args.sequential, datasets=args.datasets,
