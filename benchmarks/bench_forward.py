@@ -236,32 +236,40 @@ def candidates(model, which: str) -> dict:
 
 def filter_effect(model, c: dict) -> dict:
     """The behaviour filter on every candidate: float32 against bfloat16 alone and against
-    bfloat16 with the float32 recheck (this checkout's default): time, score errors,
+    bfloat16 with the float32 recheck (this checkout's default): time, score errors
+    (ld; `margin`: logit(answer) minus the best other logit, what top1 decides on),
     decisions that flip."""
-    from maskshare.datasets.build import filter_scores, passes, score_prompts
+    from maskshare.datasets.build import filter_scores, passes
+    from maskshare.model.forward import score_rows
 
     toks, a, cf, kind, margin = c["tokens"], c["answer"], c["cf"], c["kind"], c["margin"]
     n_tok = sum(map(len, toks))
     t0 = time.perf_counter()
-    top32, _, ld32 = score_prompts(model, toks, a, cf, progress=False)
+    s32 = score_rows(model, toks, a, cf)
     t32 = time.perf_counter() - t0
     t0 = time.perf_counter()
-    top16, _, ld16 = score_prompts(model, toks, a, cf, progress=False, dtype="bfloat16")
+    s16 = score_rows(model, toks, a, cf, dtype="bfloat16")
     t16 = time.perf_counter() - t0
     t0 = time.perf_counter()
     topr, _, ldr, info = filter_scores(model, toks, a, cf, kind, margin, dtype="bfloat16",
                                        progress=False)
     tr = time.perf_counter() - t0
-    p32 = passes(kind, margin, top32, ld32, a).to_numpy()
-    e = np.abs(np.asarray(ld16) - np.asarray(ld32))
+    p32 = passes(kind, margin, s32["top"], s32["ld"], a).to_numpy()
+    p16 = passes(kind, margin, s16["top"], s16["ld"], a).to_numpy()
+    e = np.abs(np.asarray(s16["ld"]) - np.asarray(s32["ld"]))
+    em = np.abs(np.asarray(s16["margin"]) - np.asarray(s32["margin"]))
+    near = np.abs(np.asarray(s32["ld"] if kind == "logit-diff" else s32["margin"])
+                  - (margin if kind == "logit-diff" else 0.0))
     return {"n_prompts": len(toks), "n_tokens": n_tok, "filter": kind, "margin": margin,
             "n_pass_fp32": int(p32.sum()),
             "tokens_per_s": {"float32": round(n_tok / t32, 1), "bfloat16": round(n_tok / t16, 1),
                              "bfloat16_recheck": round(n_tok / tr, 1)},
             "ld_abs_err_max": float(e.max()), "ld_abs_err_p99": float(np.quantile(e, 0.99)),
-            "ld_abs_err_mean": float(e.mean()),
-            "top1_changed": int(sum(x != y for x, y in zip(top32, top16, strict=True))),
-            "flips_bf16": int((passes(kind, margin, top16, ld16, a).to_numpy() != p32).sum()),
+            "ld_abs_err_mean": float(e.mean()), "margin_abs_err_max": float(em.max()),
+            "decision_within": {str(d): int((near < d).sum()) for d in (0.25, 0.5, 1.0)},
+            "top1_changed": int(sum(x != y for x, y in zip(s32["top"], s16["top"],
+                                                           strict=True))),
+            "flips_bf16": int((p16 != p32).sum()),
             "flips_bf16_recheck": int((passes(kind, margin, topr, ldr, a).to_numpy()
                                        != p32).sum()),
             "n_rechecked": info["n_rechecked"]}

@@ -127,12 +127,14 @@ def test_bf16_batches_under_a_token_budget_and_the_env_picks_the_uses(model, tok
         dtype_for("stats")
 
 
-def test_bf16_scores_are_close_and_the_gap_is_top1_minus_top2(model, toks):
+def test_bf16_scores_are_close_and_the_margin_says_whether_the_answer_is_top(model, toks):
     ans, cf = [5] * len(toks), [6] * len(toks)
     s32 = score_rows(model, toks, ans, cf)
     s16 = score_rows(model, toks, ans, cf, dtype="bfloat16")
     assert max(abs(a - b) for a, b in zip(s32["ld"], s16["ld"], strict=True)) < 0.1
-    assert all(g >= 0 for g in s32["gap"])
+    assert [m > 0 for m in s32["margin"]] == [t == 5 for t in s32["top"]]
+    top_ans = score_rows(model, toks, s32["top"], cf)  # each prompt's top token as answer
+    assert all(m >= 0 for m in top_ans["margin"])
 
 
 def test_load_weights_loads_every_key_as_the_per_key_loader_did(model):

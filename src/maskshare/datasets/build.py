@@ -171,7 +171,7 @@ def filter_scores(model, tokens: list[list[int]], answer_ids: list[int], cf_ids:
                   desc: str = "scoring") -> tuple[list[int], list[float], list[float], dict]:
     """`score_prompts` for the behaviour filter `kind`. In bfloat16, every prompt whose
     decision is within `RECHECK_MARGIN` logits of flipping (logit-diff: |ld - margin|; top1:
-    the top-2 logit gap) is scored again in float32, so every decision is float32's.
+    |logit(answer) - the highest other logit|) is scored again in float32, so every decision is float32's.
     Returns (top, prob, ld, info) with info's `dtype` and `n_rechecked`."""
     if dtype == "float32":
         top, prob, ld = score_prompts(model, tokens, answer_ids, cf_ids, progress=progress,
@@ -181,8 +181,8 @@ def filter_scores(model, tokens: list[list[int]], answer_ids: list[int], cf_ids:
     top, prob, ld = s["top"], s["prob"], s["ld"]
     if kind == "logit-diff":
         doubt = [i for i, d in enumerate(ld) if abs(d - margin) < RECHECK_MARGIN]
-    elif kind == "top1":
-        doubt = [i for i, g in enumerate(s["gap"]) if g < RECHECK_MARGIN]
+    elif kind == "top1":  # the answer's lead over (or gap to) the best other token
+        doubt = [i for i, m in enumerate(s["margin"]) if abs(m) < RECHECK_MARGIN]
     else:
         doubt = []
     if doubt:

@@ -21,8 +21,8 @@ Where bfloat16 is the default, and why (benchmarks/bench_forward.py measures it)
 - `features` (attention features for the grouping): bfloat16 since before this module
   (`grouping.features.dtype`, docs/groups-results.md).
 - `filter` (the dataset build's behaviour filter): bfloat16, and every prompt within
-  `RECHECK_MARGIN` of the filter's threshold (logit-diff) or whose top-2 logit gap is below
-  it (top1) is scored again in float32, so every pass/fail decision is the float32 one
+  `RECHECK_MARGIN` of the filter's threshold (logit-diff: |ld - margin|; top1: |logit(answer)
+  - the highest other logit|) is scored again in float32, so every pass/fail decision is the float32 one
   (the largest bf16 error measured is a fraction of that margin); the stored `logit_diff`
   and `answer_prob` of the other prompts are bfloat16 values (informational: only the pass
   table's means read them).
@@ -187,13 +187,14 @@ def score_rows(model, tokens: list[list[int]], answer_ids: list[int], cf_ids: li
                batch_size: int = 32, dtype: str = "float32", progress: bool = False,
                desc: str = "scoring") -> dict[str, list]:
     """Per prompt at its own final token: `top` (top-1 token), `prob` (p(answer)), `ld`
-    (logit(answer) - logit(counterfactual)) and `gap` (top-1 minus top-2 logit). Batches:
+    (logit(answer) - logit(counterfactual)) and `margin` (logit(answer) minus the highest
+    other logit: > 0 where the answer is the top token). Batches:
     shortest first, the causal mask alone (the dataset build's scoring since it was first
     written, so float32 results are unchanged)."""
     from tqdm.auto import tqdm
 
     n = len(tokens)
-    out = {"top": [0] * n, "prob": [0.0] * n, "ld": [0.0] * n, "gap": [0.0] * n}
+    out = {"top": [0] * n, "prob": [0.0] * n, "ld": [0.0] * n, "margin": [0.0] * n}
     bs = batches(model, tokens, batch_size=batch_size, order="shortest", dtype=dtype)
     for b in tqdm(bs, desc=desc, unit="batch", disable=not progress, leave=False):
         logits = final_logits(model, b, attention_mask=False, dtype=dtype)
@@ -203,12 +204,14 @@ def score_rows(model, tokens: list[list[int]], answer_ids: list[int], cf_ids: li
         prob = logits.log_softmax(-1)[r, a].exp()
         ld = logits[r, a] - logits[r, c]
         top = logits.argmax(-1)  # the first of tied maxima, as before
-        top2 = logits.topk(2, dim=-1).values
+        others = logits.clone()
+        others[r, a] = float("-inf")
+        margin = logits[r, a] - others.max(-1).values
         for j, i in enumerate(b.idx):
             out["top"][i] = int(top[j])
             out["prob"][i] = float(prob[j])
             out["ld"][i] = float(ld[j])
-            out["gap"][i] = float(top2[j, 0] - top2[j, 1])
+            out["margin"][i] = float(margin[j])
     return out
 
 
