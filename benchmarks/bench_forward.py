@@ -95,6 +95,11 @@ def _stage_fns(model, saes, toks, ans, cf, strs):
     from maskshare.masks.slot_stats import compute_slot_stats
     from maskshare.model.activations import padded_batches
 
+    def feature_cfg():  # the features' precision is their config's, set by the mode here
+        env = os.environ.get("MASKSHARE_BF16")
+        dtype = {"none": "float32", "all": "bfloat16"}.get(env or "")
+        return AttentionFeatures(**({"dtype": dtype} if dtype else {}))
+
     slots = from_end_slots(toks, N_SLOTS)
     mm = MaskedModel(model, saes, None, N_SLOTS, ablation="zero")
     latents = {h: list(range(16)) for h in saes}
@@ -116,7 +121,7 @@ def _stage_fns(model, saes, toks, ans, cf, strs):
 
     return {
         "filter": filt,
-        "features": lambda: attention_features(model, toks, AttentionFeatures()).matrix,
+        "features": lambda: attention_features(model, toks, feature_cfg()).matrix,
         "stats": lambda: compute_slot_stats(model, saes, toks, slots, N_SLOTS),
         "references": refs,
         "clean": lambda: clean_logit_diffs(model, toks, ans, cf),
@@ -312,12 +317,17 @@ def bench_import(modes=(("default", None), ("float32", "none"))) -> dict:
     return out
 
 
-def bench_forward(model, saes, prompts: dict, hf_model=None, repeats: int = 1) -> dict:
+MODES = {"default": None, "float32": "none", "bfloat16": "all"}  # MASKSHARE_BF16 values
+
+
+def bench_forward(model, saes, prompts: dict, hf_model=None, repeats: int = 1,
+                  modes=tuple(MODES)) -> dict:
     """The section benchmarks/bench.py runs: stage tokens/s (and the ceiling's, with the
-    Hugging Face form `hf_model`)."""
+    Hugging Face form `hf_model`) in each precision mode of `modes`."""
     toks, ans, cf = prompts["tokens"], prompts["answer"], prompts["counterfactual"]
     strs = prompts.get("token_strs") or [[str(t) for t in p] for p in toks]
-    res = bench_stages(model, saes, toks, ans, cf, strs, repeats=repeats)
+    res = bench_stages(model, saes, toks, ans, cf, strs, repeats=repeats,
+                       modes=tuple((m, MODES[m]) for m in modes))
     results = res.pop("results")
     if hf_model is not None:
         res["ceiling"] = ceiling(hf_model, toks, list(saes), repeats=repeats)
@@ -334,8 +344,9 @@ def lines(res: dict) -> list[str]:
         c = res["ceiling"]
         out.append(f"ceiling (collector, HF bf16): {c['tokens_per_s']:.0f} tokens/s over "
                    f"{c['tokens']} tokens")
+    modes = " | ".join(next(iter(res["stages"].values()), {}))
     out.append(f"stages over {res['n_prompts']} prompts, {res['n_tokens']} tokens   "
-               "tokens/s (share of ceiling): default | float32 | bfloat16")
+               f"tokens/s (share of ceiling): {modes}")
     for stage, row in res["stages"].items():
         cells = [f"{v['tokens_per_s']:>7.0f} ({v.get('share_of_ceiling', float('nan')):.2f})"
                  for v in row.values()]
@@ -353,6 +364,11 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-import", action="store_true")
     ap.add_argument("--skip-effects", action="store_true")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
+                    help="precision modes of the stage timings (an older checkout: default)")
+    ap.add_argument("--import-modes", nargs="+", default=["default", "float32"],
+                    choices=["default", "float32"],
+                    help="precisions of the import timing (an older checkout: default only)")
     ap.add_argument("--out", default=str(RESULTS / "forward.json"))
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -375,15 +391,17 @@ def main(argv=None) -> int:
                "counterfactual": items["counterfactual_id"].to_list(),
                "token_strs": items["token_strs"].to_list()}
     hf = load_hf_form("smollm2-135m").to(torch.bfloat16)
-    res = bench_forward(model, saes, prompts, hf_model=hf, repeats=args.repeats)
+    res = bench_forward(model, saes, prompts, hf_model=hf, repeats=args.repeats,
+                        modes=args.modes)
     results = res.pop("_results")
     res.update(machine=machine_info("cpu"), saes=source, load_setup_s=round(load_s, 2))
-    if not args.skip_effects:
+    if not args.skip_effects and set(args.modes) >= {"float32", "bfloat16"}:
         res["effects"] = effects(results, model, items)
         for which in ("elements", "thousand"):
             res["effects"][f"filter_{which}"] = filter_effect(model, candidates(model, which))
     if not args.skip_import:
-        res["import"] = bench_import()
+        modes = {"default": None, "float32": "none"}
+        res["import"] = bench_import(tuple((m, modes[m]) for m in args.import_modes))
     res["load_average_end"] = list(os.getloadavg())
     print("\n".join(lines(res)))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
