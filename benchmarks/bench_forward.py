@@ -271,7 +271,7 @@ def filter_effect(model, c: dict) -> dict:
                              "bfloat16_recheck": round(n_tok / tr, 1)},
             "ld_abs_err_max": float(e.max()), "ld_abs_err_p99": float(np.quantile(e, 0.99)),
             "ld_abs_err_mean": float(e.mean()), "margin_abs_err_max": float(em.max()),
-            "decision_within": {str(d): int((near < d).sum()) for d in (0.25, 0.5, 1.0)},
+            "decision_within": {str(d): int((near < d).sum()) for d in (0.25, 0.5, 1.0, 1.5)},
             "top1_changed": int(sum(x != y for x, y in zip(s32["top"], s16["top"],
                                                            strict=True))),
             "flips_bf16": int((p16 != p32).sum()),
