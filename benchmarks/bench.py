@@ -11,6 +11,8 @@ so tests/benchmarks/test_bench.py runs them on the tiny model):
 - machine: cores, torch threads (= available cores, `configure_threads`), torch, device;
 - collection: tokens/s for attention features, for all SAE latents, and for both in one
   pass, the model run only as deep as the deepest hook needed;
+- forward (bench_forward.py): tokens/s of every read-only stage's pass in float32, in
+  bfloat16 and as configured, against the SAE collector's pass (the ceiling);
 - mask_step: one training step (relaxed masks, forward, backward, Adam) against a plain
   forward+backward of the same layers on the same batch (target ratio <= 1.3), and against
   the same step without reusing the residual below the first SAE hook; interleaved in one
@@ -57,6 +59,8 @@ from bench_common import (  # noqa: E402,F401 - re-exported for tests/benchmarks
     load_setup,
     machine_info,
 )
+from bench_forward import bench_forward  # noqa: E402,F401
+from bench_forward import lines as forward_lines  # noqa: E402
 from bench_pipeline import (  # noqa: E402,F401
     _pipeline_child,
     bench_grouping,
@@ -89,6 +93,8 @@ def print_table(res: dict) -> None:
                          ("features_and_latents", "both in one pass")):
             lines.append(f"  {label:<44} {c[f'{k}_tokens_per_s']:>10.1f}")
         lines.append("")
+    if res.get("forward"):
+        lines += forward_lines(res["forward"]) + [""]
     s = res.get("mask_step")
     if s:
         lines.append(f"mask step ({s['n_prompts']} prompts, {s['n_tokens']} tokens, "
@@ -194,6 +200,14 @@ def run_all(args) -> dict:
                             repeats=1 if quick else 2)
     feats = coll.pop("_features")
     res["collection"] = coll
+    # the read-only stages against the SAE collector's pass (bench_forward.py has more)
+    from maskshare.model.models import load_hf_form
+
+    fwd = bench_forward(model, saes, {k: v[:n_coll] for k, v in prompts.items()
+                                      if isinstance(v, list)},
+                        hf_model=load_hf_form("smollm2-135m").to(torch.bfloat16))
+    fwd.pop("_results")
+    res["forward"] = fwd
     sizes = (2_000, 5_000) if quick else (20_000, 100_000)
     res["grouping"] = bench_grouping(model, feats, toks[:n_coll], sizes=sizes)
     if quick:

@@ -162,3 +162,22 @@ def test_steps_to_circuit_compares_a_cold_and_a_warm_sweep(bench, setup, tmp_pat
     out = capsys.readouterr().out
     assert "steps-to-circuit cold 20 / warm" in out and "continued (continued" in out
     assert [p.name for p in bench.write_results(res, tmp_path)] == ["steps_to_circuit.json"]
+
+
+def test_forward_section_times_every_read_only_stage(bench, setup, capsys):
+    model, saes, toks, ans, cf = setup
+    res = bench.bench_forward(model, saes, {"tokens": toks, "answer": ans,
+                                            "counterfactual": cf})
+    results = res.pop("_results")
+    assert set(res["stages"]) == {"filter", "features", "stats", "references", "clean",
+                                  "top_tokens"}
+    for row in res["stages"].values():
+        assert set(row) == {"default", "float32", "bfloat16"}
+        assert all(_positive(v["tokens_per_s"]) for v in row.values())
+    import bench_forward
+
+    eff = bench_forward.effects(results, model)
+    assert eff["filter"]["flips_with_recheck"] == 0
+    assert 0 <= eff["top_tokens"]["top5_overlap"] <= 1
+    print("\n".join(bench.forward_lines(res)))
+    assert "filter" in capsys.readouterr().out

@@ -214,7 +214,8 @@ def write_prompt_spec(tmp_path: Path, rows: list[dict], name: str = "ps", **spec
     return p
 
 
-def test_logit_diff_and_top1_filters_keep_what_they_say(dirs, tmp_path, au_model):
+def test_logit_diff_and_top1_filters_keep_what_they_say(dirs, tmp_path, au_model, monkeypatch):
+    monkeypatch.setenv("MASKSHARE_BF16", "none")  # float32 scores: `every` is exact
     syms = ["Au", "Ag", "Cu", "Sn", "Pb", "Zn"]
     rows = [{"prompt": f"The symbol for {n} is", "answer": f" {a}", "counterfactual": f" {c}"}
             for n, _ in METALS for a in syms for c in syms if a != c]
@@ -465,3 +466,24 @@ def test_real_model_agreement_pairs_pass_the_logit_diff_filter(dirs, tmp_path, c
     teachers = items.filter(pl.col("prompt") == "The teachers near the desk")
     assert teachers["answer"].item() == " are" and teachers["logit_diff"].item() > 0
     assert (items["logit_diff"] > 0).mean() >= 0.75
+
+
+def test_bf16_filter_keeps_exactly_what_float32_keeps(dirs, tmp_path, au_model, monkeypatch):
+    """The bfloat16 filter rescores in float32 every prompt near the threshold: the same items
+    pass as in float32, and each kept item's stored logit_diff is above the margin."""
+    syms = ["Au", "Ag", "Cu", "Sn", "Pb", "Zn"]
+    rows = [{"prompt": f"The symbol for {n} is", "answer": f" {a}", "counterfactual": f" {c}"}
+            for n, _ in METALS for a in syms for c in syms if a != c]
+    spec = write_prompt_spec(tmp_path, rows, filter={"kind": "logit-diff", "margin": 0.5})
+    key = ["prompt", "answer", "counterfactual"]
+    for filt in ("logit-diff", "top1"):
+        ref = DatasetRef(name=str(spec), min_items=1, behaviour_filter=filt)
+        monkeypatch.setenv("MASKSHARE_BF16", "filter")
+        bf = build_dataset(ref, au_model, progress=False)
+        monkeypatch.setenv("MASKSHARE_BF16", "none")
+        fp = build_dataset(ref, au_model, progress=False)
+        assert bf.path != fp.path and bf.stats["scoring"]["dtype"] == "bfloat16"
+        assert "scoring" not in fp.stats  # float32 builds keep their manifests and keys
+        assert bf.items.select(key).sort(key).equals(fp.items.select(key).sort(key))
+        if filt == "logit-diff":
+            assert (bf.items["logit_diff"] > 0.5).all()

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import torch
 import yaml
 
 from maskshare.artifacts import building, hash_config, is_complete, read_manifest, write_manifest
@@ -30,7 +29,7 @@ from maskshare.datasets.schema import ITEMS_SCHEMA, PASS_TABLE_SCHEMA, load_item
 from maskshare.datasets.sources import check_source, load_source
 from maskshare.datasets.spec import DatasetSpec, Phrasing, parse_template, render
 from maskshare.errors import UserError
-from maskshare.model.activations import clean_final_logits, logit_diff, pad_id, padded_batches
+from maskshare.model.forward import RECHECK_MARGIN, dtype_for, score_rows
 from maskshare.model.models import bos_id
 from maskshare.runtime import cache_dir
 
@@ -157,31 +156,42 @@ def render_items(spec: DatasetSpec, df: pl.DataFrame, variant: str, tokenizer,
 
 
 def score_prompts(model, tokens: list[list[int]], answer_ids: list[int], cf_ids: list[int], *,
-                  batch_size: int = BATCH_SIZE, progress: bool = True,
-                  desc: str = "scoring") -> tuple[list[int], list[float], list[float]]:
+                  batch_size: int = BATCH_SIZE, progress: bool = True, desc: str = "scoring",
+                  dtype: str = "float32") -> tuple[list[int], list[float], list[float]]:
     """Top-1 token, p(answer) and logit(answer) - logit(counterfactual) at each prompt's own
-    final position. Batches are right-padded and sorted by length."""
-    from tqdm.auto import tqdm
+    final position (`maskshare.model.forward.score_rows`: batches right-padded and sorted by
+    length, no attention mask: causal attention keeps the right padding out)."""
+    s = score_rows(model, tokens, answer_ids, cf_ids, batch_size=batch_size, dtype=dtype,
+                   progress=progress, desc=desc)
+    return s["top"], s["prob"], s["ld"]
 
-    n = len(tokens)
-    top, prob, ld = [0] * n, [0.0] * n, [0.0] * n
-    batches = padded_batches(tokens, batch_size, order="shortest", pad_id=pad_id(model),
-                             device=model.cfg.device)
-    total = -(-n // batch_size)
-    with torch.no_grad():
-        for b in tqdm(batches, desc=desc, unit="batch", total=total, disable=not progress,
-                      leave=False):
-            # no attention mask: causal attention keeps the right padding out
-            logits = clean_final_logits(model, b.tokens, b.lengths).float()
-            logp = logits.log_softmax(-1)
-            diff = logit_diff(logits, [answer_ids[i] for i in b.idx],
-                              [cf_ids[i] for i in b.idx])
-            a = [answer_ids[i] for i in b.idx]
-            for j, i in enumerate(b.idx):
-                top[i] = int(logits[j].argmax())
-                prob[i] = float(logp[j, a[j]].exp())
-                ld[i] = float(diff[j])
-    return top, prob, ld
+
+def filter_scores(model, tokens: list[list[int]], answer_ids: list[int], cf_ids: list[int],
+                  kind: str, margin: float, *, dtype: str = "float32", progress: bool = True,
+                  desc: str = "scoring") -> tuple[list[int], list[float], list[float], dict]:
+    """`score_prompts` for the behaviour filter `kind`. In bfloat16, every prompt whose
+    decision is within `RECHECK_MARGIN` logits of flipping (logit-diff: |ld - margin|; top1:
+    |logit(answer) - the highest other logit|) is scored again in float32, so every decision is float32's.
+    Returns (top, prob, ld, info) with info's `dtype` and `n_rechecked`."""
+    if dtype == "float32":
+        top, prob, ld = score_prompts(model, tokens, answer_ids, cf_ids, progress=progress,
+                                      desc=desc)
+        return top, prob, ld, {"dtype": dtype, "n_rechecked": 0}
+    s = score_rows(model, tokens, answer_ids, cf_ids, dtype=dtype, progress=progress, desc=desc)
+    top, prob, ld = s["top"], s["prob"], s["ld"]
+    if kind == "logit-diff":
+        doubt = [i for i, d in enumerate(ld) if abs(d - margin) < RECHECK_MARGIN]
+    elif kind == "top1":  # the answer's lead over (or gap to) the best other token
+        doubt = [i for i, m in enumerate(s["margin"]) if abs(m) < RECHECK_MARGIN]
+    else:
+        doubt = []
+    if doubt:
+        t2, p2, l2 = score_prompts(model, [tokens[i] for i in doubt],
+                                   [answer_ids[i] for i in doubt], [cf_ids[i] for i in doubt],
+                                   progress=False)
+        for j, i in enumerate(doubt):
+            top[i], prob[i], ld[i] = t2[j], p2[j], l2[j]
+    return top, prob, ld, {"dtype": dtype, "n_rechecked": len(doubt)}
 
 
 def pass_table(items: pl.DataFrame, passed: pl.Series) -> pl.DataFrame:
@@ -229,9 +239,11 @@ def passes(kind: str, margin: float, top: list[int], ld: list[float],
 
 def build_key(spec, source_hash: str, model: str, variant: str,
               max_items: int | None, behaviour_filter: bool | str = True,
-              margin: float = 0.0) -> str:
+              margin: float = 0.0, scoring: str = "float32") -> str:
     parts = {"spec": spec.model_dump(mode="json"), "source": source_hash, "model": model,
              "variant": variant, "max_items": max_items, "version": BUILD_VERSION}
+    if scoring != "float32":  # the stored scores differ (not the decisions): another build
+        parts["scoring"] = f"{scoring}+float32-recheck-{RECHECK_MARGIN}"
     # top1 (template specs' default) adds nothing and none is `False`, as before the filter
     # had kinds, so existing builds keep their keys
     kind = {True: "top1", False: "none"}.get(behaviour_filter, behaviour_filter) \
@@ -328,7 +340,8 @@ def build_from_table(spec, spec_path: Path, df: pl.DataFrame, source_hash: str, 
     """Build `spec` from its (checked) table `df` for `model`, or load the cached build."""
     variant, name = ref.variant, model_name(model)
     filt, margin = resolve_filter(spec, ref)
-    key = build_key(spec, source_hash, name, variant, ref.max_items, filt, margin)
+    scoring = dtype_for("filter")
+    key = build_key(spec, source_hash, name, variant, ref.max_items, filt, margin, scoring)
     out = cache_dir() / "datasets" / f"{spec.name}-{variant}-{key}"
     if is_complete(out):
         logger.info("loading cached dataset %s", out)
@@ -338,9 +351,10 @@ def build_from_table(spec, spec_path: Path, df: pl.DataFrame, source_hash: str, 
     items, info = kind_items(spec, df, variant, model)
     if items.height == 0:
         raise UserError(f"{spec.name}: no usable rows ({info.get('dropped') or info})")
-    top, prob, ld = score_prompts(model, items["tokens"].to_list(), items["answer_id"].to_list(),
-                                  items["counterfactual_id"].to_list(), progress=progress,
-                                  desc=f"{spec.name} {variant}")
+    top, prob, ld, scored = filter_scores(
+        model, items["tokens"].to_list(), items["answer_id"].to_list(),
+        items["counterfactual_id"].to_list(), filt, margin, dtype=scoring, progress=progress,
+        desc=f"{spec.name} {variant}")
     items = items.with_columns(pl.Series("answer_prob", prob, pl.Float64),
                                pl.Series("logit_diff", ld, pl.Float64),
                                pl.lit(spec.name).alias("dataset"),
@@ -355,6 +369,7 @@ def build_from_table(spec, spec_path: Path, df: pl.DataFrame, source_hash: str, 
     kept = validate_items(kept.drop("held_out"), source=f"{spec.name} items")
     stats = {**info, "n_scored": items.height, "n_passed": int(passed.sum()),
              "n_items": kept.height, "filter": filt,
+             **({"scoring": scored} if scoring != "float32" else {}),
              **({"margin": margin} if filt == "logit-diff" else {}),
              "splits": dict(Counter(kept["split"].to_list()))}
     built = BuiltDataset(path=out, items=kept, pass_table=table, spec=spec, variant=variant,

@@ -41,7 +41,9 @@ from torch import Tensor
 
 from maskshare.config import AttentionFeatures
 from maskshare.errors import UserError
-from maskshare.model.activations import hook_name, length_batches, pad_batch, pad_id
+from maskshare.model.activations import hook_name
+from maskshare.model.forward import batches as forward_batches
+from maskshare.model.forward import hook_values
 
 LOG_EPS = 1e-4
 DEFAULT_MAX_BATCH_TOKENS = 2048  # padded tokens a batch
@@ -94,10 +96,6 @@ def feature_names(model, cfg: AttentionFeatures) -> list[str]:
     return names
 
 
-class _StopForward(Exception):
-    """Raised by the deepest needed hook: the rest of the forward pass is not needed."""
-
-
 def _attention_groups(cfg: AttentionFeatures) -> list[str]:
     return [g for g, on in (("from_final", cfg.from_final), ("to_bos", cfg.to_bos),
                             ("to_self", cfg.to_self), ("to_prev", cfg.to_prev)) if on]
@@ -121,17 +119,15 @@ def _pattern_values(model, batch: Tensor, lens: Tensor, layers: list[int], group
                     dtype: str) -> Tensor:
     """[B, T, group, layer, head]: what each selected layer's pattern hook keeps of one
     right-padded batch (no attention mask: causal attention keeps padding out); the pass
-    stops at the deepest selected layer."""
-    B, T = batch.shape
-    out = torch.zeros(B, T, len(groups), len(layers), model.cfg.n_heads)
-    bi = torch.arange(B)
-    layer_index = {layer: i for i, layer in enumerate(layers)}
-    deepest = hook_name("pattern", max(layers))
+    stops at the deepest selected layer (`maskshare.model.forward.hook_values`)."""
+    bi = torch.arange(batch.shape[0])
+    if not groups:  # position features only: no pass needed
+        return torch.zeros(batch.shape[0], batch.shape[1], 0, len(layers), model.cfg.n_heads)
 
-    def keep(pattern, hook):
-        li = layer_index[int(hook.name.split(".")[1])]
+    def keep(pattern: Tensor) -> Tensor:  # [B, T, group, head]
         p = pattern.detach().float().cpu()  # [B, H, q, k]
-        for g, name in enumerate(groups):
+        vals = []
+        for name in groups:
             if name == "from_final":
                 v = p[bi, :, lens - 1, :]                      # [B, H, k]
             elif name == "to_bos":
@@ -140,19 +136,12 @@ def _pattern_values(model, batch: Tensor, lens: Tensor, layers: list[int], group
                 v = p.diagonal(0, -2, -1)                      # [B, H, q]
             else:  # to_prev: 0 for t = 0
                 v = torch.nn.functional.pad(p.diagonal(-1, -2, -1), (1, 0))
-            out[:, :, g, li, :] = v.transpose(1, 2)
-        if hook.name == deepest:
-            raise _StopForward
+            vals.append(v.transpose(1, 2))
+        return torch.stack(vals, dim=2)
 
-    autocast = torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16,
-                              enabled=dtype == "bfloat16")
-    with torch.inference_mode(), autocast:
-        try:
-            model.run_with_hooks(batch, fwd_hooks=[(hook_name("pattern", layer), keep)
-                                                   for layer in layers])
-        except _StopForward:
-            pass
-    return out
+    got = hook_values(model, batch, {hook_name("pattern", layer): keep for layer in layers},
+                      dtype=dtype)
+    return torch.stack([got[hook_name("pattern", layer)] for layer in layers], dim=3)
 
 
 def _keys_attended(lens: Tensor, T: int, real: Tensor, groups: list[str],
@@ -186,7 +175,6 @@ def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | 
     layers = selected_layers(model, cfg)
     names = feature_names(model, cfg)
     prompt_ids = _check_prompts(model, tokens, prompt_ids)
-    pad = pad_id(model)
     groups = _attention_groups(cfg)
     n_att = len(groups) * len(layers) * model.cfg.n_heads
 
@@ -195,12 +183,13 @@ def attention_features(model, tokens: list[list[int]], cfg: AttentionFeatures | 
     n_rows = int(starts[-1])
     matrix = np.empty((n_rows, len(names)), dtype=np.float32)
     # longest prompts first, at most `max_batch_tokens` padded tokens a batch
-    batches = length_batches(lengths, batch_size, order="longest", max_tokens=max_batch_tokens)
+    batches = forward_batches(model, tokens, batch_size=batch_size, order="longest",
+                              max_tokens=max_batch_tokens, dtype=cfg.dtype)
     if progress:
         from tqdm import tqdm
         batches = tqdm(batches, desc="attention features", unit="batch")
-    for chunk in batches:
-        batch, _, lens = pad_batch(tokens, chunk, pad, device=model.cfg.device)
+    for b in batches:
+        chunk, batch, lens = b.idx, b.tokens, b.lengths
         B, T = batch.shape
         out = _pattern_values(model, batch, lens, layers, groups, cfg.dtype)
         real = torch.arange(T)[None, :] < lens[:, None]          # [B, T]

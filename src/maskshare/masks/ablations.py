@@ -31,7 +31,7 @@ from maskshare.masks.prepared import check_counterfactual_tokens
 from maskshare.masks.slot_patching import CASES, alignment_counts, slot_aligned_latents
 from maskshare.masks.slot_stats import SlotStats
 from maskshare.model.activations import pad_batch
-from maskshare.model.sae_set import hook_layer
+from maskshare.model.forward import dtype_for, hook_values
 
 
 class AblationMethod:
@@ -144,10 +144,9 @@ class Counterfactual(AblationMethod):
             self.counts.update(alignment_counts(slots, cf_slots))
             return slot_aligned_latents(mm, cf_toks, slots, cf_slots, attention_mask.shape[1])
         toks, _, _ = pad_batch(data.tokens, idx)
-        last = max(hook_layer(h) for h in mm.hooks)
-        _, cache = mm.model.run_with_cache(toks, attention_mask=attention_mask,
-                                           names_filter=mm.hooks, stop_at_layer=last + 1)
-        return {h: mm.saes[h].encode(cache[h]) for h in mm.hooks}
+        cache = hook_values(mm.model, toks, mm.hooks, attention_mask,
+                            dtype_for("references"), inference=False)
+        return {h: mm.saes[h].encode(cache[h].float()) for h in mm.hooks}
 
     def report(self) -> dict | None:
         """Tokens per alignment case (`slot_patching.CASES`) over the prepared prompts, and

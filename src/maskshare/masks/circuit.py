@@ -13,7 +13,7 @@ import torch
 
 from maskshare.masks.masking import Masks
 from maskshare.masks.slot_stats import SlotStats
-from maskshare.model.activations import padded_batches, run_to_deepest
+from maskshare.model.forward import batches, dtype_for, hook_values
 from maskshare.model.sae_set import hook_layer
 
 NEURONPEDIA = "https://www.neuronpedia.org"
@@ -45,10 +45,12 @@ def top_activating_tokens(model, saes: dict, tokens: list[list[int]],
     # every non-BOS, non-padding token's activations, rows in (prompt, position) order
     acts: dict[str, list[torch.Tensor]] = {h: [] for h in want}
     where: list[tuple[int, int]] = []
-    for batch in padded_batches(tokens, batch_size, order="shortest"):
-        cache = run_to_deepest(model, batch.tokens, list(want), batch.attention_mask)
+    dtype = dtype_for("top_tokens")
+    for batch in batches(model, tokens, batch_size=batch_size, order="shortest", dtype=dtype,
+                         pad=0):
+        cache = hook_values(model, batch.tokens, list(want), batch.attention_mask, dtype)
         for h, ids in want.items():
-            a = saes[h].encode(cache[h])[..., ids]  # [B, P, n]
+            a = saes[h].encode(cache[h].float())[..., ids]  # [B, P, n]
             acts[h] += [a[b, 1:int(n)].float() for b, n in enumerate(batch.lengths)]
         where += [(int(i), p) for i, n in zip(batch.idx, batch.lengths, strict=True)
                   for p in range(1, int(n))]

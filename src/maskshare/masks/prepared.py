@@ -18,13 +18,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from maskshare.errors import UserError
-from maskshare.model.activations import (
-    at_final,
-    clean_final_logits,
-    final_logit_diff,
-    logit_diff,
-    padded_batches,
-)
+from maskshare.model.activations import logit_diff
+from maskshare.model.forward import batches, dtype_for, final_logit_diffs, final_logits
 
 
 @dataclass
@@ -98,10 +93,8 @@ def scatter_rows(batches: list[PreparedBatch], vals: list[Tensor]) -> np.ndarray
 def clean_batch_logit_diff(model, batch: PreparedBatch) -> Tensor:
     """ld of the model alone (no SAEs) on one prepared batch [B], computed as every masked
     pass computes it (`final_logit_diff`)."""
-    resid = model(batch.tokens, attention_mask=batch.attention_mask,
-                  stop_at_layer=model.cfg.n_layers)
-    return final_logit_diff(model, at_final(resid, batch.lengths), batch.answer,
-                            batch.counterfactual)
+    return final_logit_diffs(model, batch, batch.answer, batch.counterfactual,
+                             dtype=dtype_for("clean"))
 
 
 @torch.no_grad()
@@ -109,8 +102,9 @@ def clean_logit_diffs(model, tokens: list[list[int]], answer_ids: list[int],
                       counterfactual_ids: list[int], batch_size: int = 32) -> np.ndarray:
     """Per-prompt ld of the model alone (no SAEs), logits only at each final position."""
     out = np.full(len(tokens), np.nan)
-    for b in padded_batches(tokens, batch_size, order="shortest"):
-        logits = clean_final_logits(model, b.tokens, b.lengths, b.attention_mask)
+    dtype = dtype_for("clean")
+    for b in batches(model, tokens, batch_size=batch_size, order="shortest", dtype=dtype, pad=0):
+        logits = final_logits(model, b, dtype=dtype)
         ld = logit_diff(logits, [answer_ids[i] for i in b.idx],
                         [counterfactual_ids[i] for i in b.idx])
         out[b.idx] = ld.double().numpy()

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from maskshare.errors import UserError
 from maskshare.model.activations import pad_batch
-from maskshare.model.sae_set import hook_layer
+from maskshare.model.forward import dtype_for, hook_values
 
 CASES = ("same", "fewer", "none")
 
@@ -100,13 +100,12 @@ def slot_aligned_latents(mm, cf_tokens: list[list[int]], clean_slots: list[np.nd
             raise UserError("slot-aligned patching needs each counterfactual prompt's tokens and "
                             "its slots (one per token)")
     toks, att, _ = pad_batch(cf_tokens, list(range(len(cf_tokens))))
-    last = max(hook_layer(h) for h in mm.hooks)
-    _, cache = mm.model.run_with_cache(toks, attention_mask=att, names_filter=mm.hooks,
-                                       stop_at_layer=last + 1)
+    cache = hook_values(mm.model, toks, mm.hooks, att, dtype_for("references"),
+                        inference=False)
     plans = [align(c, s) for c, s in zip(clean_slots, cf_slots, strict=True)]
     out = {}
     for h in mm.hooks:
-        a = mm.saes[h].encode(cache[h])
+        a = mm.saes[h].encode(cache[h].float())
         means = _slot_means(mm, h)
         rows = [_aligned(a[b, :len(cf_tokens[b])], plans[b], np.asarray(cf_slots[b]), means, P)
                 for b in range(len(cf_tokens))]

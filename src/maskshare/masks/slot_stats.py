@@ -24,7 +24,8 @@ from torch import Tensor
 
 from maskshare.artifacts import save_tensors
 from maskshare.errors import UserError
-from maskshare.model.activations import pad_slots, padded_batches, run_to_deepest
+from maskshare.model.activations import pad_slots
+from maskshare.model.forward import batches, dtype_for, hook_values
 
 _SEP = "::"
 
@@ -108,16 +109,18 @@ def compute_slot_stats(model, saes: dict, tokens: list[list[int]], slots: list[n
     counts = torch.zeros(n_slots, dtype=torch.float64)
     n_glob = 0
     # shortest prompts first: the float64 sums accumulate in this batch order
-    for batch in padded_batches(tokens, batch_size, order="shortest"):
+    dtype = dtype_for("stats")
+    for batch in batches(model, tokens, batch_size=batch_size, order="shortest", dtype=dtype,
+                         pad=0):
         sl = pad_slots(slots, batch.idx, batch.tokens.shape[1])
-        cache = run_to_deepest(model, batch.tokens, hooks, batch.attention_mask)
+        cache = hook_values(model, batch.tokens, hooks, batch.attention_mask, dtype)
         valid = sl >= 0
         flat_slot = sl[valid]
         not_bos = (torch.arange(sl.shape[1]) > 0)[None, :].expand_as(sl)[valid]
         n_glob += int(not_bos.sum())
         counts.index_add_(0, flat_slot, torch.ones_like(flat_slot, dtype=torch.float64))
         for h in hooks:
-            x = cache[h][valid]
+            x = cache[h][valid].float()
             a = saes[h].encode(x)
             err = x - saes[h].decode(a)
             lat_sum[h].index_add_(0, flat_slot, a.double())

@@ -1,6 +1,8 @@
 """Running the model over prompts: batching, padding, final-token logits, activations.
 
-Written once here and called by every stage (datasets, features, slot statistics, masking,
+The building blocks; the stages that only read the model run them through
+`maskshare.model.forward` (one path: inference mode, stopped after the deepest hook,
+bfloat16 by use). Called by every stage (datasets, features, slot statistics, masking,
 evaluation, circuit listing, SAE training and quality):
 
 - `length_batches`: prompt indices grouped into batches by length, so padding stays small.

@@ -137,15 +137,26 @@ def _hooked_from_hf_dir(hf_dir: Path, device: str, base_cfg: dict | None = None,
             raise UserError(f"{hf_dir}: only Llama-architecture local folders are supported "
                             f"(found {arch}); use a transformer_lens model name instead")
         base_cfg = _llama_cfg_from_hf(hf.config)
-    cfg = HookedTransformerConfig(**base_cfg, device=device, dtype=torch.float32)
+    # no random initialisation: every weight is loaded next (init_weights takes ~1 s)
+    cfg = HookedTransformerConfig(**base_cfg, device=device, dtype=torch.float32,
+                                  init_weights=False)
     tok = load_tokenizer(hf_dir, bos_token)
     model = HookedSAETransformer(cfg, tokenizer=tok, default_padding_side="right")
-    model.load_and_process_state_dict(convert_llama_weights(hf, cfg), fold_ln=False,
-                                      center_writing_weights=False, center_unembed=False,
-                                      fold_value_biases=False)
+    load_weights(model, convert_llama_weights(hf, cfg))
     del hf
     model.cfg.model_name = hf_dir.name
     return model.eval()
+
+
+def load_weights(model, state_dict: dict) -> None:
+    """What `load_and_process_state_dict(..., fold_ln=False, center_writing_weights=False,
+    center_unembed=False, fold_value_biases=False)` does (with every processing step off its
+    weight processing is the identity on float32): missing keys filled from the model's own
+    state (with TransformerLens's checks), then ONE `load_state_dict` instead of one per key
+    (each walks the whole module tree: ~5 s for SmolLM2's 574 keys). The same weights, bit
+    for bit (tests/model/test_forward.py)."""
+    state_dict = model.fill_missing_keys(state_dict)
+    model.load_state_dict(state_dict, strict=False)
 
 
 def frozen(model):
