@@ -115,9 +115,12 @@ def tiny_task(model, prompts: list[str], slots_for, seed: int = 0):
 
 
 def write_tiny_run_setup(root, *, dataset: str = "elements-symbol", variant: str = "freeform",
-                         steps: int = 6, lambdas: tuple[float, ...] = (0.01, 0.1)):
+                         steps: int = 6, lambdas: tuple[float, ...] = (0.01, 0.1),
+                         overrides: dict | None = None):
     """Save tiny SAEs as sae_lens folders under `root` and write a run config using them
-    with the `tiny` model; returns the config path. For end-to-end tests and dry runs."""
+    with the `tiny` model; returns the config path. For end-to-end tests and dry runs.
+    `overrides` (nested sections merged key by key) changes the config, e.g.
+    `{"masks": {"sweep": {"budget": 1}}}` for a run with a shorter lambda sweep."""
     from pathlib import Path
 
     import yaml
@@ -137,11 +140,23 @@ def write_tiny_run_setup(root, *, dataset: str = "elements-symbol", variant: str
                     "max_items": 60, "min_items": 5},
         "grouping": {"kind": "attention", "n_slots": 6, "clusterer": "kmeans",
                      "batch_size": 16},
+        # the sweep adds one lambda per variant, not the default's six: every tiny run
+        # still refines its sweep, at a third of the masks (the sweep's own tests set theirs)
         "masks": {"steps": steps, "lambdas": list(lambdas), "batch_size": 16,
-                  "checkpoint_every": 3},
+                  "checkpoint_every": 3, "sweep": {"budget": 1}},
         "evaluate": {"seeds": [0, 1]},
         "runs_dir": str(root / "runs"),
     }
+    cfg = merge_config(cfg, overrides or {})
     p = root / "tiny.yaml"
     p.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return p
+
+
+def merge_config(base: dict, changes: dict) -> dict:
+    """`base` with `changes` merged in: nested dicts key by key, anything else replaced."""
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = merge_config(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
+            else v
+    return out

@@ -119,10 +119,14 @@ def install(chaos: Chaos) -> None:
 
 
 # imported once by the forkserver the test starts runs from: each run is a fresh fork that
-# has not run anything, without paying ~9 s of imports (torch, transformer_lens, sae_lens)
+# has not run anything, without paying ~9 s of imports (torch, transformer_lens, sae_lens),
+# nor the ~3 s of scikit-learn, scipy and skops (about 950 modules, dask's among them) that
+# the grouping and evaluation stages import when they first build
 PRELOAD = ["torch", "polars", "transformer_lens", "sae_lens", "maskshare.stages.pipeline",
            "maskshare.masks.training", "maskshare.testing", "maskshare.stages.evaluate",
-           "maskshare.report.page", "maskshare.datasets"]
+           "maskshare.report.page", "maskshare.datasets", "sklearn.cluster",
+           "sklearn.decomposition", "sklearn.metrics", "sklearn.mixture", "sklearn.neighbors",
+           "sklearn.preprocessing", "scipy.cluster.hierarchy", "skops.io"]
 
 
 def child(argv: list[str], env: dict[str, str], log: str) -> None:

@@ -126,10 +126,16 @@ def clean_leftovers(work: Path) -> Counter:
     return before
 
 
-@pytest.mark.slow
-def test_random_kills_in_every_stage_rerun_to_the_uninterrupted_artifacts(tmp_path, capsys):
+PARTS = 2  # the chains run as this many tests, so that xdist workers share them
+
+
+@pytest.fixture(scope="module")
+def chaos_plan(tmp_path_factory):
+    """The uninterrupted reference run (its events per call and the snapshots before each
+    call), and the kill chains drawn from it; once per worker process, shared by the parts."""
     from maskshare.testing import write_tiny_run_setup
 
+    tmp_path = tmp_path_factory.mktemp("chaos")
     work, snaps, ref = tmp_path / "work", tmp_path / "snapshots", tmp_path / "reference"
     config = write_tiny_run_setup(work)  # runs root work/runs; the cache is work/cache
     cache = work / "cache"
@@ -154,7 +160,20 @@ def test_random_kills_in_every_stage_rerun_to_the_uninterrupted_artifacts(tmp_pa
               ("dataset", "dir-after", 1), ("groups attention", "dir-before", 1),
               (first_mask, "dir-after", 1), ("evaluation", "file-after", 2)]
     chains = draw_chains(random.Random(SEED), events, order, KILLS, forced)
+    # all parts together: every moment drawn, and a kill in every stage of the plan
+    drawn = [m for chain in chains for m in chain]
+    assert len(drawn) >= KILLS and {stage(c) for c, _, _ in drawn} == {stage(c) for c in order}
+    assert all(m in drawn for m in forced)
+    return runner, work, ref, snapshot, chains
 
+
+@pytest.mark.slow
+@pytest.mark.spread
+@pytest.mark.parametrize("part", range(PARTS))
+def test_random_kills_in_every_stage_rerun_to_the_uninterrupted_artifacts(chaos_plan, part,
+                                                                          capsys):
+    runner, work, ref, snapshot, chains = chaos_plan
+    chains = chains[part::PARTS]
     killed, leftovers, compare = Counter(), Counter(), compare_runs().compare
     for chain in chains:
         restore(snapshot[chain[0][0]], work)
@@ -170,9 +189,11 @@ def test_random_kills_in_every_stage_rerun_to_the_uninterrupted_artifacts(tmp_pa
             assert compare(ref / name, work / name) == [], (chain, name)
 
     total = sum(killed.values())
-    assert total >= KILLS and set(killed) == {stage(c) for c in order}
+    # every kill of this part's chains happened (all parts' chains hold >= KILLS moments
+    # and cover every stage: see chaos_plan)
+    assert total == sum(len(c) for c in chains)
     with capsys.disabled():
-        print(f"\nchaos: {total} kills ("
+        print(f"\nchaos part {part}: {total} kills ("
               + ", ".join(f"{s} {killed[s]}" for s in sorted(killed)) + f") in {len(chains)} "
               f"chains, {len(chains)} final reruns identical to the uninterrupted run; "
               f"leftovers removed by runs clean: {dict(leftovers) or 'none'}")
