@@ -1,8 +1,12 @@
 """maskshare benchmark: how fast, how big, how close to the targets (issue 7).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench.py [--device cpu|cuda] [--quick] [--skip-pipeline]
-        [--short-step-only]
+        [--short-step-only | --stages-only]
         [--warm-only | --skip-warm] [--run RUN] [--warm-lambdas L1 L2 ...]
+
+`--stages-only` prints the stages' speed alone (issue 23) and writes
+benchmarks/results/stages.json: the forward section, `maskshare datasets import` of 1,000
+free-form prompts (model load included) and the pipeline section.
 
 Prints a table and writes JSON to benchmarks/results/latest.json and
 benchmarks/results/<device>.json. Sections (each a function of a model, SAEs and prompts,
@@ -32,7 +36,9 @@ so tests/benchmarks/test_bench.py runs them on the tiny model):
 - pipeline (unless --skip-pipeline): `run_pipeline` on configs/default.yaml in a child
   process, cold (fresh runs dir and dataset/group/mask caches; the converted model and the
   SAEs stay) then cached; wall time, the child's peak RSS, seconds per stage and the
-  evaluation's share of the cold run with its phases (the evaluate manifest's timings).
+  evaluation's share of the cold run with its phases (the evaluate manifest's timings);
+  then the same cold run through Prefect (`maskshare run`, its own fresh runs dir and
+  cache) and its ratio to the in-process cold run.
 
 The SAEs are the embedded set when it exists, else random StandardSAEs of width 2304 at
 resid_post of layers 6/12/18/24 (same shapes, so the same cost); `saes` in the JSON says
@@ -186,6 +192,8 @@ def run_all(args) -> dict:
     res = {"machine": machine_info(device), "saes": source, "prompts": prompts["source"],
            "quick": quick, "targets": TARGETS}
     toks, ans, cf = prompts["tokens"], prompts["answer"], prompts["counterfactual"]
+    if args.stages_only:
+        return stages_only(args, res, model, saes, prompts, threads, t_all)
 
     # mask step first: its slot statistics run on the CPU model
     step_prompts = 8 if quick else 32
@@ -201,13 +209,7 @@ def run_all(args) -> dict:
     feats = coll.pop("_features")
     res["collection"] = coll
     # the read-only stages against the SAE collector's pass (bench_forward.py has more)
-    from maskshare.model.models import load_hf_form
-
-    fwd = bench_forward(model, saes, {k: v[:n_coll] for k, v in prompts.items()
-                                      if isinstance(v, list)},
-                        hf_model=load_hf_form("smollm2-135m").to(torch.bfloat16))
-    fwd.pop("_results")
-    res["forward"] = fwd
+    res["forward"] = forward_section(model, saes, prompts, n_coll)
     sizes = (2_000, 5_000) if quick else (20_000, 100_000)
     res["grouping"] = bench_grouping(model, feats, toks[:n_coll], sizes=sizes)
     if quick:
@@ -229,6 +231,39 @@ def run_all(args) -> dict:
     return res
 
 
+def forward_section(model, saes, prompts: dict, n: int) -> dict:
+    """The read-only stages' tokens/s on the first `n` prompts against the SAE collector's
+    pass (the ceiling, measured here)."""
+    from maskshare.model.models import load_hf_form
+
+    fwd = bench_forward(model, saes, {k: v[:n] for k, v in prompts.items()
+                                      if isinstance(v, list)},
+                        hf_model=load_hf_form("smollm2-135m").to(torch.bfloat16))
+    fwd.pop("_results")
+    return fwd
+
+
+def stages_only(args, res: dict, model, saes, prompts: dict, threads: int, t_all: float
+                ) -> dict:
+    """`--stages-only`: the figures of the stages' speed (issue 23) alone: the read-only
+    stages against the ceiling, import + build of 1,000 free-form prompts (model load
+    included; as configured and all-float32), and the default pipeline cold in-process,
+    cached, and cold through Prefect."""
+    from bench_forward import bench_import
+
+    res["forward"] = forward_section(model, saes, prompts, 60 if args.quick else 200)
+    del model, saes
+    res["forward"]["import"] = bench_import()
+    if args.skip_pipeline:
+        res["pipeline_skipped"] = "--skip-pipeline"
+    else:
+        res["pipeline"] = bench_pipeline(ROOT / "configs" / "default.yaml", args.device,
+                                         threads)
+    res["load_average_end"] = list(os.getloadavg())
+    res["bench_wall_s"] = round(time.perf_counter() - t_all, 1)
+    return res
+
+
 def write_results(res: dict, out_dir: Path = RESULTS) -> list[Path]:
     """latest.json and <device>.json; a --warm-only run: steps_to_circuit.json alone."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -236,6 +271,8 @@ def write_results(res: dict, out_dir: Path = RESULTS) -> list[Path]:
     paths = [out_dir / "latest.json", out_dir / f"{res['machine']['device']}.json"]
     if set(res) <= {"machine", "quick", "steps_to_circuit", "bench_wall_s"}:
         paths = [out_dir / "steps_to_circuit.json"]
+    elif "mask_step" not in res:  # --stages-only
+        paths = [out_dir / "stages.json"]
     for p in paths:
         p.write_text(text + "\n")
     return paths
@@ -271,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
                     "groups and statistics) instead of from-end slots")
     ap.add_argument("--warm-lambdas", nargs="+", type=float, default=[0.01, 0.03],
                     help="the lambdas (two or more) of the steps-to-circuit sweep")
+    ap.add_argument("--stages-only", action="store_true",
+                    help="only the stages' speed: read-only passes against the ceiling, the "
+                    "1,000-prompt import, the pipeline in-process and through Prefect")
     ap.add_argument("--pipeline-child", nargs=2, metavar=("CONFIG", "OUT"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -181,3 +181,12 @@ def test_forward_section_times_every_read_only_stage(bench, setup, capsys):
     assert 0 <= eff["top_tokens"]["top5_overlap"] <= 1
     print("\n".join(bench.forward_lines(res)))
     assert "filter" in capsys.readouterr().out
+
+
+def test_stages_only_results_go_to_their_own_file(bench, tmp_path):
+    """--stages-only leaves the full benchmark's latest.json alone."""
+    res = {"machine": {"device": "cpu"}, "quick": True, "forward": {"stages": {}},
+           "pipeline_skipped": "test", "bench_wall_s": 1.0}
+    assert [p.name for p in bench.write_results(res, tmp_path)] == ["stages.json"]
+    assert [p.name for p in bench.write_results({**res, "mask_step": {}}, tmp_path)] == [
+        "latest.json", "cpu.json"]
