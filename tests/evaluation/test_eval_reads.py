@@ -109,3 +109,17 @@ def test_every_figure_read_is_the_one_scoring_every_point_gives(both):
     la = pl.read_parquet(now / "evaluate" / "lds.parquet").filter(learned)
     lb = pl.read_parquet(every / "evaluate" / "lds.parquet").filter(learned)
     assert la.equals(lb)
+
+
+@pytest.mark.parametrize("split,limit", [("train", None), ("train", 7), ("test_entity", None)])
+def test_split_slots_are_the_prepared_slots_without_a_pass(finished_tiny_run, split, limit):
+    """The attribution circuits' sizes read the training prompts' slots without preparing
+    (no model pass): the same arrays, in the same order, as the prepared split's."""
+    from maskshare.masks.variant import prepare_variant, split_slots
+
+    _, run, _ = finished_tiny_run
+    for variant in ("attention__slot-mean", "single__slot-mean"):
+        want = prepare_variant(run, variant, split, limit).slots
+        got = split_slots(run, variant, split, limit)
+        assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in
+                                             zip(got, want, strict=True))

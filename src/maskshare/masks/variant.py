@@ -77,15 +77,30 @@ def _prepared(run: str, variant_name: str, split: str, limit: int | None) -> Pre
     variant = Variant.parse(variant_name)
     grouping, slots = load_slots(run, variant.grouping)
     stats = SlotStats.load(RunLayout(run).slot_stats(variant.grouping))
-    items = split_items(load_run_items(run), *split.split("+"))
-    if limit is not None and items.height > limit:
-        items = items.sample(n=limit, seed=cfg.seed, shuffle=False)
+    items = _split_sample(run, cfg.seed, split, limit)
     mm = MaskedModel(get_model(cfg), get_saes(cfg), stats, grouping.n_slots,
                      ablation=variant.ablation, error=cfg.masks.error)
     slot_arrays = [slots[p] for p in items["prompt_id"].to_list()]
     batches = batch_items(mm, items, slot_arrays, cfg.masks.batch_size, grouping,
                           prefix=_prefixes(run, split, limit))
     return Prepared(mm, batches, items, slot_arrays, slots, grouping)
+
+
+def _split_sample(run: str, seed: int, split: str, limit: int | None):
+    items = split_items(load_run_items(run), *split.split("+"))
+    if limit is not None and items.height > limit:
+        items = items.sample(n=limit, seed=seed, shuffle=False)
+    return items
+
+
+def split_slots(run: str | Path, variant: Variant | str, split: str,
+                limit: int | None = None) -> list:
+    """`prepare_variant(...).slots` (the slot array of each item of the split, in its
+    order) without preparing anything: no model pass."""
+    variant = Variant.parse(variant) if isinstance(variant, str) else variant
+    _, slots = load_slots(run, variant.grouping)
+    items = _split_sample(str(run), load_run_config(run).seed, split, limit)
+    return [slots[p] for p in items["prompt_id"].to_list()]
 
 
 @functools.lru_cache(maxsize=4)
