@@ -65,7 +65,9 @@ FINDERS = {"masks": "learned masks", "ig": "integrated gradients",
 def attribution_table(curves: pl.DataFrame, main: str) -> list[str]:
     """F (latents per token) of the main variant's learned masks and of its attribution
     circuits at each mask's size, per split and lambda, then the attribution circuits'
-    extra points below and above the sweep; [] for a run without them."""
+    extra points below and above the sweep; [] for a run without them. The evaluation
+    scores attribution circuits at every lambda on the headline split only (elsewhere at
+    the points read at matched size): their cells are blank where it did not."""
     if "finder" not in curves.columns:
         return []
     rows = curves.filter(pl.col("variant").is_in([main, *(f"{main}__{f}" for f in FINDERS)]))

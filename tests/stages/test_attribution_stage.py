@@ -61,30 +61,40 @@ def test_a_rerun_is_cached_and_a_rebuild_gives_the_same_bytes(finished_tiny_run,
     assert out.read_bytes() == before[1]  # deterministic: the same bytes again
 
 
-def test_attribution_circuits_are_rows_of_the_evaluation_on_every_split(finished_tiny_run):
+def test_attribution_circuits_are_rows_of_the_evaluation_where_they_are_read(finished_tiny_run):
+    import json
+
     import polars as pl
 
     _, run, _ = finished_tiny_run
     cfg = load_run_config(run)
     layout, main = RunLayout(run), main_variant(cfg).name
+    metrics = json.loads(layout.metrics.read_text())
+    head, select = metrics["headline_split"], metrics["selection"]["split"]
     curves = pl.read_parquet(layout.curves)
     masks = curves.filter(pl.col("variant") == main)
     keys = sorted(zip(masks["split"], masks["lambda"], strict=True))
     assert any(":" not in s and s != "train" for s, _ in keys)  # held-out splits are there
     for finder in ("atp", "ig"):
         attr = curves.filter(pl.col("variant") == f"{main}__{finder}")
-        # the same splits (selection, held-out, per group) and lambdas as the learned masks,
-        # and on each split two points beyond the sweep (lambda null)
-        matched = attr.filter(pl.col("lambda").is_not_null())
-        assert sorted(zip(matched["split"], matched["lambda"], strict=True)) == keys
-        assert attr.filter(pl.col("lambda").is_null()).height == 2 * len(set(masks["split"]))
+        # never on the selection split (nothing compares them there); on the headline split
+        # (plotted, its area and best F reported) every lambda of the learned masks and two
+        # points beyond the sweep (lambda null); elsewhere only the points read there
+        assert select not in set(attr["split"])
+        on_head = attr.filter(pl.col("split") == head)
+        assert sorted(on_head.filter(pl.col("lambda").is_not_null())["lambda"]) == \
+            sorted(masks.filter(pl.col("split") == head)["lambda"])
+        assert on_head.filter(pl.col("lambda").is_null()).height == 2
+        assert set(attr["split"]) <= set(masks["split"]) - {select}
         assert set(attr["finder"]) == {finder} and set(attr["grouping"]) == {"attention"}
         assert attr["faithfulness"].null_count() < attr.height
+        # no complements scored: nothing compares their completeness
+        assert attr["completeness"].null_count() == attr.height
     assert set(masks["finder"]) == {"masks"}
+    assert masks["completeness"].null_count() == 0
     comp = pl.read_parquet(layout.comparisons)
     assert comp.filter(pl.col("finder") != "masks")["method"].to_list() == [
         f"{main}__atp", f"{main}__ig"]
-    metrics = __import__("json").loads(layout.metrics.read_text())
     assert f"baseline_{main}__ig" in metrics and f"baseline_{main}__atp_curve_area" in metrics
 
 

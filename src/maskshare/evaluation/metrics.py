@@ -110,18 +110,22 @@ def prompt_slots(batches: list[PreparedBatch]) -> list[np.ndarray]:
 def evaluate_sweep(mm: MaskedModel, batches: list[PreparedBatch], masks: dict[Any, Masks],
                    slots: list[np.ndarray] | None = None,
                    reference: dict[str, np.ndarray] | None = None,
-                   clean: np.ndarray | None = None) -> tuple[dict[Any, dict], dict]:
+                   clean: np.ndarray | None = None,
+                   complements: bool = True) -> tuple[dict[Any, dict], dict]:
     """`evaluate_masks` for every mask of `masks` ({key: binary mask}, e.g. one per lambda)
     on the same prompts: ({key: its result}, the reference used). Every circuit and
     complement, and the empty circuit and M when `reference` is not given (computed here,
-    with `clean` as M_clean when given), run in shared stacked passes."""
+    with `clean` as M_clean when given), run in shared stacked passes. `complements=False`
+    skips the complements' passes (half the cost): no `ld_complement`, completeness None."""
     n = sum(len(b) for b in batches)
     if slots is None:
         slots = prompt_slots(batches)
     keys = list(masks)
     if n == 0:
         return {k: _no_prompts(mm, masks[k], slots) for k in keys}, reference or {}
-    pairs = [m for k in keys for m in (masks[k], complement(masks[k]))]
+    per = 2 if complements else 1
+    pairs = [m for k in keys
+             for m in ((masks[k], complement(masks[k])) if complements else (masks[k],))]
     if reference is None:
         reference, lds = _reference(mm, batches, clean, pairs)
     else:
@@ -130,7 +134,9 @@ def evaluate_sweep(mm: MaskedModel, batches: list[PreparedBatch], masks: dict[An
     for i, k in enumerate(keys):
         res: dict = {"n_prompts": n, "n_scored": n, "ablation": str(mm.ablation),
                      "error": str(mm.error), **size_metrics(masks[k], slots)}
-        ld = {**reference, "ld_circuit": lds[2 * i], "ld_complement": lds[2 * i + 1]}
+        ld = {**reference, "ld_circuit": lds[per * i]}
+        if complements:
+            ld["ld_complement"] = lds[per * i + 1]
         res.update(ld_metrics(ld))
         res["per_prompt"] = {name: [float(x) for x in v] for name, v in ld.items()}
         out[k] = res
@@ -160,13 +166,16 @@ def evaluate_masks(mm: MaskedModel, batches: list[PreparedBatch], masks: Masks,
 
 def ld_metrics(ld: dict[str, np.ndarray]) -> dict:
     """Mean lds, F, F vs clean and completeness (with a `note` where a ratio is undefined)
-    from per-prompt lds (`evaluate_masks`'s `per_prompt`, or a subset of its prompts)."""
+    from per-prompt lds (`evaluate_masks`'s `per_prompt`, or a subset of its prompts).
+    Without `ld_complement` (its pass skipped) completeness is None and `ld_complement`
+    absent."""
     means = {k: float(np.mean(v)) for k, v in ld.items()}
     out: dict = dict(means)
     e = means["ld_ablated"]
     out["faithfulness"] = _ratio(means["ld_circuit"] - e, means["ld_model"] - e)
     out["faithfulness_vs_clean"] = _ratio(means["ld_circuit"] - e, means["ld_model_clean"] - e)
-    out["completeness"] = _ratio(means["ld_complement"] - e, means["ld_model"] - e)
+    out["completeness"] = (_ratio(means["ld_complement"] - e, means["ld_model"] - e)
+                           if "ld_complement" in means else None)  # complement not scored
     notes = []
     if out["faithfulness"] is None:
         notes.append("ld(M) equals ld(empty): faithfulness undefined")
@@ -218,6 +227,26 @@ def f_at_size(sizes: list[float], faithfulness: list[float | None], target: floa
         return None
     return float(np.interp(math.log10(target), np.log10([p[0] for p in pts]),
                            [p[1] for p in pts]))
+
+
+def points_read(sizes: list[float | None], targets: list[float | None]) -> set[int]:
+    """Indices of the points whose F `f_at_size` reads at each of `targets`, from their sizes
+    alone (before any F is measured): every point of the largest size at or below the
+    target and every point of the smallest size above it (np.interp's two neighbours; all of
+    a size, so ties sort as among all points). `f_at_size` over just these points gives the
+    same value as over all of them: the same neighbours, the same range check. Assumes F is
+    None for all points or none (F is None only where ld(M) = ld(empty), a property of the
+    prompts, not of the circuit). Targets outside the sizes' range, or None, read nothing."""
+    have = sorted({float(s) for s in sizes if s is not None and s > 0})
+    out: set[int] = set()
+    for t in targets:
+        if not have or t is None or t <= 0 or t < have[0] or t > have[-1]:
+            continue
+        lo = max(s for s in have if s <= t)
+        hi = [s for s in have if s > t]
+        want = {lo, *hi[:1]}
+        out |= {i for i, s in enumerate(sizes) if s is not None and float(s) in want}
+    return out
 
 
 def jaccard(a: Masks, b: Masks, level: str = "triples") -> float | None:

@@ -209,11 +209,13 @@ class MaskedModel:
     @torch.no_grad()
     def prepare(self, tokens: list[list[int]], slots: list[np.ndarray], answer_ids: list[int],
                 counterfactual_ids: list[int], batch_size: int = 32,
-                ablation_data: list | None = None) -> list[PreparedBatch]:
+                ablation_data: list | None = None, prefix: dict | None = None
+                ) -> list[PreparedBatch]:
         """Group prompts by length into batches and cache what the masks cannot change.
         `ablation_data`: what the ablation needs per prompt, as its `prompt_data(items)`
         gives it (`counterfactual`: each prompt's counterfactual prompt and, for pairs of
-        any length, its slots)."""
+        any length, its slots). `prefix`: a dict shared by models of the same model and SAEs
+        (other groupings and ablations) to compute each batch's clean prefix once."""
         check_inputs(tokens, slots, self.n_slots)
         if not (len(answer_ids) == len(counterfactual_ids) == len(tokens)):
             raise UserError("need one answer and one counterfactual id per prompt")
@@ -221,22 +223,32 @@ class MaskedModel:
         out = []
         for pb in padded_batches(tokens, batch_size, order="shortest"):
             idx, toks, att = pb.idx, pb.tokens, pb.attention_mask
-            sl = pad_slots(slots, idx, toks.shape[1])
-            resid = self.model(toks, attention_mask=att, stop_at_layer=self.start_layer)
-            b = PreparedBatch(idx=list(idx), tokens=toks, attention_mask=att, slots=sl,
-                              lengths=pb.lengths,
+            resid, a, err = self._prefix(toks, att, {} if prefix is None else prefix)
+            b = PreparedBatch(idx=list(idx), tokens=toks, attention_mask=att,
+                              slots=pad_slots(slots, idx, toks.shape[1]), lengths=pb.lengths,
                               answer=torch.as_tensor([answer_ids[i] for i in idx]),
                               counterfactual=torch.as_tensor([counterfactual_ids[i] for i in idx]),
-                              resid=resid.detach())
-            if self.first_outside:
-                sae = self.saes[self.hooks[0]]
-                a = sae.encode(resid)
-                b.first_latents = a
-                b.first_error = resid - sae.decode(a)
+                              resid=resid, first_latents=a, first_error=err)
             b.ablation_tokens = self.ablation_method.token_values(self, ablation_data, idx, att,
                                                                   [slots[i] for i in idx])
             out.append(b)
         return out
+
+    def _prefix(self, toks: Tensor, att: Tensor, cache: dict) -> tuple:
+        """(clean residual into block `start_layer`, and where the first hook is outside the
+        pass its clean latents and SAE error, else None): they depend on the tokens only."""
+        key = (id(self.model), tuple(id(s) for s in self.saes.values()), self.start_layer,
+               self.first_outside, tuple(toks.shape), toks.numpy().tobytes(),
+               att.numpy().tobytes())
+        if key not in cache:
+            resid = self.model(toks, attention_mask=att, stop_at_layer=self.start_layer).detach()
+            a = err = None
+            if self.first_outside:
+                sae = self.saes[self.hooks[0]]
+                a = sae.encode(resid)
+                err = resid - sae.decode(a)
+            cache[key] = (resid, a, err)
+        return cache[key]
 
     # ---- the masked pass ----
 

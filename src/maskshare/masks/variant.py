@@ -77,24 +77,51 @@ def _prepared(run: str, variant_name: str, split: str, limit: int | None) -> Pre
     variant = Variant.parse(variant_name)
     grouping, slots = load_slots(run, variant.grouping)
     stats = SlotStats.load(RunLayout(run).slot_stats(variant.grouping))
-    items = split_items(load_run_items(run), *split.split("+"))
-    if limit is not None and items.height > limit:
-        items = items.sample(n=limit, seed=cfg.seed, shuffle=False)
+    items = _split_sample(run, cfg.seed, split, limit)
     mm = MaskedModel(get_model(cfg), get_saes(cfg), stats, grouping.n_slots,
                      ablation=variant.ablation, error=cfg.masks.error)
     slot_arrays = [slots[p] for p in items["prompt_id"].to_list()]
-    batches = batch_items(mm, items, slot_arrays, cfg.masks.batch_size, grouping)
+    batches = batch_items(mm, items, slot_arrays, cfg.masks.batch_size, grouping,
+                          prefix=_prefixes(run, split, limit))
     return Prepared(mm, batches, items, slot_arrays, slots, grouping)
 
 
-def batch_items(mm, items, slot_arrays: list, batch_size: int, grouping=None) -> list:
+def _split_sample(run: str, seed: int, split: str, limit: int | None):
+    items = split_items(load_run_items(run), *split.split("+"))
+    if limit is not None and items.height > limit:
+        items = items.sample(n=limit, seed=seed, shuffle=False)
+    return items
+
+
+def split_slots(run: str | Path, variant: Variant | str, split: str,
+                limit: int | None = None) -> list:
+    """`prepare_variant(...).slots` (the slot array of each item of the split, in its
+    order) without preparing anything: no model pass."""
+    variant = Variant.parse(variant) if isinstance(variant, str) else variant
+    _, slots = load_slots(run, variant.grouping)
+    items = _split_sample(str(run), load_run_config(run).seed, split, limit)
+    return [slots[p] for p in items["prompt_id"].to_list()]
+
+
+@functools.lru_cache(maxsize=4)
+def _prefixes(run: str, split: str, limit: int | None) -> dict:
+    """The clean prefix of a split's batches (`MaskedModel.prepare(prefix=...)`: the residual
+    below the first SAE hook, that hook's latents and error), shared by every variant
+    prepared on the split: it depends on the prompts, not on the grouping or ablation."""
+    return {}
+
+
+def batch_items(mm, items, slot_arrays: list, batch_size: int, grouping=None,
+                prefix: dict | None = None) -> list:
     """Batches for `mm`, with what its ablation needs per prompt from the items (e.g. the
     counterfactual prompts for `counterfactual` patching, with their slots from `grouping`
-    so pairs of any length are patched slot by slot)."""
+    so pairs of any length are patched slot by slot). `prefix`: shared clean prefixes
+    (`MaskedModel.prepare`)."""
     assign = None if grouping is None else (lambda toks: grouping.assign_tokens(mm.model, toks))
     return mm.prepare(token_lists(items), slot_arrays, items["answer_id"].to_list(),
                       items["counterfactual_id"].to_list(), batch_size=batch_size,
-                      ablation_data=mm.ablation_method.prompt_data(items, assign))
+                      ablation_data=mm.ablation_method.prompt_data(items, assign),
+                      prefix=prefix)
 
 
 def load_masks(run: str | Path, variant: Variant | str, lam: float, seed: int):

@@ -25,7 +25,7 @@ from maskshare.masks.attribution import (
     load_scores,
     method_of,
 )
-from maskshare.masks.variant import load_masks, prepare_variant
+from maskshare.masks.variant import load_masks, prepare_variant, split_slots
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import load_run_config
 from maskshare.run.variants import Variant, attribution_variants
@@ -74,7 +74,7 @@ def matched_circuits(run: str | Path, method: TopTriples, seed: int) -> list[tup
     so on a held-out split the two sizes differ; the extra points let each attribution
     curve be read at the masks' sizes there (`f_at_size` never extrapolates)."""
     cfg = load_run_config(run)
-    slots = prepare_variant(run, method.variant, "train", cfg.masks.max_train_prompts).slots
+    slots = split_slots(run, method.variant, "train", cfg.masks.max_train_prompts)  # no pass
     scores = load_scores(run, method.variant, method.finder)
 
     def size(m) -> float:

@@ -7,7 +7,10 @@ The rules (lambda choice, matched size, curves) live in `maskshare.evaluation.co
 module computes the rows they need and writes the results. Cost: a variant's circuits,
 complements and empty circuit on a split share stacked passes (`evaluate_sweep`); M_clean
 per split and the reference lds per (split, grouping, ablation) are computed once
-(`EvalCache`); every row comes from the per-prompt lds (lds.parquet). Where the time goes is
+(`EvalCache`); every row comes from the per-prompt lds (lds.parquet). The attribution
+circuits are scored only where they are read (`attribution_reads`: every point on the
+headline split, elsewhere the points read at the compared sizes, never on the selection
+split, no complements), after the lambda is chosen. Where the time goes is
 written to the manifest and metrics.json (`timings.phases`: prepare_s, reference_s,
 circuits_s, curves_s, circuit_listing_s, and report_s in metrics.json).
 """
@@ -36,7 +39,13 @@ from maskshare.evaluation.comparison import (
     pick,
     quality_metrics,
 )
-from maskshare.evaluation.metrics import evaluate_sweep, jaccard, subset_metrics
+from maskshare.evaluation.metrics import (
+    evaluate_sweep,
+    jaccard,
+    points_read,
+    size_metrics,
+    subset_metrics,
+)
 from maskshare.evaluation.selection import choose_circuit, selection_split
 from maskshare.evaluation.sweep_fits import sweep_lambdas
 from maskshare.evaluation.verdicts import matched_verdicts
@@ -95,14 +104,15 @@ class EvalCache:
 
 
 def score_masks(run: Path, cfg: RunConfig, variant: Variant, masks: dict, split: str,
-                cache: EvalCache):
+                cache: EvalCache, complements: bool = True, prep=None):
     """(the variant's prepared split, {key: evaluate_masks result}) for binary `masks`
     ({key: mask}) of `variant` on `split` (the selection split: its seeded sample). M_clean
     and the reference lds come from `cache` when it has them (else they are computed, the
-    empty circuit in the same stacked passes as the masks, and kept there)."""
-    limit = cfg.evaluate.select_limit if split == _select(run, cfg, cache) else None
-    with cache.timed("prepare_s"):
-        prep = prepare_variant(run, variant, split, limit)
+    empty circuit in the same stacked passes as the masks, and kept there).
+    `complements=False`: the circuits only (completeness None). `prep`: the prepared split
+    when the caller has it."""
+    if prep is None:
+        prep = _prepare(run, cfg, variant, split, cache)
     if (report := prep.mm.ablation_method.report()) is not None:
         cache.ablation_reports.setdefault(variant.name, {})[split] = report
     with cache.timed("reference_s"):
@@ -112,9 +122,15 @@ def score_masks(run: Path, cfg: RunConfig, variant: Variant, masks: dict, split:
     with cache.timed("circuits_s"):
         results, ref = evaluate_sweep(prep.mm, prep.batches, masks, prep.slots,
                                       reference=cache.reference.get(key),
-                                      clean=cache.clean[split])
+                                      clean=cache.clean[split], complements=complements)
     cache.reference[key] = ref
     return prep, results
+
+
+def _prepare(run: Path, cfg: RunConfig, variant: Variant, split: str, cache: EvalCache):
+    limit = cfg.evaluate.select_limit if split == _select(run, cfg, cache) else None
+    with cache.timed("prepare_s"):
+        return prepare_variant(run, variant, split, limit)
 
 
 def _select(run: Path, cfg: RunConfig, cache: EvalCache) -> str:
@@ -127,31 +143,39 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
                  clean: dict[str, np.ndarray] | None = None,
                  groups: dict[str, list[str]] | None = None,
                  cache: EvalCache | None = None,
-                 circuits: tuple[TopTriples, list] | None = None) -> list[EvalRow]:
+                 circuits: tuple[TopTriples, list] | None = None,
+                 read: dict[str, dict | None] | None = None) -> list[EvalRow]:
     """Rows (one per lambda x split, the selection split first) for a variant's masks at
     `seed`. `clean`: per split, the clean model's per-prompt ld (the same for every
     variant), filled in when missing. `groups`: {split: [group]} also scored per group
     (split `<split>:<group>`) from the split's per-prompt lds. `cache`: shared with the
     other variants' calls (`EvalCache`). `circuits`: (method, [(lambda or None, binary
     masks)]) scored in place of the learned masks, rows named by the method (attribution
-    circuits, `attribution_rows`)."""
+    circuits, `attribution_rows`). `read`: score only where the rows are read
+    (`attribution_reads`): its splits only (no selection split), per split every circuit
+    (None) or those `points_read` picks at its target sizes ({None: targets on the split,
+    group: targets on the group}), and no complements."""
     cache = cache if cache is not None else EvalCache()
     if clean is not None:
         cache.clean = clean
-
-
     label, pairs = circuits or (variant, [(lam, load_masks(run, variant, lam, seed))
                                           for lam in sweep_lambdas(run, cfg, variant.name,
                                                                    seed)])
     masks = {i: m for i, (_, m) in enumerate(pairs)}  # lambdas may repeat (None)
     lams = [lam for lam, _ in pairs]
     rows = []
-    for split in [_select(run, cfg, cache), *splits]:
-        prep, results = score_masks(run, cfg, variant, masks, split, cache)
+    for split in ([_select(run, cfg, cache), *splits] if read is None else list(read)):
+        prep = _prepare(run, cfg, variant, split, cache)
+        phrasing, ids = prep.items["phrasing"].to_list(), prep.items["prompt_id"].to_list()
+        by_group = {g: [i for i, p in enumerate(phrasing) if p == g]
+                    for g in (groups or {}).get(split, [])}
+        todo = masks
+        if read is not None and read[split] is not None:
+            todo = {i: masks[i] for i in sorted(_read_circuits(masks, prep.slots, by_group,
+                                                               read[split]))}
+        prep, results = score_masks(run, cfg, variant, todo, split, cache,
+                                    complements=read is None, prep=prep)
         with cache.timed("curves_s"):
-            phrasing, ids = prep.items["phrasing"].to_list(), prep.items["prompt_id"].to_list()
-            by_group = {g: [i for i, p in enumerate(phrasing) if p == g]
-                        for g in (groups or {}).get(split, [])}
             for i, res in results.items():
                 rows.append(EvalRow.of(label, lams[i], seed, split, res))
                 cache.record(label, lams[i], seed, split, ids, res["per_prompt"], circuit=i)
@@ -161,16 +185,50 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
     return rows
 
 
+def _read_circuits(masks: dict, slots: list, by_group: dict[str, list[int]],
+                   targets: dict) -> set:
+    """The keys of `masks` whose F is read at `targets` ({None: sizes on the whole split,
+    group: sizes on that group's prompts}), from their sizes alone (`points_read`)."""
+    keys = list(masks)
+    out: set = set()
+    for g, ts in targets.items():
+        sl = slots if g is None else [slots[j] for j in by_group.get(g, [])]
+        sizes = [size_metrics(masks[k], sl)["latents_per_token"] for k in keys]
+        out |= {keys[j] for j in points_read(sizes, ts)}
+    return out
+
+
+def attribution_reads(rows: list[EvalRow], main: Variant, lam: float, head: str,
+                      splits: list[str], groups: dict[str, list[str]]) -> dict[str, dict | None]:
+    """Where the attribution circuits' F is read, per held-out split (never the selection
+    split, where nothing compares them): on the headline split every circuit (its curve is
+    plotted, its area and best F reported); on each other held-out split at the main
+    circuit's size there (the verdicts, `matched_verdicts`) and at its headline size (the
+    report's per-split comparison, `report.data.matched_f`), and per group at the headline
+    size (the report's `<split>:<group>` columns)."""
+    size = pick(rows, main.name, head, lam).latents_per_token
+    out: dict[str, dict | None] = {}
+    for s in splits:
+        if s == head:
+            out[s] = None
+            continue
+        out[s] = {None: [pick(rows, main.name, s, lam).latents_per_token, size],
+                  **{g: [size] for g in groups.get(s, [])}}
+    return out
+
+
 def attribution_rows(run: Path, cfg: RunConfig, seed: int, splits: list[str],
                      clean: dict[str, np.ndarray] | None = None,
                      groups: dict[str, list[str]] | None = None,
-                     cache: EvalCache | None = None) -> list[EvalRow]:
+                     cache: EvalCache | None = None,
+                     read: dict[str, dict | None] | None = None) -> list[EvalRow]:
     """Rows of every attribution method (`attribution_methods`): its circuits at the
     sizes of the variant's learned masks at `seed` (`matched_circuits`), scored by
-    `eval_variant` on the same splits as the masks."""
+    `eval_variant` on the same splits as the masks, or only where `read` says they are
+    read (`attribution_reads`)."""
     return [r for t in attribution_methods(cfg)
             for r in eval_variant(run, cfg, t.variant, seed, splits, clean, groups, cache,
-                                  circuits=(t, matched_circuits(run, t, seed)))]
+                                  circuits=(t, matched_circuits(run, t, seed)), read=read)]
 
 
 def build(run: Path) -> Path:
@@ -190,11 +248,14 @@ def build(run: Path) -> Path:
     groups = group_splits(items, splits)
     for v in variants(cfg):
         rows += eval_variant(run, cfg, v, seeds[0], splits, groups=groups, cache=cache)
-    rows += attribution_rows(run, cfg, seeds[0], splits, groups=groups, cache=cache)
+    # the lambda is chosen from the learned masks alone: the attribution circuits are then
+    # scored only where they are read (`attribution_reads`)
+    chosen = choose_circuit(rows, main.name, _select(run, cfg, cache), cfg.evaluate.target_f)
+    lam = chosen.lam
+    rows += attribution_rows(run, cfg, seeds[0], splits, groups=groups, cache=cache,
+                             read=attribution_reads(rows, main, lam, head, splits, groups))
     with cache.timed("curves_s"):
         splits = [*splits, *(f"{s}:{g}" for s in splits for g in groups.get(s, []))]
-        chosen = choose_circuit(rows, main.name, cache.select, cfg.evaluate.target_f)
-        lam = chosen.lam
         metrics: dict = {"run": run.name, "dataset": cfg.dataset.name,
                          "variant": cfg.dataset.variant, "headline_split": head, "lambda": lam,
                          "error_term": cfg.masks.error.value,
@@ -218,7 +279,8 @@ def build(run: Path) -> Path:
     with building(layout.evaluate) as tmp:
         pl.DataFrame([r.as_dict() for r in rows]).write_parquet(tmp / layout.curves.name)
         pl.DataFrame([r.as_dict() for r in table]).write_parquet(tmp / layout.comparisons.name)
-        pl.concat(cache.lds).write_parquet(tmp / layout.lds.name)
+        # attribution circuits' lds have no ld_complement (null there)
+        pl.concat(cache.lds, how="diagonal").write_parquet(tmp / layout.lds.name)
         (tmp / layout.circuit.name).write_text(json.dumps(circuit, indent=1, default=str))
         write_manifest(tmp, timings=timings)
     metrics["timings"] = timings
