@@ -139,8 +139,10 @@ def test_the_evaluate_stage_rows_equal_one_pass_per_mask(evaluated):
 
     cfg = load_run_config(evaluated)
     curves = pl.read_parquet(evaluated / "evaluate" / "curves.parquet")
+    chosen = json.loads((evaluated / "metrics.json").read_text())["lambda"]
+    main = variants(cfg)[0].name
     seed = run_seeds(cfg)[0]
-    checked = 0
+    checked = complemented = 0
     for v in variants(cfg):
         for split in sorted(set(curves.filter(pl.col("variant") == v.name)["split"])):
             if ":" in split:
@@ -151,15 +153,27 @@ def test_the_evaluate_stage_rows_equal_one_pass_per_mask(evaluated):
                 old = _old_evaluate(prep.mm, prep.batches, load_masks(evaluated, v, lam, seed))
                 row = curves.filter((pl.col("variant") == v.name) & (pl.col("split") == split)
                                     & (pl.col("lambda") == lam)).row(0, named=True)
+                # completeness is scored for the main variant's chosen circuit alone
+                has_complement = v.name == main and lam == chosen
+                complemented += has_complement
                 for k in ("ld_model", "ld_ablated", "ld_circuit", "ld_complement",
                           "faithfulness", "completeness"):
-                    if old[k] is None:
+                    if k in ("ld_complement", "completeness") and not has_complement:
+                        assert row[k] is None, (v.name, split, lam, k)
+                    elif old[k] is None:
                         assert row[k] is None, (v.name, split, lam, k)
                     else:
                         assert row[k] == pytest.approx(old[k], rel=1e-4, abs=1e-5), (
                             v.name, split, lam, k)
                 checked += 1
     assert checked >= 3 * 2 * len(variants(cfg))
+    # the main variant on the selection split and every held-out split; the baselines on
+    # the held-out splits only (nothing reads them on the selection split)
+    n_heldout = len({s for s in curves["split"] if ":" not in s}) - 1
+    assert complemented == n_heldout + 1
+    for v in variants(cfg)[1:]:
+        assert cfg.evaluate.select_split not in set(
+            curves.filter(pl.col("variant") == v.name)["split"])
 
 
 def test_rows_are_read_from_the_cached_per_prompt_lds(evaluated):
@@ -176,10 +190,11 @@ def test_rows_are_read_from_the_cached_per_prompt_lds(evaluated):
         part = lds.filter((pl.col("variant") == row["variant"]) & (pl.col("lambda") == row["lambda"])
                           & (pl.col("split") == row["split"]))
         assert part.height == row["n_prompts"]
-        # attribution circuits' complements are not scored (issue 23): null there
+        # complements not scored (issue 23): null there
         names = ("ld_model", "ld_model_clean", "ld_ablated", "ld_circuit", "ld_complement")
         m = ld_metrics({k: part[k].to_numpy() for k in names if part[k].null_count() == 0})
-        assert (row["completeness"] is None) == (row["finder"] != "masks")
+        # complements are scored for the main variant's chosen circuit alone
+        assert (row["completeness"] is None) == (part["ld_complement"].null_count() > 0)
         for k in ("faithfulness", "completeness", "ld_circuit"):
             if row[k] is None:
                 assert m[k] is None, (row, k)

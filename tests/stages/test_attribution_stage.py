@@ -91,7 +91,11 @@ def test_attribution_circuits_are_rows_of_the_evaluation_where_they_are_read(fin
         # no complements scored: nothing compares their completeness
         assert attr["completeness"].null_count() == attr.height
     assert set(masks["finder"]) == {"masks"}
-    assert masks["completeness"].null_count() == 0
+    # the learned masks' completeness: the chosen circuit's, on every split it is scored on
+    chosen = masks.filter(pl.col("lambda") == metrics["lambda"])
+    assert chosen.height and chosen["completeness"].null_count() == 0
+    assert masks.filter(pl.col("lambda") != metrics["lambda"])["completeness"].null_count() \
+        == masks.height - chosen.height
     comp = pl.read_parquet(layout.comparisons)
     assert comp.filter(pl.col("finder") != "masks")["method"].to_list() == [
         f"{main}__atp", f"{main}__ig"]

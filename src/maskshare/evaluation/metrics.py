@@ -21,6 +21,7 @@ A ratio whose denominator is (near) zero, and every metric on zero prompts, is N
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -111,36 +112,49 @@ def evaluate_sweep(mm: MaskedModel, batches: list[PreparedBatch], masks: dict[An
                    slots: list[np.ndarray] | None = None,
                    reference: dict[str, np.ndarray] | None = None,
                    clean: np.ndarray | None = None,
-                   complements: bool = True) -> tuple[dict[Any, dict], dict]:
+                   complements: bool | Collection = True) -> tuple[dict[Any, dict], dict]:
     """`evaluate_masks` for every mask of `masks` ({key: binary mask}, e.g. one per lambda)
     on the same prompts: ({key: its result}, the reference used). Every circuit and
     complement, and the empty circuit and M when `reference` is not given (computed here,
-    with `clean` as M_clean when given), run in shared stacked passes. `complements=False`
-    skips the complements' passes (half the cost): no `ld_complement`, completeness None."""
+    with `clean` as M_clean when given), run in shared stacked passes. `complements`: True
+    (every mask's), False (none: half the cost) or the keys whose complement is scored; a
+    mask without one has no `ld_complement` and completeness None."""
     n = sum(len(b) for b in batches)
     if slots is None:
         slots = prompt_slots(batches)
     keys = list(masks)
     if n == 0:
         return {k: _no_prompts(mm, masks[k], slots) for k in keys}, reference or {}
-    per = 2 if complements else 1
-    pairs = [m for k in keys
-             for m in ((masks[k], complement(masks[k])) if complements else (masks[k],))]
+    with_c = set(keys) if complements is True else set(complements or ())
+    pairs, at = [], {}
+    for k in keys:
+        at[k] = len(pairs)
+        pairs += [masks[k], complement(masks[k])] if k in with_c else [masks[k]]
     if reference is None:
         reference, lds = _reference(mm, batches, clean, pairs)
     else:
         lds = mm.logit_diffs_many(batches, pairs)
     out = {}
-    for i, k in enumerate(keys):
+    for k in keys:
         res: dict = {"n_prompts": n, "n_scored": n, "ablation": str(mm.ablation),
                      "error": str(mm.error), **size_metrics(masks[k], slots)}
-        ld = {**reference, "ld_circuit": lds[per * i]}
-        if complements:
-            ld["ld_complement"] = lds[per * i + 1]
+        ld = {**reference, "ld_circuit": lds[at[k]]}
+        if k in with_c:
+            ld["ld_complement"] = lds[at[k] + 1]
         res.update(ld_metrics(ld))
         res["per_prompt"] = {name: [float(x) for x in v] for name, v in ld.items()}
         out[k] = res
     return out, reference
+
+
+def with_complement(result: dict, ld_complement) -> dict:
+    """`result` (an `evaluate_sweep` entry scored without its complement) with the
+    complement's per-prompt ld added and its metrics recomputed (completeness)."""
+    ld = {k: np.asarray(v) for k, v in result["per_prompt"].items()}
+    ld["ld_complement"] = np.asarray(ld_complement)
+    out = {**result, **ld_metrics(ld)}
+    out["per_prompt"] = {name: [float(x) for x in v] for name, v in ld.items()}
+    return out
 
 
 def _no_prompts(mm: MaskedModel, masks: Masks, slots: list[np.ndarray]) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +46,13 @@ from maskshare.evaluation.metrics import (
     points_read,
     size_metrics,
     subset_metrics,
+    with_complement,
 )
 from maskshare.evaluation.selection import choose_circuit, selection_split
 from maskshare.evaluation.sweep_fits import sweep_lambdas
 from maskshare.evaluation.verdicts import matched_verdicts
 from maskshare.masks.circuit import circuit_summary, kept_latents, top_activating_tokens
+from maskshare.masks.masking import complement
 from maskshare.masks.slot_stats import SlotStats
 from maskshare.masks.variant import load_masks, prepare_variant
 from maskshare.report.page import write_report
@@ -64,6 +67,11 @@ from maskshare.run.resources import (
 )
 from maskshare.run.variants import Variant, main_variant, run_seeds, variants
 from maskshare.stages.attribution import attribution_methods, matched_circuits
+
+
+# Score every mask on every split with its complement, every attribution circuit too (the
+# evaluation before issue 23, which scored what nothing reads): tests compare against it.
+SCORE_ALL = False
 
 
 @dataclass
@@ -144,7 +152,8 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
                  groups: dict[str, list[str]] | None = None,
                  cache: EvalCache | None = None,
                  circuits: tuple[TopTriples, list] | None = None,
-                 read: dict[str, dict | None] | None = None) -> list[EvalRow]:
+                 read: dict[str, dict | None] | None = None,
+                 choose: Callable[[list[EvalRow]], float] | None = None) -> list[EvalRow]:
     """Rows (one per lambda x split, the selection split first) for a variant's masks at
     `seed`. `clean`: per split, the clean model's per-prompt ld (the same for every
     variant), filled in when missing. `groups`: {split: [group]} also scored per group
@@ -154,7 +163,13 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
     circuits, `attribution_rows`). `read`: score only where the rows are read
     (`attribution_reads`): its splits only (no selection split), per split every circuit
     (None) or those `points_read` picks at its target sizes ({None: targets on the split,
-    group: targets on the group}), and no complements."""
+    group: targets on the group}), and no complements. `choose`: the main variant's rule
+    (the chosen lambda from the selection split's rows): its circuits are scored on the
+    selection split first, then the chosen circuit's complement there, and on the held-out
+    splits every circuit with the chosen one's complement (completeness is read for the
+    chosen circuit alone: the headline and the per-split table). Without `choose` (the
+    baselines) the selection split, where nothing reads them, is skipped and no
+    complement is scored."""
     cache = cache if cache is not None else EvalCache()
     if clean is not None:
         cache.clean = clean
@@ -164,7 +179,16 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
     masks = {i: m for i, (_, m) in enumerate(pairs)}  # lambdas may repeat (None)
     lams = [lam for lam, _ in pairs]
     rows = []
-    for split in ([_select(run, cfg, cache), *splits] if read is None else list(read)):
+    if read is not None:
+        todo_splits = list(read)
+    elif choose is not None or SCORE_ALL:
+        todo_splits = [_select(run, cfg, cache), *splits]
+    else:
+        todo_splits = list(splits)
+    chosen: set = set()  # the key of the chosen circuit, once the selection split chose it
+    if SCORE_ALL and read is None:
+        choose, chosen = None, set(masks)
+    for split in todo_splits:
         prep = _prepare(run, cfg, variant, split, cache)
         phrasing, ids = prep.items["phrasing"].to_list(), prep.items["prompt_id"].to_list()
         by_group = {g: [i for i, p in enumerate(phrasing) if p == g]
@@ -174,7 +198,13 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
             todo = {i: masks[i] for i in sorted(_read_circuits(masks, prep.slots, by_group,
                                                                read[split]))}
         prep, results = score_masks(run, cfg, variant, todo, split, cache,
-                                    complements=read is None, prep=prep)
+                                    complements=chosen, prep=prep)
+        if choose is not None and not chosen:  # the selection split: choose, then complement
+            lam = choose([EvalRow.of(label, lams[i], seed, split, r)
+                          for i, r in results.items()])
+            chosen = {next(i for i in masks if lams[i] == lam)}
+            results = _with_complements(run, cfg, variant, masks, chosen, split, cache, prep,
+                                        results)
         with cache.timed("curves_s"):
             for i, res in results.items():
                 rows.append(EvalRow.of(label, lams[i], seed, split, res))
@@ -183,6 +213,16 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
                     sub = subset_metrics(res, idx, masks[i], [prep.slots[j] for j in idx])
                     rows.append(EvalRow.of(label, lams[i], seed, f"{split}:{g}", sub))
     return rows
+
+
+def _with_complements(run: Path, cfg: RunConfig, variant: Variant, masks: dict, keys: set,
+                      split: str, cache: EvalCache, prep, results: dict) -> dict:
+    """`results` with the complements of `keys`' masks scored (one stacked pass)."""
+    comp = {k: complement(masks[k]) for k in keys}
+    _, scored = score_masks(run, cfg, variant, comp, split, cache, complements=False,
+                            prep=prep)
+    return {k: with_complement(r, scored[k]["per_prompt"]["ld_circuit"]) if k in keys else r
+            for k, r in results.items()}
 
 
 def _read_circuits(masks: dict, slots: list, by_group: dict[str, list[int]],
@@ -246,14 +286,21 @@ def build(run: Path) -> Path:
     rows: list[EvalRow] = []
     cache = EvalCache()  # M_clean and references shared by every variant
     groups = group_splits(items, splits)
+    def choose(sel_rows: list[EvalRow]) -> float:
+        return choose_circuit(sel_rows, main.name, _select(run, cfg, cache),
+                              cfg.evaluate.target_f).lam
+
     for v in variants(cfg):
-        rows += eval_variant(run, cfg, v, seeds[0], splits, groups=groups, cache=cache)
-    # the lambda is chosen from the learned masks alone: the attribution circuits are then
-    # scored only where they are read (`attribution_reads`)
+        rows += eval_variant(run, cfg, v, seeds[0], splits, groups=groups, cache=cache,
+                             choose=choose if v == main else None)
+    # the lambda is chosen from the learned masks alone (the main variant's rows on the
+    # selection split): the attribution circuits are then scored only where they are read
+    # (`attribution_reads`)
     chosen = choose_circuit(rows, main.name, _select(run, cfg, cache), cfg.evaluate.target_f)
     lam = chosen.lam
     rows += attribution_rows(run, cfg, seeds[0], splits, groups=groups, cache=cache,
-                             read=attribution_reads(rows, main, lam, head, splits, groups))
+                             read=None if SCORE_ALL else
+                             attribution_reads(rows, main, lam, head, splits, groups))
     with cache.timed("curves_s"):
         splits = [*splits, *(f"{s}:{g}" for s in splits for g in groups.get(s, []))]
         metrics: dict = {"run": run.name, "dataset": cfg.dataset.name,
