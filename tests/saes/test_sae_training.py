@@ -108,8 +108,13 @@ def test_training_reduces_error_and_saves_a_loadable_folder(model, corpus, tmp_p
     assert loaded.cfg.metadata.hook_name == hook and loaded.cfg.d_sae == 64
     assert loaded.W_enc.dtype == torch.float32  # stored as fp16, loaded as the config says
     x = held[:200]
-    torch.testing.assert_close(loaded.decode(loaded.encode(x)), trained.decode(trained.encode(x)),
-                               rtol=0.05, atol=0.05)
+    # stored as fp16: TopK can pick another latent where two are within fp16 rounding of the
+    # k-th (a few rows of a CI run did), so nearly every element is close and the loaded
+    # SAE explains the activations as well as the trained one
+    got, want = loaded.decode(loaded.encode(x)), trained.decode(trained.encode(x))
+    close = torch.isclose(got, want, rtol=0.05, atol=0.05)
+    assert close.float().mean() > 0.99, f"{(~close).sum()} of {close.numel()} differ"
+    assert sae_stats(loaded, held)["explained_variance"] == pytest.approx(ev1, abs=0.02)
     saes = load_saes(SAESetConfig(source="local", paths=[str(folder)]), model)
     assert list(saes) == [hook]
 
