@@ -68,7 +68,6 @@ from maskshare.run.resources import (
 from maskshare.run.variants import Variant, main_variant, run_seeds, variants
 from maskshare.stages.attribution import attribution_methods, matched_circuits
 
-
 # Score every mask on every split with its complement, every attribution circuit too (the
 # evaluation before issue 23, which scored what nothing reads): tests compare against it.
 SCORE_ALL = False
@@ -167,9 +166,9 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
     (the chosen lambda from the selection split's rows): its circuits are scored on the
     selection split first, then the chosen circuit's complement there, and on the held-out
     splits every circuit with the chosen one's complement (completeness is read for the
-    chosen circuit alone: the headline and the per-split table). Without `choose` (the
-    baselines) the selection split, where nothing reads them, is skipped and no
-    complement is scored."""
+    chosen circuit alone: the headline and the per-split table). Without `choose` or
+    `read`, the held-out splits alone, no complement (the build gives the baselines a
+    `read`)."""
     cache = cache if cache is not None else EvalCache()
     if clean is not None:
         cache.clean = clean
@@ -240,9 +239,9 @@ def _read_circuits(masks: dict, slots: list, by_group: dict[str, list[int]],
 
 def attribution_reads(rows: list[EvalRow], main: Variant, lam: float, head: str,
                       splits: list[str], groups: dict[str, list[str]]) -> dict[str, dict | None]:
-    """Where the attribution circuits' F is read, per held-out split (never the selection
-    split, where nothing compares them): on the headline split every circuit (its curve is
-    plotted, its area and best F reported); on each other held-out split at the main
+    """Where a compared method's F (a baseline's, an attribution method's) is read, per
+    held-out split (never the selection split, where nothing compares them): on the
+    headline split every circuit (its curve is plotted, its area and best F reported); on each other held-out split at the main
     circuit's size there (the verdicts, `matched_verdicts`) and at its headline size (the
     report's per-split comparison, `report.data.matched_f`), and per group at the headline
     size (the report's `<split>:<group>` columns)."""
@@ -290,17 +289,21 @@ def build(run: Path) -> Path:
         return choose_circuit(sel_rows, main.name, _select(run, cfg, cache),
                               cfg.evaluate.target_f).lam
 
-    for v in variants(cfg):
-        rows += eval_variant(run, cfg, v, seeds[0], splits, groups=groups, cache=cache,
-                             choose=choose if v == main else None)
-    # the lambda is chosen from the learned masks alone (the main variant's rows on the
-    # selection split): the attribution circuits are then scored only where they are read
-    # (`attribution_reads`)
+    # the main variant first: its rows on the selection split choose the lambda; the other
+    # methods (baselines, attribution circuits) are then scored only where they are read
+    # (`attribution_reads`: every circuit on the headline split, elsewhere the points read
+    # at the compared sizes)
+    rows += eval_variant(run, cfg, main, seeds[0], splits, groups=groups, cache=cache,
+                         choose=choose)
     chosen = choose_circuit(rows, main.name, _select(run, cfg, cache), cfg.evaluate.target_f)
     lam = chosen.lam
+    read = None if SCORE_ALL else attribution_reads(rows, main, lam, head, splits, groups)
+    for v in variants(cfg):
+        if v != main:
+            rows += eval_variant(run, cfg, v, seeds[0], splits, groups=groups, cache=cache,
+                                 read=read)
     rows += attribution_rows(run, cfg, seeds[0], splits, groups=groups, cache=cache,
-                             read=None if SCORE_ALL else
-                             attribution_reads(rows, main, lam, head, splits, groups))
+                             read=read)
     with cache.timed("curves_s"):
         splits = [*splits, *(f"{s}:{g}" for s in splits for g in groups.get(s, []))]
         metrics: dict = {"run": run.name, "dataset": cfg.dataset.name,
