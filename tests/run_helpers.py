@@ -1,6 +1,7 @@
 """Helpers shared by the end-to-end tests that run the tiny pipeline in subprocesses
 (test_reliability, test_shared_use, test_chaos): their environment, a run's stage folders,
-what a killed process leaves behind, and scripts/compare_runs.py as a library."""
+what a killed process leaves behind, and scripts/compare_runs.py as a library; and by the
+evaluation tests that rebuild a copy of the finished tiny run's evaluation."""
 
 from __future__ import annotations
 
@@ -15,6 +16,28 @@ def subprocess_env(cache: Path) -> dict:
     """The environment of a pipeline subprocess: its cache, one torch thread, no hub."""
     return {**os.environ, "MASKSHARE_CACHE": str(cache), "MASKSHARE_THREADS": "1",
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def rebuilt_evaluation(run0: Path, cache: Path, dest: Path, monkeypatch=None) -> Path:
+    """A copy of the finished run `run0` under `dest` with its evaluate stage rebuilt in
+    this process (cache `cache`; a complete folder would be kept, so it is removed first).
+    `monkeypatch`: patches to hold during the build, undone after it."""
+    import shutil
+
+    import pytest
+
+    from maskshare.stages.evaluate import build
+
+    run = dest / run0.name
+    shutil.copytree(run0, run)
+    shutil.rmtree(run / "evaluate")
+    mp = monkeypatch or pytest.MonkeyPatch()
+    mp.setenv("MASKSHARE_CACHE", str(cache))
+    try:
+        build(run)
+    finally:
+        mp.undo()
+    return run
 
 
 def stage_dirs(run: Path) -> list[Path]:

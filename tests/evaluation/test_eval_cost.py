@@ -6,7 +6,6 @@ here as the reference)."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import polars as pl
@@ -19,6 +18,7 @@ from maskshare.masks.masking import MaskedModel, complement, empty_masks, full_m
 from maskshare.masks.slot_stats import compute_slot_stats
 from maskshare.masks.stacked import stacked_logit_diffs
 from maskshare.testing import tiny_task
+from run_helpers import rebuilt_evaluation
 
 PROMPTS = ["The chemical symbol for gold is", "The chemical symbol for iron is",
            "Element: Gold\nSymbol:", "gold Au 79", "The chemical symbol for oxygen is",
@@ -116,19 +116,8 @@ def test_a_sweep_evaluated_together_equals_each_mask_evaluated_the_old_way(data,
 @pytest.fixture(scope="module")
 def evaluated(finished_tiny_run, tmp_path_factory):
     """A copy of the finished tiny run, its evaluation rebuilt (the timings are this build's)."""
-    from maskshare.stages.evaluate import build
-
     _, run0, cache = finished_tiny_run
-    run = tmp_path_factory.mktemp("eval-cost") / run0.name
-    shutil.copytree(run0, run)
-    shutil.rmtree(run / "evaluate")  # a complete folder would be kept, not rebuilt
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MASKSHARE_CACHE", str(cache))
-    try:
-        build(run)
-    finally:
-        mp.undo()
-    return run
+    return rebuilt_evaluation(run0, cache, tmp_path_factory.mktemp("eval-cost"))
 
 
 def test_the_evaluate_stage_rows_equal_one_pass_per_mask(evaluated):

@@ -6,13 +6,13 @@ one scoring every point gives."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import polars as pl
 import pytest
 
 from maskshare.evaluation.metrics import f_at_size, points_read
+from run_helpers import rebuilt_evaluation
 
 
 def test_the_points_read_give_f_at_size_its_value_over_every_point():
@@ -38,21 +38,6 @@ def test_the_points_read_give_f_at_size_its_value_over_every_point():
     assert points_read([1.0, 2.0], [0.5, 3.0, None]) == set()  # out of range: nothing read
 
 
-def _rebuilt(run0, cache, dest, monkeypatch=None):
-    from maskshare.stages.evaluate import build
-
-    run = dest / run0.name
-    shutil.copytree(run0, run)
-    shutil.rmtree(run / "evaluate")
-    mp = monkeypatch or pytest.MonkeyPatch()
-    mp.setenv("MASKSHARE_CACHE", str(cache))
-    try:
-        build(run)
-    finally:
-        mp.undo()
-    return run
-
-
 @pytest.fixture(scope="module")
 def both(finished_tiny_run, tmp_path_factory):
     """The tiny run's evaluation rebuilt as it is, and rebuilt scoring every mask and
@@ -61,10 +46,10 @@ def both(finished_tiny_run, tmp_path_factory):
     import maskshare.stages.evaluate as ev
 
     _, run0, cache = finished_tiny_run
-    now = _rebuilt(run0, cache, tmp_path_factory.mktemp("reads-now"))
+    now = rebuilt_evaluation(run0, cache, tmp_path_factory.mktemp("reads-now"))
     mp = pytest.MonkeyPatch()
     mp.setattr(ev, "SCORE_ALL", True)
-    every = _rebuilt(run0, cache, tmp_path_factory.mktemp("reads-every"), mp)
+    every = rebuilt_evaluation(run0, cache, tmp_path_factory.mktemp("reads-every"), mp)
     return now, every
 
 
