@@ -99,8 +99,7 @@ def bench_pipeline(config: Path, device: str, threads: int, prefect: bool = True
         out[label] = entry
     if prefect and out.get("cold", {}).get("returncode") == 0:
         out["prefect_cold"] = bench_prefect_cold(config, device, threads, tmp / "prefect")
-        inner = out["cold"].get("inner_s")
-        if out["prefect_cold"].get("returncode") == 0 and inner:
+        if out["prefect_cold"].get("returncode") == 0:
             out["prefect_ratio"] = round(out["prefect_cold"]["wall_s"] / out["cold"]["wall_s"],
                                          3)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -178,15 +178,15 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
     masks = {i: m for i, (_, m) in enumerate(pairs)}  # lambdas may repeat (None)
     lams = [lam for lam, _ in pairs]
     rows = []
+    chosen: set = set()  # the key of the chosen circuit, once the selection split chose it
     if read is not None:
         todo_splits = list(read)
-    elif choose is not None or SCORE_ALL:
+    elif SCORE_ALL:  # every split, every complement
+        todo_splits, choose, chosen = [_select(run, cfg, cache), *splits], None, set(masks)
+    elif choose is not None:
         todo_splits = [_select(run, cfg, cache), *splits]
     else:
         todo_splits = list(splits)
-    chosen: set = set()  # the key of the chosen circuit, once the selection split chose it
-    if SCORE_ALL and read is None:
-        choose, chosen = None, set(masks)
     for split in todo_splits:
         prep = _prepare(run, cfg, variant, split, cache)
         phrasing, ids = prep.items["phrasing"].to_list(), prep.items["prompt_id"].to_list()
