@@ -39,14 +39,14 @@ def main() -> None:
     ap.add_argument("--lambdas", type=float, nargs="*", default=None)
     a = ap.parse_args()
 
-    from maskshare.evaluation import evaluate_masks
-    from maskshare.grouping import load_grouping
-    from maskshare.layout import RunLayout
-    from maskshare.mask_training import TrainResult
-    from maskshare.masking import MaskedModel
-    from maskshare.resources import get_model, get_saes, load_run_config
-    from maskshare.slot_stats import HookStats, SlotStats
-    from maskshare.variants import main_variant
+    from maskshare.evaluation.metrics import evaluate_masks
+    from maskshare.grouping.registry import load_grouping
+    from maskshare.masks.checkpoints import TrainResult
+    from maskshare.masks.masking import MaskedModel
+    from maskshare.masks.slot_stats import HookStats, SlotStats
+    from maskshare.run.layout import RunLayout
+    from maskshare.run.resources import get_model, get_saes, load_run_config
+    from maskshare.run.variants import main_variant
 
     run = Path(a.run)
     lay = RunLayout(run)

@@ -110,3 +110,37 @@ def test_few_imports_of_the_package_hide_inside_functions_and_each_says_why():
     assert len(found) <= 30, "\n".join(f"{m}:{n}" for m, n, _ in found)
     unexplained = [f"{m}:{n}" for m, n, text in found if "#" not in text]
     assert not unexplained, unexplained
+
+
+def _outside_imports() -> list[tuple[str, int, str, str]]:
+    """(file, line, module, name) of every `from maskshare... import name` in the scripts,
+    benchmarks, flows and tests: code outside the package that no package test imports."""
+    root = SRC.parent.parent
+    out = []
+    for folder in ("benchmarks", "scripts", "flows", "tests"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if (isinstance(node, ast.ImportFrom) and not node.level
+                        and (node.module or "").split(".")[0] == "maskshare"):
+                    rel = str(path.relative_to(root))
+                    out += [(rel, node.lineno, node.module, a.name) for a in node.names]
+    return out
+
+
+def test_every_import_of_the_package_outside_it_resolves():
+    """A module moved or a name renamed must not leave a benchmark or script importing the
+    old path (benchmarks run by hand, not by the suite)."""
+    import importlib
+
+    found = _outside_imports()
+    assert any(f.startswith("benchmarks/") for f, *_ in found)
+    broken = []
+    for file, line, module, name in found:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            broken.append(f"{file}:{line}: {module} ({e})")
+            continue
+        if not hasattr(mod, name) and importlib.util.find_spec(f"{module}.{name}") is None:
+            broken.append(f"{file}:{line}: {module}.{name}")
+    assert not broken, "\n".join(broken)
