@@ -124,18 +124,23 @@ def config(candidate: str, dataset: str) -> dict:
 
 
 def run(candidate: str, dataset: str, tag: str) -> Path:
-    CONFIGS.mkdir(parents=True, exist_ok=True)
-    cfg_path = CONFIGS / f"{candidate}__{tag}.yaml"
-    cfg_path.write_text(yaml.safe_dump(config(candidate, dataset), sort_keys=False))
+    return run_config(config(candidate, dataset), f"{candidate}__{tag}")
+
+
+def run_config(cfg: dict, label: str, configs: Path = CONFIGS) -> Path:
+    """`maskshare run --no-prefect` on `cfg` (written to configs/label.yaml); the run dir."""
+    configs.mkdir(parents=True, exist_ok=True)
+    cfg_path = configs / f"{label}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = dict(os.environ, MASKSHARE_THREADS=os.environ.get("MASKSHARE_THREADS", "1"),
                HF_HUB_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
     t0 = time.time()
     p = subprocess.run([str(ROOT / ".venv/bin/maskshare"), "run", "--no-prefect", "--config",
                         str(cfg_path)], cwd=ROOT, env=env, capture_output=True, text=True)
     if p.returncode != 0:
-        raise RuntimeError(f"{candidate} on {tag} failed:\n{p.stderr[-3000:]}")
+        raise RuntimeError(f"{label} failed:\n{p.stderr[-3000:]}")
     run_dir = Path(p.stdout.strip().splitlines()[-1])
-    print(f"{candidate} {tag}: {run_dir.name} ({time.time() - t0:.0f} s)", flush=True)
+    print(f"{label}: {run_dir.name} ({time.time() - t0:.0f} s)", flush=True)
     return run_dir
 
 

@@ -1,0 +1,134 @@
+"""Issue 22: how the default run's masks train, chosen on validation folds of its training
+data only (never a held-out split).
+
+    .venv/bin/python benchmarks/training_folds.py                 # every setting x fold
+    .venv/bin/python benchmarks/training_folds.py --settings cold60 --folds entity
+    .venv/bin/python benchmarks/training_folds.py --table         # what has been measured
+    .venv/bin/python benchmarks/training_folds.py --heldout       # + held-out splits (report)
+
+Each (setting, fold) is `configs/default.yaml` with its `masks` training settings replaced
+by the setting's and its validation split carved by the fold, the main variant only (no
+baselines): one `maskshare run --no-prefect` (`MASKSHARE_THREADS`, default 1). Folds:
+`phrasing` (the default's own carving: 2 of the 11 training phrasings) and `entity` (a
+seeded fifth of the training elements, every phrasing kept: the validation analogue of the
+held-out elements). Figures: the main variant's F on the fold's validation prompts per
+lambda (latents per token on them), F read at fixed sizes (linear in log size, inside the
+measured range only), and each mask's training-sample fit. Results accumulate in
+benchmarks/results/training_validation.json keyed `setting|fold`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from transfer import f_at, merge, run_config, store  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "training_validation.json"
+CONFIGS = ROOT / "benchmarks" / "transfer" / "training"
+SIZES = [40, 60, 100, 150, 200, 400, 800]
+MAIN = "attention__slot-mean"
+
+# every field that says where a training starts and how long it runs, written out so a
+# setting does not depend on what configs/default.yaml or the library defaults say today
+SETTINGS: dict[str, dict] = {
+    # the chain of issue 13: IG start, each lambda continued from the previous, 20 steps
+    "chain20": {"steps": 20, "init": "attribution", "continue_sweep": True, "warm_steps": 20},
+    # every lambda trained on its own from init_logit, 60 steps (before issue 13)
+    "cold60": {"steps": 60, "init": "cold", "continue_sweep": False, "warm_steps": None},
+}
+FOLDS: dict[str, dict] = {
+    "phrasing": {},
+    "entity": {"validation": {"by": "entity"}},
+}
+# run names (part of the run's hash): those of the runs first measured
+NAMES = {"phrasing": "", "entity": "ent-", "chain20": "default", "cold60": "cold60"}
+HELD_OUT = ["test_phrasing", "test_entity", "test_both"]
+
+
+def config(setting: str, fold: str, runs_dir: str | None = None) -> dict:
+    base = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    cfg = merge(base, {"name": NAMES[fold] + NAMES[setting], "masks": SETTINGS[setting],
+                       "dataset": FOLDS[fold],
+                       "evaluate": {"baselines": [], "ablations": []}})
+    if runs_dir:
+        cfg["runs_dir"] = runs_dir
+    return cfg
+
+
+def points(curves: pl.DataFrame, split: str) -> list[dict]:
+    r = curves.filter(pl.col("split") == split, pl.col("variant") == MAIN,
+                      pl.col("finder") == "masks").sort("lambda")
+    return [{"lambda": lam, "F": f, "latents_per_token": s} for lam, f, s in
+            zip(r["lambda"], r["faithfulness"], r["latents_per_token"], strict=True)]
+
+
+def summarise(run_dir: Path) -> dict:
+    curves = pl.read_parquet(run_dir / "evaluate" / "curves.parquet")
+    fits = {}
+    for d in sorted((run_dir / "masks" / MAIN).glob("lam*_seed0")):
+        s = json.loads((d / "summary.json").read_text())
+        fits[d.name] = {**s.get("fit", {}), "steps": s.get("steps")}
+    out = {"run": run_dir.name, "fits": fits,
+           "selection": json.loads((run_dir / "metrics.json").read_text()).get("selection")}
+    for split in ["validation", *HELD_OUT]:
+        pts = points(curves, split)
+        out[split] = {"points": pts}
+    return out
+
+
+def fat(v: dict, size: float) -> float | None:
+    return f_at([(p["latents_per_token"], p["F"]) for p in v["points"]], size)
+
+
+def table(doc: dict, split: str) -> str:
+    lines = [f"| setting | fold | {' | '.join(f'F@{s}' for s in SIZES)} | F (latents/token) "
+             "per lambda, densest first |", "|---" * (3 + len(SIZES)) + "|"]
+    for key in sorted(doc):
+        setting, fold = key.split("|")
+        v = doc[key].get(split)
+        if not v:
+            continue
+        fa = " | ".join("-" if fat(v, s) is None else f"{fat(v, s):.2f}" for s in SIZES)
+        pts = " / ".join(f"{p['F']:.2f} ({p['latents_per_token']:.0f})" for p in v["points"])
+        lines.append(f"| {setting} | {fold} | {fa} | {pts} |")
+    # each setting against the first, per fold, where both curves reach the size
+    first, *others = sorted(SETTINGS)
+    for other in others:
+        for fold in sorted(FOLDS):
+            a, b = doc.get(f"{first}|{fold}", {}).get(split), doc.get(f"{other}|{fold}", {}).get(split)
+            if a and b:
+                d = ["-" if fat(a, s) is None or fat(b, s) is None
+                     else f"{fat(b, s) - fat(a, s):+.2f}" for s in SIZES]
+                lines.append(f"| {other} - {first} | {fold} | {' | '.join(d)} | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS))
+    ap.add_argument("--folds", nargs="+", choices=sorted(FOLDS), default=sorted(FOLDS))
+    ap.add_argument("--runs-dir", default=None, help="where the runs go (default: the config's)")
+    ap.add_argument("--table", action="store_true", help="print what has been measured")
+    ap.add_argument("--heldout", action="store_true",
+                    help="also print the held-out splits (reporting only: never for choosing)")
+    a = ap.parse_args()
+    if not a.table:
+        for fold in a.folds:
+            for setting in a.settings:
+                d = run_config(config(setting, fold, a.runs_dir), f"{setting}__{fold}", CONFIGS)
+                store(RESULTS, f"{setting}|{fold}", summarise(d))
+    doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for split in ["validation", *(HELD_OUT if a.heldout else [])]:
+        print(f"## {split}\n\n{table(doc, split)}\n")
+
+
+if __name__ == "__main__":
+    main()
