@@ -9,7 +9,8 @@ data only (never a held-out split).
 Each (setting, fold) is `configs/default.yaml` with its `masks` training settings replaced
 by the setting's and its validation split carved by the fold, the main variant only (no
 baselines): one `maskshare run --no-prefect` (`MASKSHARE_THREADS`, default 1). Folds:
-`phrasing` (the default's own carving: 2 of the 11 training phrasings) and `entity` (a
+`phrasing` (the default's own carving: 2 of the 11 training phrasings), `phrasing-s1`
+(the same with validation seed 1: two other phrasings) and `entity` (a
 seeded fifth of the training elements, every phrasing kept: the validation analogue of the
 held-out elements). Figures: the main variant's F on the fold's validation prompts per
 lambda (latents per token on them), F read at fixed sizes (linear in log size, inside the
@@ -46,10 +47,11 @@ SETTINGS: dict[str, dict] = {
 }
 FOLDS: dict[str, dict] = {
     "phrasing": {},
+    "phrasing-s1": {"validation": {"seed": 1}},  # two other training phrasings
     "entity": {"validation": {"by": "entity"}},
 }
 # run names (part of the run's hash): those of the runs first measured
-NAMES = {"phrasing": "", "entity": "ent-", "chain20": "default", "cold60": "cold60"}
+NAMES = {"phrasing": "", "entity": "ent-", "phrasing-s1": "s1-", "chain20": "default", "cold60": "cold60"}
 HELD_OUT = ["test_phrasing", "test_entity", "test_both"]
 
 
