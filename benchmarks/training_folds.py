@@ -74,15 +74,16 @@ def points(curves: pl.DataFrame, split: str) -> list[dict]:
 
 def summarise(run_dir: Path) -> dict:
     curves = pl.read_parquet(run_dir / "evaluate" / "curves.parquet")
-    fits = {}
+    fits, train_s = {}, 0.0
     for d in sorted((run_dir / "masks" / MAIN).glob("lam*_seed0")):
         s = json.loads((d / "summary.json").read_text())
-        fits[d.name] = {**s.get("fit", {}), "steps": s.get("steps")}
-    out = {"run": run_dir.name, "fits": fits,
+        manifest = json.loads((d / "manifest.json").read_text())
+        fits[d.name] = {**s.get("fit", {}), "steps": manifest["steps_run"]}
+        train_s += manifest["timings"]["train_s"]
+    out = {"run": run_dir.name, "fits": fits, "train_s": train_s,
            "selection": json.loads((run_dir / "metrics.json").read_text()).get("selection")}
     for split in ["validation", *HELD_OUT]:
-        pts = points(curves, split)
-        out[split] = {"points": pts}
+        out[split] = {"points": points(curves, split)}
     return out
 
 
@@ -98,7 +99,7 @@ def table(doc: dict, split: str) -> str:
         v = doc[key].get(split)
         if not v:
             continue
-        fa = " | ".join("-" if fat(v, s) is None else f"{fat(v, s):.2f}" for s in SIZES)
+        fa = " | ".join("-" if f is None else f"{f:.2f}" for f in (fat(v, s) for s in SIZES))
         pts = " / ".join(f"{p['F']:.2f} ({p['latents_per_token']:.0f})" for p in v["points"])
         lines.append(f"| {setting} | {fold} | {fa} | {pts} |")
     # each setting against the first, per fold, where both curves reach the size
@@ -107,8 +108,8 @@ def table(doc: dict, split: str) -> str:
         for fold in sorted(FOLDS):
             a, b = doc.get(f"{first}|{fold}", {}).get(split), doc.get(f"{other}|{fold}", {}).get(split)
             if a and b:
-                d = ["-" if fat(a, s) is None or fat(b, s) is None
-                     else f"{fat(b, s) - fat(a, s):+.2f}" for s in SIZES]
+                fs = [(fat(a, s), fat(b, s)) for s in SIZES]
+                d = ["-" if x is None or y is None else f"{y - x:+.2f}" for x, y in fs]
                 lines.append(f"| {other} - {first} | {fold} | {' | '.join(d)} | |")
     return "\n".join(lines)
 
@@ -130,6 +131,10 @@ def main() -> None:
     doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for split in ["validation", *(HELD_OUT if a.heldout else [])]:
         print(f"## {split}\n\n{table(doc, split)}\n")
+    print("## mask training of the main variant (s, all lambdas; runs side by side differ)\n")
+    for key in sorted(doc):
+        print(f"- {key}: {doc[key]['train_s']:.0f} s, "
+              f"{sum(f['steps'] for f in doc[key]['fits'].values())} steps")
 
 
 if __name__ == "__main__":

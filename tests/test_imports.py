@@ -131,6 +131,7 @@ def test_every_import_of_the_package_outside_it_resolves():
     """A module moved or a name renamed must not leave a benchmark or script importing the
     old path (benchmarks run by hand, not by the suite)."""
     import importlib
+    import importlib.util
 
     found = _outside_imports()
     assert any(f.startswith("benchmarks/") for f, *_ in found)
