@@ -5,6 +5,8 @@ data only (never a held-out split).
     .venv/bin/python benchmarks/training_folds.py --settings cold60 --folds entity
     .venv/bin/python benchmarks/training_folds.py --table         # what has been measured
     .venv/bin/python benchmarks/training_folds.py --heldout       # + held-out splits (report)
+    .venv/bin/python benchmarks/training_folds.py --base configs/element-questions.yaml \
+        --folds phrasing                                           # another dataset's run
 
 Each (setting, fold) is `configs/default.yaml` with its `masks` training settings replaced
 by the setting's and its validation split carved by the fold, the main variant only (no
@@ -15,7 +17,9 @@ seeded fifth of the training elements, every phrasing kept: the validation analo
 held-out elements). Figures: the main variant's F on the fold's validation prompts per
 lambda (latents per token on them), F read at fixed sizes (linear in log size, inside the
 measured range only), and each mask's training-sample fit. Results accumulate in
-benchmarks/results/training_validation.json keyed `setting|fold`.
+benchmarks/results/training_validation.json keyed `setting|fold` (`setting|NAME:fold` for
+`--base` another config NAME.yaml, whose fold `phrasing` is that config's own carving,
+`by: auto`: held-out groups where it has at least 3 training groups, else entities).
 """
 
 from __future__ import annotations
@@ -55,9 +59,15 @@ NAMES = {"phrasing": "", "entity": "ent-", "phrasing-s1": "s1-", "chain20": "def
 HELD_OUT = ["test_phrasing", "test_entity", "test_both"]
 
 
-def config(setting: str, fold: str, runs_dir: str | None = None) -> dict:
-    base = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
-    cfg = merge(base, {"name": NAMES[fold] + NAMES[setting], "masks": SETTINGS[setting],
+DEFAULT = ROOT / "configs" / "default.yaml"
+
+
+def config(setting: str, fold: str, runs_dir: str | None = None, base_path: Path = DEFAULT) -> dict:
+    base = yaml.safe_load(base_path.read_text())
+    name = NAMES[fold] + NAMES[setting]
+    if base_path.resolve() != DEFAULT.resolve():
+        name = f"{base['name']}-{NAMES[fold]}{setting}"
+    cfg = merge(base, {"name": name, "masks": SETTINGS[setting],
                        "dataset": FOLDS[fold],
                        "evaluate": {"baselines": [], "ablations": []}})
     if runs_dir:
@@ -105,7 +115,7 @@ def table(doc: dict, split: str) -> str:
     # each setting against the first, per fold, where both curves reach the size
     first, *others = sorted(SETTINGS)
     for other in others:
-        for fold in sorted(FOLDS):
+        for fold in sorted({k.split("|")[1] for k in doc}):
             a, b = doc.get(f"{first}|{fold}", {}).get(split), doc.get(f"{other}|{fold}", {}).get(split)
             if a and b:
                 fs = [(fat(a, s), fat(b, s)) for s in SIZES]
@@ -119,6 +129,8 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS))
     ap.add_argument("--folds", nargs="+", choices=sorted(FOLDS), default=sorted(FOLDS))
     ap.add_argument("--runs-dir", default=None, help="where the runs go (default: the config's)")
+    ap.add_argument("--base", type=Path, default=DEFAULT,
+                    help="the run config the settings and folds apply to (default: the default's)")
     ap.add_argument("--table", action="store_true", help="print what has been measured")
     ap.add_argument("--heldout", action="store_true",
                     help="also print the held-out splits (reporting only: never for choosing)")
@@ -126,8 +138,12 @@ def main() -> None:
     if not a.table:
         for fold in a.folds:
             for setting in a.settings:
-                d = run_config(config(setting, fold, a.runs_dir), f"{setting}__{fold}", CONFIGS)
-                store(RESULTS, f"{setting}|{fold}", summarise(d))
+                cfg = config(setting, fold, a.runs_dir, a.base)
+                own = a.base.resolve() == DEFAULT.resolve()
+                key = f"{setting}|{fold}" if own else \
+                    f"{setting}|{yaml.safe_load(a.base.read_text())['name']}:{fold}"
+                d = run_config(cfg, key.replace("|", "__").replace(":", "_"), CONFIGS)
+                store(RESULTS, key, summarise(d))
     doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for split in ["validation", *(HELD_OUT if a.heldout else [])]:
         print(f"## {split}\n\n{table(doc, split)}\n")

@@ -23,6 +23,7 @@ transfer_heldout.json for --final), keyed by candidate and fold.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
@@ -175,9 +176,15 @@ def summarise(run_dir: Path, splits: list[str]) -> dict:
 
 
 def store(path: Path, key: str, value: dict) -> None:
-    doc = json.loads(path.read_text()) if path.exists() else {}
-    doc[key] = value
-    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    """Set `key` in the JSON file at `path`, read and written under a lock (runs side by side
+    store into one file)."""
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(path.read_text()) if path.exists() else {}
+        doc[key] = value
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
 
 
 def validate(candidates: list[str], fold_set: str) -> None:

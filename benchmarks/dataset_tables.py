@@ -1,0 +1,104 @@
+"""The held-out tables of the shipped datasets' runs (README "Each dataset's held-out splits",
+issue 22), from finished runs only.
+
+    .venv/bin/python benchmarks/dataset_tables.py data/runs/<run> [data/runs/<run> ...]
+
+Per run: how its circuit was chosen (the rule, the selection split, its F there), then per
+held-out split (and per group of a prompt dataset's split, `split:group`) the main method's
+chosen circuit, F (latents per token on that split), each baseline grouping's F read off
+its own curve at that size (linear in log size, never extrapolated: `-` where its curve does
+not reach it) and which method is closest to F 1 there; then the main method's F read at
+fixed sizes (40 / 60 / 100 latents per token, the issue's targets) and its whole curve, densest
+first. Everything is read from the run's metrics.json and evaluate/curves.parquet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import polars as pl
+
+from maskshare.evaluation.metrics import f_at_size
+from maskshare.run.layout import RunLayout
+
+HELDOUT = ("test_phrasing", "test_entity", "test_both")
+SIZES = (40, 60, 100)
+
+
+def _f(v, nd=2) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _points(curves: pl.DataFrame, variant: str, split: str) -> pl.DataFrame:
+    rows = curves.filter(pl.col("variant") == variant, pl.col("split") == split,
+                         pl.col("lambda").is_not_null(), pl.col("seed") == curves["seed"].min())
+    if "finder" in rows.columns:
+        rows = rows.filter(pl.col("finder") == "masks")
+    return rows.filter(pl.col("latents_per_token") > 0).sort("latents_per_token")
+
+
+def _at(pts: pl.DataFrame, size: float) -> float | None:
+    if pts.height == 0:
+        return None
+    return f_at_size(pts["latents_per_token"].to_list(), pts["faithfulness"].to_list(), size)
+
+
+def tables(run: Path) -> str:
+    layout = RunLayout(run)
+    m = json.loads(layout.metrics.read_text())
+    curves = pl.read_parquet(layout.curves)
+    main = m.get("main_variant") or pl.read_parquet(layout.comparisons)["method"][0]
+    others = sorted(v for v in curves["variant"].unique().to_list()
+                    if v != main and "__" in v and v.split("__")[1] == main.split("__")[1]
+                    and v.count("__") == 1)
+    lam = m["lambda"]
+    sel = m.get("selection") or {}
+    out = [f"**`{m['dataset']}`**, run `{run.name}`: lambda {lam:g}, chosen as the "
+           f"{sel.get('rule', '?')} on `{sel.get('split', '?')}` (F {_f(sel.get('faithfulness'))} "
+           f"at {_f(sel.get('latents_per_token'), 0)} latents per token there, target "
+           f"{sel.get('target_f', '?')}).", "",
+           "| " + " | ".join(["held-out split", "prompts", f"{main.split('__')[0]} (chosen)",
+                            *(o.split("__")[0] for o in others), "closest to F 1"]) + " |",
+           "|---|---:|---:|" + "---:|" * len(others) + "---|"]
+    splits = sorted({s for s in curves["split"].unique().to_list()
+                     if s.split(":")[0] in HELDOUT}, key=lambda s: (HELDOUT.index(
+                         s.split(":")[0]), s))
+    for split in splits:
+        mine = _points(curves, main, split).filter(pl.col("lambda") == lam)
+        if mine.height == 0:
+            continue
+        r = mine.row(0, named=True)
+        size, f = r["latents_per_token"], r["faithfulness"]
+        fs = {o: _at(_points(curves, o, split), size) for o in others}
+        scored = {main: f, **{o: v for o, v in fs.items() if v is not None}}
+        lead = min(scored, key=lambda k: abs(1 - scored[k]))
+        out.append("| " + " | ".join([f"`{split}`", str(r["n_prompts"]), f"{_f(f)} ({size:.0f})",
+                                      *(_f(fs[o]) for o in others), lead.split("__")[0]])
+                   + " |")
+    out += ["", f"{main.split('__')[0]}: F read at {' / '.join(map(str, SIZES))} latents per "
+                "token, and every lambda's F (latents per token), densest first:", "",
+            "| split | " + " | ".join(f"F@{s}" for s in SIZES) + " | curve |",
+            "|---|" + "---:|" * len(SIZES) + "---|"]
+    for split in ["train", "validation", *splits]:
+        pts = _points(curves, main, split)
+        if pts.height == 0:
+            continue
+        curve = " / ".join(f"{f:.2f} ({s:.0f})" for f, s in zip(
+            pts["faithfulness"].reverse(), pts["latents_per_token"].reverse(), strict=True))
+        out.append(f"| `{split}` | " + " | ".join(_f(_at(pts, s)) for s in SIZES)
+                   + f" | {curve} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="a finished run directory")
+    for run in ap.parse_args().runs:
+        print(tables(run))
+        print()
+
+
+if __name__ == "__main__":
+    main()
