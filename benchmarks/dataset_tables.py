@@ -31,6 +31,12 @@ def _f(v, nd=2) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+def _name(variant: str, main: str) -> str:
+    """`grouping`, or `grouping (ablation)` where the ablation is not the main method's."""
+    g, a = variant.split("__")
+    return g if a == main.split("__")[1] else f"{g} ({a})"
+
+
 def _points(curves: pl.DataFrame, variant: str, split: str) -> pl.DataFrame:
     rows = curves.filter(pl.col("variant") == variant, pl.col("split") == split,
                          pl.col("lambda").is_not_null(), pl.col("seed") == curves["seed"].min())
@@ -50,9 +56,10 @@ def tables(run: Path) -> str:
     m = json.loads(layout.metrics.read_text())
     curves = pl.read_parquet(layout.curves)
     main = m.get("main_variant") or pl.read_parquet(layout.comparisons)["method"][0]
-    others = sorted(v for v in curves["variant"].unique().to_list()
-                    if v != main and "__" in v and v.split("__")[1] == main.split("__")[1]
-                    and v.count("__") == 1)
+    # the other groupings and ablations (not the attribution circuits, `<variant>__<finder>`)
+    others = sorted((v for v in curves["variant"].unique().to_list()
+                     if v != main and v.count("__") == 1),
+                    key=lambda v: (v.split("__")[1] != main.split("__")[1], v))
     lam = m["lambda"]
     sel = m.get("selection") or {}
     out = [f"**`{m['dataset']}`**, run `{run.name}`: lambda {lam:g}, chosen as the "
@@ -60,7 +67,7 @@ def tables(run: Path) -> str:
            f"at {_f(sel.get('latents_per_token'), 0)} latents per token there, target "
            f"{sel.get('target_f', '?')}).", "",
            "| " + " | ".join(["held-out split", "prompts", f"{main.split('__')[0]} (chosen)",
-                            *(o.split("__")[0] for o in others), "closest to F 1"]) + " |",
+                            *(_name(o, main) for o in others), "closest to F 1"]) + " |",
            "|---|---:|---:|" + "---:|" * len(others) + "---|"]
     splits = sorted({s for s in curves["split"].unique().to_list()
                      if s.split(":")[0] in HELDOUT}, key=lambda s: (HELDOUT.index(
@@ -75,7 +82,7 @@ def tables(run: Path) -> str:
         scored = {main: f, **{o: v for o, v in fs.items() if v is not None}}
         lead = min(scored, key=lambda k: abs(1 - scored[k]))
         out.append("| " + " | ".join([f"`{split}`", str(r["n_prompts"]), f"{_f(f)} ({size:.0f})",
-                                      *(_f(fs[o]) for o in others), lead.split("__")[0]])
+                                      *(_f(fs[o]) for o in others), _name(lead, main)])
                    + " |")
     out += ["", f"{main.split('__')[0]}: F read at {' / '.join(map(str, SIZES))} latents per "
                 "token, and every lambda's F (latents per token), densest first:", "",

@@ -10,7 +10,8 @@ elements has no reason to keep it; under slot-mean ablation an unseen element's 
 are replaced by the training elements' mean. This measures that directly on a finished run:
 per lambda of the main variant, F on `--split` for the circuit as learned, and for the
 circuit plus each prompt's own `k` most active latents (per SAE) at the tokens whose role is
-in `--roles` (the entity's mention), input-dependent and nothing else changed. `empty+k`
+in `--roles` (the entity's mention), input-dependent and nothing else changed (`--k -1`:
+every latent there, the entity's tokens clean). `empty+k`
 is the empty circuit plus those latents alone. Sizes count the added latents (those the
 circuit did not already keep there), averaged over every ablatable token, as the run's
 sizes do. The same on `test_phrasing` (known entities) separates "unseen entity" from "any
@@ -53,8 +54,11 @@ class TopKAtEntity(MaskedModel):
         m = self._per_token(mask, batch, None)
         if self.k:
             sel = (batch.slots >= self.n_real) & ~batch.untouched
-            top = torch.zeros_like(m).scatter_(-1, a.topk(self.k, dim=-1).indices, 1.0)
-            extra = top * (a > 0) * sel[..., None]
+            if self.k < 0:  # every latent kept: the entity's tokens clean
+                extra = sel[..., None].expand_as(m).to(m.dtype)
+            else:
+                top = torch.zeros_like(m).scatter_(-1, a.topk(self.k, dim=-1).indices, 1.0)
+                extra = top * (a > 0) * sel[..., None]
             self.added += float(((extra > 0) & (m == 0)).sum())
             m = torch.maximum(m, extra)
         abl = self._per_token(self.abl[hook], batch, None)
@@ -68,7 +72,8 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("--split", default="test_entity")
     ap.add_argument("--roles", nargs="+", default=["subject"])
-    ap.add_argument("--k", type=int, nargs="+", default=[0, 4, 16, 64])
+    ap.add_argument("--k", type=int, nargs="+", default=[0, 4, 16, 64],
+                    help="latents added per SAE at the entity's tokens; -1: all of them")
     ap.add_argument("--lambdas", type=float, nargs="*", default=None,
                     help="default: every lambda the run trained")
     ap.add_argument("--json", default=None)
