@@ -8,8 +8,8 @@ held-out split (and per group of a prompt dataset's split, `split:group`) the ma
 chosen circuit, F (latents per token on that split), each baseline grouping's F read off
 its own curve at that size (linear in log size, never extrapolated: `-` where its curve does
 not reach it) and which method is closest to F 1 there; then the main method's F read at
-fixed sizes (40 / 60 / 100 latents per token, the issue's targets) and its whole curve, densest
-first. Everything is read from the run's metrics.json and evaluate/curves.parquet.
+fixed sizes (40 / 60 / 100 latents per token, the issue's targets, and 400) and its whole curve, densest
+first; then every method's F at those sizes on each held-out split. Everything is read from the run's metrics.json and evaluate/curves.parquet.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from maskshare.evaluation.metrics import f_at_size
 from maskshare.run.layout import RunLayout
 
 HELDOUT = ("test_phrasing", "test_entity", "test_both")
-SIZES = (40, 60, 100)
+SIZES = (40, 60, 100, 400)
 
 
 def _f(v, nd=2) -> str:
@@ -96,6 +96,17 @@ def tables(run: Path) -> str:
             pts["faithfulness"].reverse(), pts["latents_per_token"].reverse(), strict=True))
         out.append(f"| `{split}` | " + " | ".join(_f(_at(pts, s)) for s in SIZES)
                    + f" | {curve} |")
+    out += ["", "Every method's F read off its own curve at "
+                f"{' / '.join(map(str, SIZES))} latents per token (`-`: not reached):", "",
+            "| split | method | " + " | ".join(f"F@{x}" for x in SIZES) + " |",
+            "|---|---|" + "---:|" * len(SIZES)]
+    for split in splits:
+        if ":" in split:
+            continue
+        for v in [main, *others]:
+            pts = _points(curves, v, split)
+            out.append(f"| `{split}` | {_name(v, main)} | "
+                       + " | ".join(_f(_at(pts, x)) for x in SIZES) + " |")
     return "\n".join(out)
 
 
