@@ -8,8 +8,9 @@ held-out split (and per group of a prompt dataset's split, `split:group`) the ma
 chosen circuit, F (latents per token on that split), each baseline grouping's F read off
 its own curve at that size (linear in log size, never extrapolated: `-` where its curve does
 not reach it) and which method is closest to F 1 there; then the main method's F read at
-fixed sizes (40 / 60 / 100 latents per token, the issue's targets, and 400) and its whole curve, densest
-first; then every method's F at those sizes on each held-out split. Everything is read from the run's metrics.json and evaluate/curves.parquet.
+fixed sizes (40 / 60 / 100 latents per token, the issue's targets, and 400) and its whole
+curve, densest first; then every method's F at those sizes on each held-out split.
+Everything is read from the run's metrics.json and evaluate/curves.parquet.
 """
 
 from __future__ import annotations
