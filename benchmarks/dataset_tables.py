@@ -15,11 +15,11 @@ Everything is read from the run's metrics.json and evaluate/curves.parquet.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import polars as pl
+from report_tables import print_tables  # benchmarks/, beside this script
 
 from maskshare.evaluation.metrics import f_at_size
 from maskshare.run.layout import RunLayout
@@ -56,7 +56,7 @@ def tables(run: Path) -> str:
     layout = RunLayout(run)
     m = json.loads(layout.metrics.read_text())
     curves = pl.read_parquet(layout.curves)
-    main = m.get("main_variant") or pl.read_parquet(layout.comparisons)["method"][0]
+    main = pl.read_parquet(layout.comparisons)["method"][0]  # the main variant comes first
     # the other groupings and ablations (not the attribution circuits, `<variant>__<finder>`)
     others = sorted((v for v in curves["variant"].unique().to_list()
                      if v != main and v.count("__") == 1),
@@ -111,13 +111,5 @@ def tables(run: Path) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="a finished run directory")
-    for run in ap.parse_args().runs:
-        print(tables(run))
-        print()
-
-
 if __name__ == "__main__":
-    main()
+    print_tables(tables, __doc__)

@@ -97,13 +97,14 @@ def attribution_table(curves: pl.DataFrame, main: str) -> list[str]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def print_tables(tables_of, doc: str) -> None:
+    """The command line of a table script: `tables_of(run)` printed for each RUN argument."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="a finished run directory")
     for run in ap.parse_args().runs:
-        print(tables(run))
+        print(tables_of(run))
         print()
 
 
 if __name__ == "__main__":
-    main()
+    print_tables(tables, __doc__)

@@ -136,12 +136,13 @@ def main() -> None:
                     help="also print the held-out splits (reporting only: never for choosing)")
     a = ap.parse_args()
     if not a.table:
+        # results of another config are keyed by its name: `setting|NAME:fold`
+        prefix = "" if a.base.resolve() == DEFAULT.resolve() else \
+            f"{yaml.safe_load(a.base.read_text())['name']}:"
         for fold in a.folds:
             for setting in a.settings:
                 cfg = config(setting, fold, a.runs_dir, a.base)
-                own = a.base.resolve() == DEFAULT.resolve()
-                key = f"{setting}|{fold}" if own else \
-                    f"{setting}|{yaml.safe_load(a.base.read_text())['name']}:{fold}"
+                key = f"{setting}|{prefix}{fold}"
                 d = run_config(cfg, key.replace("|", "__").replace(":", "_"), CONFIGS)
                 store(RESULTS, key, summarise(d))
     doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

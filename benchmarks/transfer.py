@@ -35,6 +35,8 @@ import numpy as np
 import polars as pl
 import yaml
 
+from maskshare.evaluation.metrics import f_at_size
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from transfer_folds import folds as write_folds  # noqa: E402
@@ -146,12 +148,9 @@ def run_config(cfg: dict, label: str, configs: Path = CONFIGS) -> Path:
 
 
 def f_at(points: list[tuple[float, float]], size: float) -> float | None:
-    """F at `size` latents per token, linear in log size between measured points."""
-    pts = sorted((s, f) for s, f in points if s and s > 0)
-    if not pts or not pts[0][0] <= size <= pts[-1][0]:
-        return None
-    xs = np.log([s for s, _ in pts])
-    return float(np.interp(np.log(size), xs, [f for _, f in pts]))
+    """F at `size` latents per token, linear in log size between measured points
+    (`maskshare.evaluation.metrics.f_at_size`)."""
+    return f_at_size([s for s, _ in points], [f for _, f in points], size)
 
 
 def summarise(run_dir: Path, splits: list[str]) -> dict:
