@@ -101,7 +101,11 @@ def print_tables(tables_of, doc: str) -> None:
     """The command line of a table script: `tables_of(run)` printed for each RUN argument."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="a finished run directory")
-    for run in ap.parse_args().runs:
+    runs = ap.parse_args().runs
+    for run in runs:
+        if not RunLayout(run).metrics.exists():
+            ap.error(f"{run}: not a finished run (no {RunLayout(run).metrics.name})")
+    for run in runs:
         print(tables_of(run))
         print()
 
