@@ -2,8 +2,8 @@
 
 Every artifact lives under a directory named by a hash of its inputs and config, is
 written atomically (temp file, fsync, rename) and carries `manifest.json` with its
-inputs, config, versions, seed, timings and the sha256 of each file it holds, so a
-truncated or corrupted file is detected and rebuilt rather than loaded.
+inputs, config, versions, runtime (torch threads), seed, timings and the sha256 of each
+file it holds, so a truncated or corrupted file is detected and rebuilt rather than loaded.
 
 Files and folders get the permissions the process umask gives (`tempfile` would make them
 private), so a runs root can be shared with a team, a Prefect server or workers. Builders
@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -289,6 +290,15 @@ def versions() -> dict[str, str]:
     return out
 
 
+def runtime() -> dict[str, Any]:
+    """What the process computed with, beyond the package versions: torch's intra-op thread
+    count where torch is loaded. Mask training is not bit-reproducible across thread counts
+    (float reductions split differently; docs/selection.md), so a manifest says which it
+    used."""
+    torch = sys.modules.get("torch")
+    return {"torch_threads": torch.get_num_threads()} if torch is not None else {}
+
+
 def write_manifest(directory: str | Path, *, inputs: Any = None, config: Any = None,
                    seed: int | None = None, timings: dict[str, float] | None = None,
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -301,7 +311,8 @@ def write_manifest(directory: str | Path, *, inputs: Any = None, config: Any = N
     }
     manifest = {
         "inputs": inputs, "config": config, "seed": seed, "timings": timings or {},
-        "versions": versions(), "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "versions": versions(), "runtime": runtime(), "files": files,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **(extra or {}),
     }
     write_json_atomic(directory / MANIFEST, manifest)

@@ -86,6 +86,20 @@ def test_report_is_rebuilt_from_the_run_files_alone_and_reads_top_down(run):
     assert 'href="groups/attention/groups.html"' in text
 
 
+def test_details_say_which_torch_threads_trained_the_masks(run):
+    manifests = sorted((run / "masks").glob("*/*/manifest.json"))
+    threads = sorted({json.loads(p.read_text())["runtime"]["torch_threads"] for p in manifests})
+    assert threads  # every mask's manifest records it
+    text = write_report(run).read_text()
+    details = text[text.index('id="details"'):text.index('id="raw"')]
+    assert f"Masks trained with {'/'.join(map(str, threads))} torch thread" in details
+    for p in manifests:  # masks from before the manifests recorded it: nothing claimed
+        m = json.loads(p.read_text())
+        del m["runtime"]
+        p.write_text(json.dumps(m))
+    assert "torch thread" not in write_report(run).read_text()
+
+
 def test_headline_sentences_are_the_curves_read_at_the_matched_size(run):
     from maskshare.report.data import headline, load_run_view
 

@@ -519,6 +519,24 @@ def test_a_missing_manifest_or_file_means_incomplete(tmp_path):
     assert not is_complete(d)
 
 
+def test_a_manifest_records_the_torch_threads_it_computed_with(tmp_path):
+    import torch
+
+    d = tmp_path / "stage"
+    d.mkdir()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        write_manifest(d)
+        assert read_manifest(d)["runtime"] == {"torch_threads": 1}
+        if (os.cpu_count() or 1) > 1:
+            torch.set_num_threads(2)
+            write_manifest(d)
+            assert read_manifest(d)["runtime"] == {"torch_threads": 2}
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_building_keeps_a_concurrent_winner_that_lands_just_before_the_rename(tmp_path,
                                                                              monkeypatch):
     import maskshare.artifacts as artifacts

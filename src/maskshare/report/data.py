@@ -305,3 +305,17 @@ def _sae_text(cfg: dict, circuit: dict) -> str:
             "local": "local SAEs"}.get(src, f"{src} SAEs")
     layers = circuit.get("layers") or []
     return f"{what} at layers {', '.join(map(str, layers))}" if layers else what
+
+
+def mask_threads(run: str | Path) -> list[int]:
+    """The torch thread counts the run's masks were trained with (their manifests'
+    `runtime`; masks written before it was recorded say nothing)."""
+    seen = set()
+    for p in (RunLayout(run).root / "masks").glob("*/*/manifest.json"):
+        try:
+            n = json.loads(p.read_text()).get("runtime", {}).get("torch_threads")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if n is not None:
+            seen.add(int(n))
+    return sorted(seen)

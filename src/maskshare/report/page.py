@@ -28,6 +28,7 @@ from maskshare.report.data import (
     comparison_rows,
     headline,
     load_run_view,
+    mask_threads,
     matched_f,
     method_name,
     plot_series,
@@ -254,6 +255,13 @@ def render_report(view: RunView) -> str:
         stab = (f"<p>Stability across the first two seeds (Jaccard overlap of kept triples / "
                 f"of distinct latents): {_fmt(m['stability_jaccard'], 2)} / "
                 f"{_fmt(m.get('stability_jaccard_latents'), 2)}.</p>")
+    threads = mask_threads(view.run)
+    if threads:
+        n = "/".join(map(str, threads))
+        stab += (f"<p>Masks trained with {n} torch thread{'' if threads == [1] else 's'}. "
+                 "A rebuild with another thread count is not bit-identical: float sums split "
+                 "differently; in one measured rebuild of the default most points moved by "
+                 "~0.1 F and its densest mask by 0.4 (docs/selection.md).</p>")
     raw = html_table([{"metric": k, "value": v if not isinstance(v, dict | list)
                        else json.dumps(v, default=str)} for k, v in sorted(m.items())])
     body = [headline_html(view),

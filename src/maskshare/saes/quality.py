@@ -382,7 +382,8 @@ def update_manifest_quality(directory: Path, quality: dict[str, Any],
     m = read_manifest(directory)
     if m is None:
         return
-    reserved = {"inputs", "config", "seed", "timings", "versions", "files", "created"}
+    reserved = {"inputs", "config", "seed", "timings", "versions", "runtime", "files",
+                "created"}
     extra = {k: v for k, v in m.items() if k not in reserved}
     extra["quality"] = quality_summary(quality)
     timings = dict(m.get("timings") or {})
