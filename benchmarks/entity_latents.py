@@ -32,39 +32,56 @@ from maskshare.evaluation.metrics import evaluate_masks
 from maskshare.evaluation.sweep_fits import sweep_lambdas
 from maskshare.masks.checkpoints import TrainResult
 from maskshare.masks.masking import MaskedModel
-from maskshare.masks.slot_stats import HookStats, SlotStats
+from maskshare.masks.slot_stats import SlotStats
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import get_model, get_saes, load_run_config
 from maskshare.run.variants import main_variant
 
 
 class TopKAtEntity(MaskedModel):
-    """The run's masked pass, where tokens in slots >= `n_real` (copies of the real slots:
-    the entity's tokens) also keep their own `k` most active latents per SAE. Error term
-    `clean` only (the run default); counts the latents it adds in `added`."""
+    """The run's masked pass, where the tokens a batch marks in `batch.entity` ([B, P] bool,
+    `mark_entity`: the entity's mention) also keep their own `k` most active latents per
+    SAE. Error term `clean` only (the run default); counts the latents it adds in `added`.
+    Build it with `split_by_length=False` (a split batch would lose its marks) and score it
+    with `logit_diffs`, not the stacked passes, when `k` is set."""
 
     k: int = 0
-    n_real: int = 0
     added: float = 0.0
 
     def splice(self, hook, x, batch, mask, a=None, err=None):
         sae = self.saes[hook]
         if a is None:
             a = sae.encode(x)
-        m = self._per_token(mask, batch, None)
+        onehot = self._onehot(batch) if self.expand == "onehot" else None
+        m = self._per_token(mask, batch, onehot)
         if self.k:
-            sel = (batch.slots >= self.n_real) & ~batch.untouched
+            sel = batch.entity & ~batch.untouched
             if self.k < 0:  # every latent kept: the entity's tokens clean
                 extra = sel[..., None].expand_as(m).to(m.dtype)
             else:
-                top = torch.zeros_like(m).scatter_(-1, a.topk(self.k, dim=-1).indices, 1.0)
-                extra = top * (a > 0) * sel[..., None]
-            self.added += float(((extra > 0) & (m == 0)).sum())
+                top = torch.zeros_like(m).scatter_(-1, a.detach().topk(self.k, dim=-1).indices,
+                                                   1.0)
+                extra = top * (a.detach() > 0) * sel[..., None]
+            self.added += float(((extra > 0) & (m.detach() == 0)).sum())
             m = torch.maximum(m, extra)
-        abl = self._per_token(self.abl[hook], batch, None)
+        abl = self._per_token(self.abl[hook], batch, onehot)
         out = sae.decode(abl + m * (a - abl))
         out = out + (err if err is not None else x - sae.decode(a))
         return torch.where(batch.untouched[..., None], x, out)
+
+
+def mark_entity(batches, roles: list, slots: list, wanted: list[str]) -> int:
+    """Set `batch.entity` on each batch: True at the tokens whose role is in `wanted`
+    (`roles`, `slots`: per prompt, in the caller's order); returns how many are marked."""
+    n = 0
+    for b in batches:
+        e = torch.zeros_like(b.slots, dtype=torch.bool)
+        for i, j in enumerate(b.idx):
+            hit = np.isin(np.asarray(roles[j]), wanted) & (np.asarray(slots[j]) > 0)
+            e[i, :len(hit)] = torch.as_tensor(hit)
+            n += int(hit.sum())
+        b.entity = e
+    return n
 
 
 def main() -> None:
@@ -94,24 +111,15 @@ def main() -> None:
     slots = [by_pid[p]["slot"].to_numpy().astype(np.int64) for p in pids]
     roles = items["roles"].to_list()
     stats = SlotStats.load(lay.slot_stats(v.grouping))
-    K = int(stats.counts.shape[0])
-    # entity tokens move to a copy of their slot (same mean, same mask row): K + slot
-    marked = [np.where(np.isin(np.asarray(r), a.roles) & (s > 0), s + K, s)
-              for s, r in zip(slots, roles, strict=True)]
-    n_marked = sum(int((m >= K).sum()) for m in marked)
     n_tokens = sum(int((s > 0).sum()) for s in slots)
-    twice = SlotStats({h: HookStats(torch.cat([st.latent_mean, st.latent_mean]),
-                                    torch.cat([st.error_mean, st.error_mean]),
-                                    st.global_latent_mean, st.global_error_mean)
-                       for h, st in stats.hooks.items()},
-                      torch.cat([stats.counts, stats.counts]))
     model, saes = get_model(cfg), get_saes(cfg)
     tokens = [list(t) for t in items["tokens"].to_list()]
     ans = [int(x) for x in items["answer_id"].to_list()]
     cf = [int(x) for x in items["counterfactual_id"].to_list()]
-    mm = TopKAtEntity(model, saes, twice, 2 * K, ablation=v.ablation, error=cfg.masks.error)
-    mm.n_real = K
-    batches = mm.prepare(tokens, marked, ans, cf, batch_size=cfg.masks.batch_size)
+    mm = TopKAtEntity(model, saes, stats, int(stats.counts.shape[0]), ablation=v.ablation,
+                      error=cfg.masks.error, split_by_length=False)
+    batches = mm.prepare(tokens, slots, ans, cf, batch_size=cfg.masks.batch_size)
+    n_marked = mark_entity(batches, roles, slots, a.roles)
     metrics = json.loads(lay.metrics.read_text())
     seed = (cfg.evaluate.seeds or [cfg.seed])[0]
     lams = a.lambdas or sorted(set(sweep_lambdas(run, cfg, v.name, seed)))
@@ -126,9 +134,9 @@ def main() -> None:
         base = TrainResult.load(d).masks()
         if lam is None:
             base = {h: torch.zeros_like(m) for h, m in base.items()}
-        masks = {h: torch.cat([m, m]) for h, m in base.items()}
+        masks = base
         mm.k = 0
-        ref = evaluate_masks(mm, batches, masks, marked)
+        ref = evaluate_masks(mm, batches, masks, slots)
         pp = ref["per_prompt"]
         e, full = float(np.mean(pp["ld_ablated"])), float(np.mean(pp["ld_model"]))
         row = {"lambda": lam, "circuit": "empty" if lam is None else f"lambda {lam:g}",

@@ -23,7 +23,7 @@ from pydantic import (
 from maskshare.config_grouping import AttentionFeatures as AttentionFeatures
 from maskshare.config_grouping import GroupingConfig
 from maskshare.config_grouping import GroupingKind as GroupingKind
-from maskshare.config_selection import SweepConfig, ValidationSplit, ValidationStop
+from maskshare.config_selection import OwnLatents, SweepConfig, ValidationSplit, ValidationStop
 from maskshare.domains import (
     Count,
     DatasetName,
@@ -205,6 +205,7 @@ class EvalConfig(Strict):
                                     "test_both"], NEW_FIELD] = "validation"
     select_limit: Annotated[Count | None, NEW_FIELD] = 64
     target_f: Annotated[PositiveFloat, NEW_FIELD] = 0.9
+    own_latents: Annotated[OwnLatents, NEW_FIELD] = Field(default_factory=OwnLatents)
 
     @field_validator("seeds")
     @classmethod

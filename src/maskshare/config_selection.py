@@ -9,7 +9,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from maskshare.domains import Count, Finite, NonNegFloat, NonNegInt, PositiveFloat, Seed
+from maskshare.domains import (
+    Count,
+    Finite,
+    NonNegFloat,
+    NonNegInt,
+    PositiveFloat,
+    Seed,
+    Text,
+)
 from maskshare.validation import Strict
 
 
@@ -51,6 +59,20 @@ class SweepConfig(Strict):
     extend: Annotated[PositiveFloat, Field(gt=1)] = 3.0
     sizes: list[PositiveFloat] = Field(default_factory=list)
     size_tolerance: Annotated[PositiveFloat, Field(gt=1)] = 1.15
+
+
+class OwnLatents(Strict):
+    """The subject's own latents in every scored circuit (`maskshare.masks.own_latents`;
+    docs/transfer.md sections 6-7): at each prompt's tokens whose role is in `roles`, the
+    `k` latents per SAE most active there in that prompt's clean pass are kept in every
+    circuit the evaluation scores (learned masks, baselines, attribution circuits) and
+    ablated in its complement; sizes count the latents this adds. A recall circuit is then
+    a fixed set of task latents plus the subject's own latents at its mention. `k: 0` (the
+    library default) scores the learned circuits alone. Masks train without them."""
+
+    k: Annotated[NonNegInt, Field(le=4096)] = 0
+    roles: Annotated[list[Text], Field(min_length=1)] = Field(
+        default_factory=lambda: ["subject"])
 
 
 class ValidationStop(Strict):

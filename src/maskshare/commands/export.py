@@ -31,12 +31,14 @@ def export_document(run, variant=None, lam=None, seed=None) -> dict:
     n_tokens = sum(slots["n_train_tokens"][1:])
     per_token = (sum(n * k for n, k in zip(slots["n_train_tokens"][1:], slots["n_kept"][1:],
                                             strict=True)) / n_tokens) if n_tokens else None
+    own = cfg.evaluate.own_latents
     return {"schema": SCHEMA, "run": str(run.path), "model": cfg.model,
             "variant": v.name, "grouping": v.grouping.value, "ablation": v.ablation.value,
             "error_term": cfg.masks.error.value, "lambda": lam, "seed": seed,
             "hooks": list(dict.fromkeys(latents["hook"].to_list())) or None,
             "n_slots": slots.height, "n_latents": latents.height,
             "latents_per_token_train": per_token,
+            "own_latents": {"k": own.k, "roles": list(own.roles)} if own.k else None,
             "slots": slots.to_dicts(), "latents": latents.to_dicts()}
 
 

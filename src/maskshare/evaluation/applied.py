@@ -36,6 +36,7 @@ class SlotBatch:
 
     slots: Tensor
     ablation_tokens: dict | None = None
+    own: dict | None = None  # the subject's own latents: not applied here (learned part only)
 
     @property
     def untouched(self) -> Tensor:

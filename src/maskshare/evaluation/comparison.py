@@ -75,7 +75,8 @@ class EvalRow:
     @classmethod
     def of(cls, variant: Variant | TopTriples, lam: float | None, seed: int, split: str,
            metrics: dict) -> EvalRow:
-        scalars = {k: v for k, v in metrics.items() if k != "per_prompt" and not isinstance(v, dict)}
+        scalars = {k: v for k, v in metrics.items()
+                   if k != "per_prompt" and not isinstance(v, dict | list)}
         return cls(variant.name, variant.grouping.value, variant.ablation.value, lam, seed,
                    split, scalars, getattr(variant, "finder", MASKS))
 

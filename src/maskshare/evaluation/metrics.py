@@ -16,6 +16,11 @@ the slots those tokens actually use (`slots_used` of them); `circuit_size_all_sl
 every non-BOS slot; `distinct_latents` counts distinct (SAE, latent) pairs kept anywhere.
 A ratio whose denominator is (near) zero, and every metric on zero prompts, is None with a
 `note` saying why: never a division by zero.
+
+Batches prepared with the subject's own latents (`maskshare.masks.own_latents`) add them to
+every circuit and take them from every complement; the reference passes (M, empty) run
+without them, and `latents_per_token` counts what they add (`own_latents_per_token`, also
+per prompt in `own_added`), the triples the fixed part only.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from maskshare.masks.masking import (
     empty_masks,
     full_masks,
 )
+from maskshare.masks.own_latents import added_per_prompt as own_added_per_prompt
 
 EPS = 1e-6
 
@@ -45,8 +51,10 @@ def _ratio(num: float, den: float) -> float | None:
     return float(num / den)
 
 
-def size_metrics(masks: Masks, slots: list[np.ndarray]) -> dict:
-    """Size of a binary mask, weighted by the tokens of `slots` (one array per prompt)."""
+def size_metrics(masks: Masks, slots: list[np.ndarray], own_added=None) -> dict:
+    """Size of a binary mask, weighted by the tokens of `slots` (one array per prompt);
+    `own_added`: per prompt, the subject's own latents the circuit adds (counted per token
+    too: `own_latents_per_token`)."""
     hooks = list(masks)
     n_slots = next(iter(masks.values())).shape[0]
     kept_per_slot = sum((masks[h] > 0.5).sum(1).double() for h in hooks)  # [n_slots]
@@ -63,8 +71,15 @@ def size_metrics(masks: Masks, slots: list[np.ndarray]) -> dict:
     for h in hooks:
         any_kept = (masks[h][1:] > 0.5).any(0)
         distinct += int(any_kept.sum())
+    own = {}
+    if own_added is not None:
+        own_n = float(np.sum(own_added))
+        own = {"own_latents_per_token": own_n / n_tok if n_tok else None}
+    else:
+        own_n = 0.0
     return {
-        "latents_per_token": float((counts * kept_np).sum() / n_tok) if n_tok else None,
+        "latents_per_token": float(((counts * kept_np).sum() + own_n) / n_tok)
+        if n_tok else None, **own,
         "circuit_size": int(kept_np[used].sum()),
         "slots_used": int(len(used)),
         "circuit_size_all_slots": int(kept_np[1:].sum()),
@@ -96,10 +111,18 @@ def _reference(mm: MaskedModel, batches: list[PreparedBatch], clean: np.ndarray 
     extra = [empty_masks(mm.saes, mm.n_slots)]
     if mm.error != ErrorTerm.CLEAN:
         extra.append(full_masks(mm.saes, mm.n_slots))
+    if has_own(batches) and mm.own_latents != "off":  # references without the own latents
+        return _reference(mm.with_options(own_latents="off"), batches, clean, [])[0], \
+            mm.logit_diffs_many(batches, masks)
     lds = mm.logit_diffs_many(batches, [*masks, *extra])
     ref = {"ld_model": clean if mm.error == ErrorTerm.CLEAN else lds[len(masks) + 1],
            "ld_model_clean": clean, "ld_ablated": lds[len(masks)]}
     return ref, lds[:len(masks)]
+
+
+def has_own(batches: list[PreparedBatch]) -> bool:
+    """True when the batches carry the subject's own latents (`own_latents`)."""
+    return any(getattr(b, "own", None) is not None for b in batches)
 
 
 def prompt_slots(batches: list[PreparedBatch]) -> list[np.ndarray]:
@@ -126,25 +149,40 @@ def evaluate_sweep(mm: MaskedModel, batches: list[PreparedBatch], masks: dict[An
     if n == 0:
         return {k: _no_prompts(mm, masks[k], slots) for k in keys}, reference or {}
     with_c = set(keys) if complements is True else set(complements or ())
+    own = has_own(batches)
     pairs, at = [], {}
     for k in keys:
         at[k] = len(pairs)
-        pairs += [masks[k], complement(masks[k])] if k in with_c else [masks[k]]
+        pairs += [masks[k], complement(masks[k])] if k in with_c and not own else [masks[k]]
     if reference is None:
         reference, lds = _reference(mm, batches, clean, pairs)
     else:
         lds = mm.logit_diffs_many(batches, pairs)
+    if own and with_c:  # complements without the own latents: a pass of their own
+        comp = [k for k in keys if k in with_c]
+        at_c = {k: len(lds) + i for i, k in enumerate(comp)}
+        lds += complement_lds(mm, batches, [masks[k] for k in comp])
     out = {}
     for k in keys:
+        added = own_added_per_prompt(masks[k], batches) if own else None
         res: dict = {"n_prompts": n, "n_scored": n, "ablation": str(mm.ablation),
-                     "error": str(mm.error), **size_metrics(masks[k], slots)}
+                     "error": str(mm.error), **size_metrics(masks[k], slots, added)}
+        if added is not None:
+            res["own_added"] = [float(x) for x in added]
         ld = {**reference, "ld_circuit": lds[at[k]]}
         if k in with_c:
-            ld["ld_complement"] = lds[at[k] + 1]
+            ld["ld_complement"] = lds[at_c[k]] if own else lds[at[k] + 1]
         res.update(ld_metrics(ld))
         res["per_prompt"] = {name: [float(x) for x in v] for name, v in ld.items()}
         out[k] = res
     return out, reference
+
+
+def complement_lds(mm: MaskedModel, batches: list[PreparedBatch], masks: list[Masks]) -> list:
+    """Per-prompt ld under the complement of each binary circuit of `masks` (the subject's
+    own latents, where the batches carry them, ablated with the rest of the circuit)."""
+    mc = mm.with_options(own_latents="ablate") if has_own(batches) else mm
+    return mc.logit_diffs_many(batches, [complement(m) for m in masks])
 
 
 def with_complement(result: dict, ld_complement) -> dict:
@@ -205,8 +243,10 @@ def subset_metrics(result: dict, idx: list[int], masks: Masks,
     """`evaluate_masks`'s metrics restricted to the prompts `idx` (positions in its prompt
     order; `slots`: theirs), from its per-prompt lds: no further forward pass."""
     ld = {k: np.asarray(v)[idx] for k, v in result["per_prompt"].items()}
+    added = result.get("own_added")
     out = {"n_prompts": len(idx), "n_scored": len(idx), "ablation": result["ablation"],
-           "error": result["error"], **size_metrics(masks, slots)}
+           "error": result["error"],
+           **size_metrics(masks, slots, None if added is None else np.asarray(added)[idx])}
     out.update(ld_metrics(ld))
     return out
 

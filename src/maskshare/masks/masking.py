@@ -29,7 +29,6 @@ Efficiency by construction:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -41,6 +40,9 @@ from torch import Tensor
 from maskshare.config import Ablation, ErrorTerm
 from maskshare.errors import UserError
 from maskshare.masks.ablations import ablation_method
+from maskshare.masks.own_latents import MODES as OWN_MODES
+from maskshare.masks.own_latents import apply as apply_own
+from maskshare.masks.own_latents import top_indices as own_top_indices
 from maskshare.masks.prepared import (
     PreparedBatch,
     clean_batch_logit_diff,
@@ -58,7 +60,7 @@ from maskshare.model.activations import (
     padded_batches,
     unembed_final,
 )
-from maskshare.model.sae_set import hook_layer
+from maskshare.model.sae_set import affine_decoder, hook_layer, hook_position
 
 Masks = dict[str, Float[Tensor, "n_slots d_sae"]]
 
@@ -83,13 +85,6 @@ def complement(masks: Masks) -> Masks:
     return {h: 1.0 - m for h, m in masks.items()}
 
 
-def _layer_pos(hook: str) -> tuple[int, str]:
-    m = re.match(r"blocks\.(\d+)\.(.+)$", hook)
-    if not m:
-        raise UserError(f"hook {hook!r} is not a per-layer hook (blocks.L.<hook>)")
-    return int(m.group(1)), m.group(2)
-
-
 @dataclass(frozen=True)
 class MaskOptions:
     """How a `MaskedModel` computes its pass; fixed for the model's life (`with_options`
@@ -106,6 +101,9 @@ class MaskOptions:
       the first hook's cached latents); False runs every pass from the embeddings.
     - `answer_only`: ld from the two tokens' unembedding columns (`final_logit_diff`);
       False unembeds the whole vocabulary first (equal within float rounding).
+    - `own_latents`: what a pass does with the subject's own latents of batches prepared
+      with them (`maskshare.masks.own_latents`): `keep` (a circuit), `ablate` (a
+      complement), `off` (the reference passes).
     """
 
     ablation: Ablation = Ablation.SLOT_MEAN
@@ -118,12 +116,15 @@ class MaskOptions:
     fuse_clean: bool = True
     reuse_prefix: bool = True
     answer_only: bool = True
+    own_latents: Literal["keep", "ablate", "off"] = "keep"
 
     def __post_init__(self):
         object.__setattr__(self, "ablation", Ablation(self.ablation))
         object.__setattr__(self, "error", ErrorTerm(self.error))
         if self.expand not in ("onehot", "gather"):
             raise ValueError(f"expand must be 'onehot' or 'gather', not {self.expand!r}")
+        if self.own_latents not in OWN_MODES:
+            raise ValueError(f"own_latents must be one of {OWN_MODES}")
 
 
 def _option(name: str):
@@ -152,6 +153,7 @@ class MaskedModel:
     min_split_tokens = _option("min_split_tokens")
     expand = _option("expand")
     fuse_clean = _option("fuse_clean")
+    own_latents = _option("own_latents")
 
     def __init__(self, model, saes: dict, stats: SlotStats | None, n_slots: int, *,
                  options: MaskOptions | None = None, **settings):
@@ -186,7 +188,7 @@ class MaskedModel:
         # where the cached pass starts
         layers = [hook_layer(h) for h in self.hooks]
         first = self.hooks[0]
-        l0, kind = _layer_pos(first)
+        l0, kind = hook_position(first)
         if not self.options.reuse_prefix:
             self.start_layer, self.first_outside = 0, False
         elif kind == "hook_resid_post" and all(ly > l0 for ly in layers[1:]):
@@ -196,7 +198,7 @@ class MaskedModel:
         else:
             self.start_layer, self.first_outside = min(layers), False
         self.n_layers = model.cfg.n_layers
-        self.linear_decoder = {h: _affine_decoder(s) for h, s in self.saes.items()}
+        self.linear_decoder = {h: affine_decoder(s) for h, s in self.saes.items()}
 
     def with_options(self, **changes) -> MaskedModel:
         """The same model, SAEs and statistics under other `MaskOptions` (batches prepared
@@ -209,13 +211,14 @@ class MaskedModel:
     @torch.no_grad()
     def prepare(self, tokens: list[list[int]], slots: list[np.ndarray], answer_ids: list[int],
                 counterfactual_ids: list[int], batch_size: int = 32,
-                ablation_data: list | None = None, prefix: dict | None = None
-                ) -> list[PreparedBatch]:
+                ablation_data: list | None = None, prefix: dict | None = None,
+                own: tuple[list[np.ndarray], int] | None = None) -> list[PreparedBatch]:
         """Group prompts by length into batches and cache what the masks cannot change.
         `ablation_data`: what the ablation needs per prompt, as its `prompt_data(items)`
         gives it (`counterfactual`: each prompt's counterfactual prompt and, for pairs of
         any length, its slots). `prefix`: a dict shared by models of the same model and SAEs
-        (other groupings and ablations) to compute each batch's clean prefix once."""
+        (other groupings and ablations) to compute each batch's clean prefix once. `own`:
+        (marked tokens per prompt, k): the subject's own latents (`own_latents`)."""
         check_inputs(tokens, slots, self.n_slots)
         if not (len(answer_ids) == len(counterfactual_ids) == len(tokens)):
             raise UserError("need one answer and one counterfactual id per prompt")
@@ -231,6 +234,10 @@ class MaskedModel:
                               resid=resid, first_latents=a, first_error=err)
             b.ablation_tokens = self.ablation_method.token_values(self, ablation_data, idx, att,
                                                                   [slots[i] for i in idx])
+            if own is not None and own[1] > 0:
+                marks = torch.as_tensor(pad_slots([m.astype(np.int64) for m in own[0]], idx,
+                                                  toks.shape[1])) > 0
+                b.own = own_top_indices(self.model, self.saes, toks, att, marks, own[1])
             out.append(b)
         return out
 
@@ -259,7 +266,8 @@ class MaskedModel:
         if a is None:
             a = sae.encode(x)
         onehot = self._onehot(batch) if self.expand == "onehot" else None
-        m = self._per_token(mask, batch, onehot)
+        m = apply_own(self._per_token(mask, batch, onehot),
+                      None if batch.own is None else batch.own[hook], self.own_latents)
         abl = self.abl[hook]
         if batch.ablation_tokens is not None:  # the ablation's own values per token
             abl_t = batch.ablation_tokens[hook]
@@ -388,10 +396,3 @@ class MaskedModel:
             want = (self.n_slots, self.saes[h].cfg.d_sae)
             if tuple(masks[h].shape) != want:
                 raise UserError(f"mask for {h} has shape {tuple(masks[h].shape)}, expected {want}")
-
-
-def _affine_decoder(sae) -> bool:
-    """True when sae.decode(a) = f(a) + b_dec with f linear (no output normalisation)."""
-    cfg = sae.cfg
-    return (getattr(cfg, "normalize_activations", "none") in ("none", None)
-            and hasattr(sae, "b_dec") and not sae.hook_sae_recons.fwd_hooks)

@@ -39,6 +39,9 @@ class PreparedBatch:
     # the ablation's own values per token {hook: [B, P, d_sae]} where it has them (e.g.
     # `counterfactual`: enc(x) of the counterfactual prompts' clean pass); else None
     ablation_tokens: dict[str, Tensor] | None = None
+    # the subject's own latents {hook: [B, P, k] indices, -1 where none}
+    # (`maskshare.masks.own_latents`); None: nothing is added
+    own: dict[str, Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -62,7 +65,8 @@ def sub_batch(batch: PreparedBatch, a: int, b: int) -> PreparedBatch:
         first_latents=None if batch.first_latents is None else batch.first_latents[a:b, :P],
         first_error=None if batch.first_error is None else batch.first_error[a:b, :P],
         ablation_tokens=None if batch.ablation_tokens is None else
-        {h: t[a:b, :P] for h, t in batch.ablation_tokens.items()})
+        {h: t[a:b, :P] for h, t in batch.ablation_tokens.items()},
+        own=None if batch.own is None else {h: t[a:b, :P] for h, t in batch.own.items()})
 
 
 def check_counterfactual_tokens(tokens: list[list[int]],

@@ -40,7 +40,8 @@ def stack_rows(batch: PreparedBatch, k: int, n_slots: int) -> PreparedBatch:
         resid=rep(batch.resid), first_latents=rep(batch.first_latents),
         first_error=rep(batch.first_error),
         ablation_tokens=None if batch.ablation_tokens is None else
-        {h: rep(t) for h, t in batch.ablation_tokens.items()})
+        {h: rep(t) for h, t in batch.ablation_tokens.items()},
+        own=None if batch.own is None else {h: rep(t) for h, t in batch.own.items()})
 
 
 def stacked_model(mm, k: int):

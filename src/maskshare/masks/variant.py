@@ -15,6 +15,7 @@ import polars as pl
 from maskshare.config import GroupingKind
 from maskshare.grouping import load_grouping
 from maskshare.masks.masking import MaskedModel
+from maskshare.masks.own_latents import marked_tokens
 from maskshare.masks.slot_stats import SlotStats
 from maskshare.masks.training import TrainResult, compute_targets
 from maskshare.run.layout import RunLayout
@@ -63,16 +64,21 @@ class Prepared:
 
 
 def prepare_variant(run: str | Path, variant: Variant | str, split: str,
-                    limit: int | None = None) -> Prepared:
+                    limit: int | None = None,
+                    own: tuple[int, tuple[str, ...]] | None = None) -> Prepared:
     """The variant's MaskedModel (its grouping's slot statistics, its ablation, the run's
     error term) and the items of `split` ("a+b" for several), at most `limit` of them (a
-    seeded sample), batched. Cached for the last few requests: stages ask repeatedly."""
+    seeded sample), batched. `own`: (k, roles): the batches carry each prompt's own `k`
+    latents per SAE at its tokens of those roles (`maskshare.masks.own_latents`; the
+    evaluation's `evaluate.own_latents`). Cached for the last few requests: stages ask
+    repeatedly."""
     name = variant if isinstance(variant, str) else variant.name
-    return _prepared(str(run), name, split, limit)
+    return _prepared(str(run), name, split, limit, own)
 
 
 @functools.lru_cache(maxsize=4)
-def _prepared(run: str, variant_name: str, split: str, limit: int | None) -> Prepared:
+def _prepared(run: str, variant_name: str, split: str, limit: int | None,
+              own: tuple[int, tuple[str, ...]] | None = None) -> Prepared:
     cfg = load_run_config(run)
     variant = Variant.parse(variant_name)
     grouping, slots = load_slots(run, variant.grouping)
@@ -81,8 +87,10 @@ def _prepared(run: str, variant_name: str, split: str, limit: int | None) -> Pre
     mm = MaskedModel(get_model(cfg), get_saes(cfg), stats, grouping.n_slots,
                      ablation=variant.ablation, error=cfg.masks.error)
     slot_arrays = [slots[p] for p in items["prompt_id"].to_list()]
+    marks = None if not own else \
+        (marked_tokens(items["roles"].to_list(), slot_arrays, own[1]), own[0])
     batches = batch_items(mm, items, slot_arrays, cfg.masks.batch_size, grouping,
-                          prefix=_prefixes(run, split, limit))
+                          prefix=_prefixes(run, split, limit), own=marks)
     return Prepared(mm, batches, items, slot_arrays, slots, grouping)
 
 
@@ -112,16 +120,17 @@ def _prefixes(run: str, split: str, limit: int | None) -> dict:
 
 
 def batch_items(mm, items, slot_arrays: list, batch_size: int, grouping=None,
-                prefix: dict | None = None) -> list:
+                prefix: dict | None = None, own: tuple[list, int] | None = None) -> list:
     """Batches for `mm`, with what its ablation needs per prompt from the items (e.g. the
     counterfactual prompts for `counterfactual` patching, with their slots from `grouping`
     so pairs of any length are patched slot by slot). `prefix`: shared clean prefixes
-    (`MaskedModel.prepare`)."""
+    (`MaskedModel.prepare`). `own`: (marked tokens per item, k) for the subject's own
+    latents (`MaskedModel.prepare`)."""
     assign = None if grouping is None else (lambda toks: grouping.assign_tokens(mm.model, toks))
     return mm.prepare(token_lists(items), slot_arrays, items["answer_id"].to_list(),
                       items["counterfactual_id"].to_list(), batch_size=batch_size,
                       ablation_data=mm.ablation_method.prompt_data(items, assign),
-                      prefix=prefix)
+                      prefix=prefix, own=own)
 
 
 def load_masks(run: str | Path, variant: Variant | str, lam: float, seed: int):

@@ -56,6 +56,21 @@ def hook_layer(hook: str) -> int:
     return int(m.group(1))
 
 
+def hook_position(hook: str) -> tuple[int, str]:
+    """(layer, hook point) of a per-layer hook `blocks.L.<point>`."""
+    m = re.match(r"blocks\.(\d+)\.(.+)$", hook)
+    if not m:
+        raise UserError(f"hook {hook!r} is not a per-layer hook (blocks.L.<hook>)")
+    return int(m.group(1)), m.group(2)
+
+
+def affine_decoder(sae) -> bool:
+    """True when sae.decode(a) = f(a) + b_dec with f linear (no output normalisation)."""
+    cfg = sae.cfg
+    return (getattr(cfg, "normalize_activations", "none") in ("none", None)
+            and hasattr(sae, "b_dec") and not sae.hook_sae_recons.fwd_hooks)
+
+
 def hook_name(sae) -> str:
     name = getattr(sae.cfg.metadata, "hook_name", None)
     if not name:

@@ -134,7 +134,7 @@ def headline_html(view: RunView) -> str:
     cards.append((_fmt(h["completeness"], 2), "completeness (low is good)"))
     cards_html = "".join(f'<div class="card"><div class="v">{v}</div><div class="k">{_esc(k)}'
                          "</div></div>" for v, k in cards)
-    sents = "".join(f"<p>{_esc(s)}</p>" for s in h["sentences"])
+    sents = "".join(f"<p>{_esc(s)}</p>" for s in [*h["sentences"], *own_text(view.metrics)])
     return (f'<h1 id="headline">{_esc(h["dataset"])} on {_esc(h["model"])}</h1>'
             f'<p class="sub">{_esc(h["method"])} · {_esc(h["saes"])} · λ {_g(h["lambda"])} '
             f'({_esc(chosen_text(view.metrics))}) · SAE error term {_esc(h["error_term"])} · '
@@ -144,6 +144,24 @@ def headline_html(view: RunView) -> str:
             f'(1 = the full model\'s logit difference, 0 = every latent ablated); against the '
             f'clean model: {_fmt(h["faithfulness_vs_clean"], 2)} on '
             f'{_esc(h["headline_split_name"])}.</p></div>')
+
+
+def own_text(metrics: dict) -> list[str]:
+    """The sentence saying what every circuit of the run holds beyond its learned latents
+    (metrics.json `own_latents`: `evaluate.own_latents`), or nothing."""
+    own = metrics.get("own_latents")
+    if not own:
+        return []
+    roles = ", ".join(own["roles"])
+
+    def num(v) -> str:
+        return "n/a" if v is None else f"{v:.1f}"
+    return [f"Every circuit here is its learned latents plus the subject's own: at each "
+            f"prompt's tokens of role {roles}, the {own['k']} latents per SAE most active there "
+            f"in that prompt's clean pass (evaluate.own_latents; ablated in the complement). "
+            f"They add {num(metrics.get('own_latents_per_token'))} of the chosen circuit's "
+            f"{num(metrics.get('latents_per_token'))} latents per token; the listing below "
+            "shows the learned part."]
 
 
 def chosen_text(metrics: dict) -> str:

@@ -41,6 +41,7 @@ from maskshare.evaluation.comparison import (
     quality_metrics,
 )
 from maskshare.evaluation.metrics import (
+    complement_lds,
     evaluate_sweep,
     jaccard,
     points_read,
@@ -52,7 +53,7 @@ from maskshare.evaluation.selection import choose_circuit, selection_split
 from maskshare.evaluation.sweep_fits import sweep_lambdas
 from maskshare.evaluation.verdicts import matched_verdicts
 from maskshare.masks.circuit import circuit_summary, kept_latents, top_activating_tokens
-from maskshare.masks.masking import complement
+from maskshare.masks.own_latents import added_per_prompt as own_added_per_prompt
 from maskshare.masks.slot_stats import SlotStats
 from maskshare.masks.variant import load_masks, prepare_variant
 from maskshare.report.page import write_report
@@ -136,8 +137,10 @@ def score_masks(run: Path, cfg: RunConfig, variant: Variant, masks: dict, split:
 
 def _prepare(run: Path, cfg: RunConfig, variant: Variant, split: str, cache: EvalCache):
     limit = cfg.evaluate.select_limit if split == _select(run, cfg, cache) else None
+    own = cfg.evaluate.own_latents
     with cache.timed("prepare_s"):
-        return prepare_variant(run, variant, split, limit)
+        return prepare_variant(run, variant, split, limit,
+                               own=(own.k, tuple(own.roles)) if own.k else None)
 
 
 def _select(run: Path, cfg: RunConfig, cache: EvalCache) -> str:
@@ -194,7 +197,7 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
                     for g in (groups or {}).get(split, [])}
         todo = masks
         if read is not None and read[split] is not None:
-            todo = {i: masks[i] for i in sorted(_read_circuits(masks, prep.slots, by_group,
+            todo = {i: masks[i] for i in sorted(_read_circuits(masks, prep, by_group,
                                                                read[split]))}
         prep, results = score_masks(run, cfg, variant, todo, split, cache,
                                     complements=chosen, prep=prep)
@@ -217,22 +220,25 @@ def eval_variant(run: Path, cfg: RunConfig, variant: Variant, seed: int, splits:
 def _with_complements(run: Path, cfg: RunConfig, variant: Variant, masks: dict, keys: set,
                       split: str, cache: EvalCache, prep, results: dict) -> dict:
     """`results` with the complements of `keys`' masks scored (one stacked pass)."""
-    comp = {k: complement(masks[k]) for k in keys}
-    _, scored = score_masks(run, cfg, variant, comp, split, cache, complements=False,
-                            prep=prep)
-    return {k: with_complement(r, scored[k]["per_prompt"]["ld_circuit"]) if k in keys else r
-            for k, r in results.items()}
+    order = sorted(keys)
+    with cache.timed("circuits_s"):
+        lds = dict(zip(order, complement_lds(prep.mm, prep.batches, [masks[k] for k in order]),
+                       strict=True))
+    return {k: with_complement(r, lds[k]) if k in keys else r for k, r in results.items()}
 
 
-def _read_circuits(masks: dict, slots: list, by_group: dict[str, list[int]],
-                   targets: dict) -> set:
+def _read_circuits(masks: dict, prep, by_group: dict[str, list[int]], targets: dict) -> set:
     """The keys of `masks` whose F is read at `targets` ({None: sizes on the whole split,
-    group: sizes on that group's prompts}), from their sizes alone (`points_read`)."""
-    keys = list(masks)
+    group: sizes on that group's prompts}), from their sizes alone (`points_read`; with the
+    subject's own latents where the split's batches carry them)."""
+    keys, slots = list(masks), prep.slots
+    added = {k: own_added_per_prompt(masks[k], prep.batches) for k in keys}
     out: set = set()
     for g, ts in targets.items():
-        sl = slots if g is None else [slots[j] for j in by_group.get(g, [])]
-        sizes = [size_metrics(masks[k], sl)["latents_per_token"] for k in keys]
+        idx = list(range(len(slots))) if g is None else by_group.get(g, [])
+        sizes = [size_metrics(masks[k], [slots[j] for j in idx],
+                              None if added[k] is None else added[k][idx])["latents_per_token"]
+                 for k in keys]
         out |= {keys[j] for j in points_read(sizes, ts)}
     return out
 
@@ -320,6 +326,7 @@ def build(run: Path) -> Path:
         others += [(t.name, t.finder) for t in attribution_methods(cfg)]
         metrics.update(matched_verdicts(rows, main.name, others, heldout_splits(items), lam))
         metrics.update(stability_metrics(run, main, lam, seeds))
+        metrics.update(own_latents_metrics(cfg, pick(rows, main.name, head, lam)))
         if cache.ablation_reports:
             metrics["ablation_reports"] = cache.ablation_reports
     with cache.timed("circuit_listing_s"):
@@ -342,6 +349,17 @@ def build(run: Path) -> Path:
     timings["evaluate_and_report_s"] = time.perf_counter() - t0
     write_json_atomic(layout.metrics, metrics)
     return layout.evaluate
+
+
+def own_latents_metrics(cfg: RunConfig, row: EvalRow) -> dict:
+    """What metrics.json says of the subject's own latents (`evaluate.own_latents`): its
+    settings and, at the chosen circuit on the headline split, how many latents per token
+    they add (part of `latents_per_token`); nothing when they are off."""
+    own = cfg.evaluate.own_latents
+    if not own.k:
+        return {}
+    return {"own_latents": {"k": own.k, "roles": list(own.roles)},
+            "own_latents_per_token": row.metrics.get("own_latents_per_token")}
 
 
 def stability_metrics(run: Path, main: Variant, lam: float, seeds: list[int]) -> dict:
