@@ -291,12 +291,16 @@ def versions() -> dict[str, str]:
 
 
 def runtime() -> dict[str, Any]:
-    """What the process computed with, beyond the package versions: torch's intra-op thread
-    count where torch is loaded. Mask training is not bit-reproducible across thread counts
-    (float reductions split differently; docs/selection.md), so a manifest says which it
-    used."""
+    """What the process computed with, beyond the package versions, where torch is loaded:
+    its intra-op thread count and the CPU vector kernels it dispatches to (`AVX2`,
+    `AVX512`, ...). Mask training is bit-reproducible on the same thread count and kernels,
+    not across them (float sums split differently; docs/selection.md), so a manifest says
+    which it used."""
     torch = sys.modules.get("torch")
-    return {"torch_threads": torch.get_num_threads()} if torch is not None else {}
+    if torch is None:
+        return {}
+    return {"torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def write_manifest(directory: str | Path, *, inputs: Any = None, config: Any = None,
