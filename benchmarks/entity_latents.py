@@ -32,7 +32,9 @@ from maskshare.evaluation.metrics import evaluate_masks
 from maskshare.evaluation.sweep_fits import sweep_lambdas
 from maskshare.masks.checkpoints import TrainResult
 from maskshare.masks.masking import MaskedModel
+from maskshare.masks.own_latents import marked_tokens
 from maskshare.masks.slot_stats import SlotStats
+from maskshare.model.activations import pad_slots
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import get_model, get_saes, load_run_config
 from maskshare.run.variants import main_variant
@@ -72,16 +74,12 @@ class TopKAtEntity(MaskedModel):
 
 def mark_entity(batches, roles: list, slots: list, wanted: list[str]) -> int:
     """Set `batch.entity` on each batch: True at the tokens whose role is in `wanted`
-    (`roles`, `slots`: per prompt, in the caller's order); returns how many are marked."""
-    n = 0
+    (`roles`, `slots`: per prompt, in the caller's order; the library's `marked_tokens`);
+    returns how many are marked."""
+    marks = [m.astype(np.int64) for m in marked_tokens(roles, slots, wanted)]
     for b in batches:
-        e = torch.zeros_like(b.slots, dtype=torch.bool)
-        for i, j in enumerate(b.idx):
-            hit = np.isin(np.asarray(roles[j]), wanted) & (np.asarray(slots[j]) > 0)
-            e[i, :len(hit)] = torch.as_tensor(hit)
-            n += int(hit.sum())
-        b.entity = e
-    return n
+        b.entity = pad_slots(marks, b.idx, b.slots.shape[1]) > 0
+    return int(sum(m.sum() for m in marks))
 
 
 def main() -> None:

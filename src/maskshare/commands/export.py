@@ -38,7 +38,7 @@ def export_document(run, variant=None, lam=None, seed=None) -> dict:
             "hooks": list(dict.fromkeys(latents["hook"].to_list())) or None,
             "n_slots": slots.height, "n_latents": latents.height,
             "latents_per_token_train": per_token,
-            "own_latents": {"k": own.k, "roles": list(own.roles)} if own.k else None,
+            "own_latents": own.model_dump() if own.k else None,
             "slots": slots.to_dicts(), "latents": latents.to_dicts()}
 
 

@@ -41,6 +41,7 @@ from maskshare.masks.masking import (
     full_masks,
 )
 from maskshare.masks.own_latents import added_per_prompt as own_added_per_prompt
+from maskshare.masks.own_latents import carried as carries_own
 
 EPS = 1e-6
 
@@ -71,12 +72,8 @@ def size_metrics(masks: Masks, slots: list[np.ndarray], own_added=None) -> dict:
     for h in hooks:
         any_kept = (masks[h][1:] > 0.5).any(0)
         distinct += int(any_kept.sum())
-    own = {}
-    if own_added is not None:
-        own_n = float(np.sum(own_added))
-        own = {"own_latents_per_token": own_n / n_tok if n_tok else None}
-    else:
-        own_n = 0.0
+    own_n = 0.0 if own_added is None else float(np.sum(own_added))
+    own = {} if own_added is None else {"own_latents_per_token": own_n / n_tok if n_tok else None}
     return {
         "latents_per_token": float(((counts * kept_np).sum() + own_n) / n_tok)
         if n_tok else None, **own,
@@ -108,21 +105,16 @@ def _reference(mm: MaskedModel, batches: list[PreparedBatch], clean: np.ndarray 
     the error term is `clean`) M in the same stacked passes."""
     if clean is None:
         clean = mm.clean_logit_diffs(batches)
+    if carries_own(batches) and mm.own_latents != "off":  # references without the own latents
+        return _reference(mm.with_options(own_latents="off"), batches, clean, [])[0], \
+            mm.logit_diffs_many(batches, masks)
     extra = [empty_masks(mm.saes, mm.n_slots)]
     if mm.error != ErrorTerm.CLEAN:
         extra.append(full_masks(mm.saes, mm.n_slots))
-    if has_own(batches) and mm.own_latents != "off":  # references without the own latents
-        return _reference(mm.with_options(own_latents="off"), batches, clean, [])[0], \
-            mm.logit_diffs_many(batches, masks)
     lds = mm.logit_diffs_many(batches, [*masks, *extra])
     ref = {"ld_model": clean if mm.error == ErrorTerm.CLEAN else lds[len(masks) + 1],
            "ld_model_clean": clean, "ld_ablated": lds[len(masks)]}
     return ref, lds[:len(masks)]
-
-
-def has_own(batches: list[PreparedBatch]) -> bool:
-    """True when the batches carry the subject's own latents (`own_latents`)."""
-    return any(getattr(b, "own", None) is not None for b in batches)
 
 
 def prompt_slots(batches: list[PreparedBatch]) -> list[np.ndarray]:
@@ -149,7 +141,7 @@ def evaluate_sweep(mm: MaskedModel, batches: list[PreparedBatch], masks: dict[An
     if n == 0:
         return {k: _no_prompts(mm, masks[k], slots) for k in keys}, reference or {}
     with_c = set(keys) if complements is True else set(complements or ())
-    own = has_own(batches)
+    own = carries_own(batches)
     pairs, at = [], {}
     for k in keys:
         at[k] = len(pairs)
@@ -181,7 +173,7 @@ def evaluate_sweep(mm: MaskedModel, batches: list[PreparedBatch], masks: dict[An
 def complement_lds(mm: MaskedModel, batches: list[PreparedBatch], masks: list[Masks]) -> list:
     """Per-prompt ld under the complement of each binary circuit of `masks` (the subject's
     own latents, where the batches carry them, ablated with the rest of the circuit)."""
-    mc = mm.with_options(own_latents="ablate") if has_own(batches) else mm
+    mc = mm.with_options(own_latents="ablate") if carries_own(batches) else mm
     return mc.logit_diffs_many(batches, [complement(m) for m in masks])
 
 

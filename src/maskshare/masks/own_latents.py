@@ -13,7 +13,8 @@ the circuit already keeps there (`added_per_prompt`).
 
 Here: the marks (`marked_tokens`), the indices cached per batch (`top_indices`, in
 `PreparedBatch.own`, {hook: [B, P, k]}, -1 where nothing is added), how a per-token mask
-takes them (`apply`, by `MaskOptions.own_latents`: keep | ablate | off) and the count.
+takes them (`apply`, by `MaskOptions.own_latents`: keep | ablate | off), whether batches
+carry them (`carried`) and the count.
 """
 
 from __future__ import annotations
@@ -73,11 +74,16 @@ def apply(m: Tensor, idx: Tensor | None, mode: str) -> Tensor:
     return torch.maximum(m, extra) if mode == "keep" else m * (1.0 - extra)
 
 
+def carried(batches: list) -> bool:
+    """True when the batches carry the subject's own latents (`PreparedBatch.own`)."""
+    return any(getattr(b, "own", None) is not None for b in batches)
+
+
 def added_per_prompt(masks: dict[str, Tensor], batches: list) -> np.ndarray | None:
     """Per prompt (in the caller's order), the own latents a binary circuit `masks` adds:
     those at marked tokens that the token's slot does not already keep, summed over tokens
     and SAEs. None when the batches carry no own latents."""
-    if not batches or all(getattr(b, "own", None) is None for b in batches):
+    if not carried(batches):
         return None
     per_batch = []
     for b in batches:

@@ -26,6 +26,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from maskshare.artifacts import read_manifest
 from maskshare.errors import UserError
 from maskshare.evaluation.metrics import f_at_size
 from maskshare.kinds import GROUPINGS
@@ -312,10 +313,7 @@ def mask_threads(run: str | Path) -> list[int]:
     `runtime`; masks written before it was recorded say nothing)."""
     seen = set()
     for p in (RunLayout(run).root / "masks").glob("*/*/manifest.json"):
-        try:
-            n = json.loads(p.read_text()).get("runtime", {}).get("torch_threads")
-        except (OSError, json.JSONDecodeError):
-            continue
+        n = (read_manifest(p.parent) or {}).get("runtime", {}).get("torch_threads")
         if n is not None:
             seen.add(int(n))
     return sorted(seen)

@@ -358,7 +358,7 @@ def own_latents_metrics(cfg: RunConfig, row: EvalRow) -> dict:
     own = cfg.evaluate.own_latents
     if not own.k:
         return {}
-    return {"own_latents": {"k": own.k, "roles": list(own.roles)},
+    return {"own_latents": own.model_dump(),
             "own_latents_per_token": row.metrics.get("own_latents_per_token")}
 
 
