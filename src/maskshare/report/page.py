@@ -277,9 +277,10 @@ def render_report(view: RunView) -> str:
     if threads:
         n = "/".join(map(str, threads))
         stab += (f"<p>Masks trained with {n} torch thread{'' if threads == [1] else 's'}. "
-                 "A rebuild with another thread count is not bit-identical: float sums split "
-                 "differently; in one measured rebuild of the default most points moved by "
-                 "~0.1 F and its densest mask by 0.4 (docs/selection.md).</p>")
+                 "A rebuild with another thread count, or on a CPU with other vector kernels, "
+                 "is not bit-identical: float sums split differently; in one measured rebuild "
+                 "of the default most points moved by ~0.1 F and its densest mask by 0.4 "
+                 "(docs/selection.md).</p>")
     raw = html_table([{"metric": k, "value": v if not isinstance(v, dict | list)
                        else json.dumps(v, default=str)} for k, v in sorted(m.items())])
     body = [headline_html(view),
