@@ -53,3 +53,48 @@ def test_evaluation_with_own_latents_counts_and_reports_them(run):
     assert "plus the subject&#x27;s own" in report or "plus the subject's own" in report
     doc = export_document(open_run(run))
     assert doc["own_latents"] == {"k": 4, "roles": ["subject"]}
+
+
+def test_eval_on_new_prompts_keeps_own_latents_at_their_entity(run):
+    """`maskshare eval` / run.evaluate on prompts with an `entity` scores what the run's
+    evaluation scored (the own latents kept at the mention), and says where it could not."""
+    from maskshare.evaluation.apply import evaluate_prompts
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg.setdefault("evaluate", {})["own_latents"] = {"k": 4, "roles": ["subject"]}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    shutil.rmtree(run / "evaluate")
+    evaluate.build(run)
+    items = pl.read_parquet(run / "dataset" / "items.parquet").filter(
+        pl.col("split") == "test_entity")
+    assert items.height > 0 and items["entity"].null_count() == 0
+    prompts = [{"prompt": r["prompt"], "answer": r["answer"],
+                "counterfactual": r["counterfactual"], "entity": r["entity"]}
+               for r in items.iter_rows(named=True)]
+
+    res = evaluate_prompts(run, prompts, seed=0)
+    assert res["own_latents"] == {"k": 4, "roles": ["subject"], "prompts_marked": len(prompts)}
+    assert res["own_latents_per_token"] > 0
+    # the same per-prompt logit differences as the run's own evaluation of that split
+    lds = pl.read_parquet(run / "evaluate" / "lds.parquet").filter(
+        (pl.col("variant") == res["variant"]) & (pl.col("lambda") == res["lambda"])
+        & (pl.col("split") == "test_entity") & (pl.col("seed") == 0))
+    stage = dict(zip(lds["prompt_id"].to_list(), lds["ld_circuit"].to_list(), strict=True))
+    assert sorted(stage) == sorted(items["prompt_id"].to_list())
+    ours = [p["ld_circuit"] for p in res["per_prompt"]]
+    theirs = [stage[i] for i in items["prompt_id"].to_list()]
+    assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) < 1e-3
+
+    learned = evaluate_prompts(run, prompts, seed=0, own_latents=False)
+    assert "own_latents" not in learned and "own_latents_per_token" not in learned
+    assert abs(res["latents_per_token"] - learned["latents_per_token"]
+               - res["own_latents_per_token"]) < 1e-9
+    assert any(abs(a["ld_circuit"] - b["ld_circuit"]) > 1e-4
+               for a, b in zip(res["per_prompt"], learned["per_prompt"], strict=True))
+
+    bare = evaluate_prompts(run, [{k: v for k, v in p.items() if k != "entity"}
+                                  for p in prompts], seed=0)
+    assert bare["own_latents"]["prompts_marked"] == 0 and "no `entity`" in \
+        bare["own_latents"]["note"]
+    assert [p["ld_circuit"] for p in bare["per_prompt"]] == \
+        [p["ld_circuit"] for p in learned["per_prompt"]]

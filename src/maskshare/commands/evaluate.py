@@ -18,13 +18,17 @@ SUMMARY = ["faithfulness", "faithfulness_vs_clean", "completeness", "latents_per
 def add_arguments(p) -> None:
     p.add_argument("--run", required=True, help="a finished run directory")
     p.add_argument("--prompts", required=True,
-                   help='JSON lines: {"prompt": ..., "answer": " Au", "counterfactual": " Ag"}')
+                   help='JSON lines: {"prompt": ..., "answer": " Au", "counterfactual": " Ag"} '
+                        '(optional "entity": the subject as written in the prompt)')
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--variant", default=None,
                    help="grouping__ablation, e.g. attention__slot-mean (default: the run's main)")
     p.add_argument("--lambda", dest="lam", type=float, default=None,
                    help="sparsity setting (default: the one the run chose)")
     p.add_argument("--seed", type=int, default=None, help="mask seed (default: the run's first)")
+    p.add_argument("--no-own-latents", dest="own_latents", action="store_false",
+                   help="score the learned circuit only, without the subject's own latents "
+                        "that runs with evaluate.own_latents keep at each prompt's `entity`")
 
 
 def _fmt(v) -> str:
@@ -40,7 +44,7 @@ def run(args) -> int:
 
     # the notebook API's call (maskshare.open_run(RUN).evaluate), so both give the same
     res = open_run(Path(args.run)).evaluate(args.prompts, variant=args.variant, lam=args.lam,
-                                            seed=args.seed)
+                                            seed=args.seed, own_latents=args.own_latents)
     for s in res["skipped"]:
         print(f"skipped line {s['line']}: {s['reason']}", file=sys.stderr)
     if res["n_skipped"]:
@@ -51,6 +55,8 @@ def run(args) -> int:
               file=sys.stderr)
     if res.get("note"):
         print(f"note: {res['note']}", file=sys.stderr)
+    if (own := res.get("own_latents")) and own.get("note"):
+        print(f"note: {own['note']}", file=sys.stderr)
     if args.json:
         print(json.dumps(res, default=str))
         return 0
@@ -59,6 +65,10 @@ def run(args) -> int:
     print(f"{'prompts':>24}: {res['n_scored']} scored of {res['n_prompts']} "
           f"({res['n_skipped']} skipped)")
     print(f"{'counterfactuals':>24}: {res['counterfactual_source']}")
+    if own:
+        print(f"{'own latents':>24}: {own['k']} per SAE at {'/'.join(own['roles'])} tokens of "
+              f"{own['prompts_marked']} prompt(s) ({_fmt(res.get('own_latents_per_token'))} "
+              "per token)")
     for k in SUMMARY:
         print(f"{k:>24}: {_fmt(res.get(k))}")
     return 0

@@ -45,10 +45,14 @@ def assign_splits(df: pl.DataFrame, test_fraction: float, seed: int,
             for p, s in zip(df["prompt"], splits, strict=True)]
 
 
-def _entity_spans(prompt: str, entity: str | None) -> list[tuple[int, int, str]]:
+def entity_spans(prompt: str, entity: str | None,
+                 ignore_case: bool = False) -> list[tuple[int, int, str]]:
+    """The `subject` spans of `entity` in `prompt` (every occurrence)."""
     if not entity or not entity.strip():
         return []
-    return [(m.start(), m.end(), "subject") for m in re.finditer(re.escape(entity), prompt)]
+    flags = re.IGNORECASE if ignore_case else 0
+    return [(m.start(), m.end(), "subject")
+            for m in re.finditer(re.escape(entity), prompt, flags)]
 
 
 def _first(tokenizer, text: str) -> int | None:
@@ -65,7 +69,7 @@ def _row_tokens(tokenizer, r: dict, bos: int, d_vocab: int, n_ctx: int,
             return None, DROP_BLANK
     if a == c:
         return None, DROP_SHARED
-    tokens, strs, roles = token_roles(tokenizer, r["prompt"], _entity_spans(r["prompt"],
+    tokens, strs, roles = token_roles(tokenizer, r["prompt"], entity_spans(r["prompt"],
                                                                             r["entity"]), bos)
     if len(tokens) > n_ctx:
         return None, DROP_LONG

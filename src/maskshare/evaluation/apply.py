@@ -35,10 +35,13 @@ from typing import Any
 import numpy as np
 
 from maskshare.artifacts import is_complete
+from maskshare.datasets.prompt_build import entity_spans
+from maskshare.datasets.rows import token_roles
 from maskshare.errors import UserError
 from maskshare.evaluation.metrics import evaluate_masks
 from maskshare.grouping import load_grouping
 from maskshare.masks.masking import MaskedModel
+from maskshare.masks.own_latents import marked_tokens
 from maskshare.masks.slot_stats import SlotStats
 from maskshare.masks.training import TrainResult
 from maskshare.model.activations import clean_final_logits, padded_batches
@@ -50,7 +53,7 @@ from maskshare.validation import read_text_file
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("prompt", "answer", "counterfactual")
+FIELDS = ("prompt", "answer", "counterfactual", "entity")
 CF_FILE, CF_MODEL = "file", "clean-model top token"
 
 
@@ -62,6 +65,7 @@ class Prompt:
     answer: str
     counterfactual: str | None = None
     line: int | None = None
+    entity: str | None = None  # the subject's mention: where the run's own latents go
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ def parse_prompt(obj: Any, line: int | None = None) -> Prompt:
         raise ValueError(f"missing field(s) {missing}")
     for k in FIELDS:
         v = obj.get(k)
-        if k == "counterfactual" and v is None:
+        if k in ("counterfactual", "entity") and v is None:
             continue
         if not isinstance(v, str):
             raise ValueError(f"{k!r} must be a string, got {type(v).__name__}")
@@ -101,7 +105,8 @@ def parse_prompt(obj: Any, line: int | None = None) -> Prompt:
         raise ValueError("empty counterfactual (leave the field out to let the model pick one)")
     if cf is not None and cf == obj["answer"]:
         raise ValueError(f"counterfactual equals the answer ({cf!r})")
-    return Prompt(prompt=obj["prompt"], answer=obj["answer"], counterfactual=cf, line=line)
+    return Prompt(prompt=obj["prompt"], answer=obj["answer"], counterfactual=cf, line=line,
+                  entity=obj.get("entity") or None)
 
 
 def parse_prompt_line(text: str, line: int | None = None) -> Prompt:
@@ -298,10 +303,31 @@ def _per_prompt_rows(tokenizer, checked: list[_Checked], cfs: list[int],
     return rows
 
 
+def own_marks(model, cfg, checked: list[_Checked], slots: list[np.ndarray],
+              use: bool = True) -> tuple[tuple[list[np.ndarray], int] | None, dict | None]:
+    """The run's `evaluate.own_latents` on new prompts: per prompt, True at the tokens of
+    its `entity` mentions (role `subject`, as prompt datasets mark it; any case), and what the result
+    says of it; (None, None) when the run keeps none (k 0) or `use` is False."""
+    own = cfg.evaluate.own_latents
+    if not (use and own.k):
+        return None, None
+    # any case: a template's "Gold's symbol" marks the entity `gold` there too
+    roles = [token_roles(model.tokenizer, c.prompt.prompt,
+                         entity_spans(c.prompt.prompt, c.prompt.entity, ignore_case=True),
+                         c.tokens[0])[2] for c in checked]
+    marks = marked_tokens(roles, slots, own.roles)
+    n = sum(bool(m.any()) for m in marks)
+    info = {**own.model_dump(), "prompts_marked": n}
+    if n < len(checked):
+        info["note"] = (f"{len(checked) - n} of {len(checked)} prompts carry no `entity` "
+                        "found in their prompt: their circuit is the learned part only")
+    return (marks, own.k), info
+
+
 def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
                      variant: str | None = None, lam: float | None = None,
                      seed: int | None = None, skipped: Iterable[Skipped] = (),
-                     batch_size: int | None = None) -> dict:
+                     batch_size: int | None = None, own_latents: bool = True) -> dict:
     """Score the circuit of `run` on `prompts`; returns a JSON-serialisable dict.
 
     Keys: `n_prompts` (read, skipped ones included), `n_scored`, `n_skipped`, `skipped`
@@ -310,6 +336,9 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
     `ld_circuit`, `ld_ablated`, `ld_complement`, `ood_fraction`, `counterfactual_source`
     (`file`, `clean-model top token`, or `mixed`), `n_counterfactual_from_model`,
     `variant`, `lambda`, `seed`, `run`, `per_prompt`, and `note` where a metric is undefined.
+    Runs whose evaluation keeps the subject's own latents (`evaluate.own_latents`) keep them
+    here too, at each prompt's `entity` mention (`own_latents`: the setting and how many
+    prompts were marked; `own_latents_per_token`), unless `own_latents` is False.
     UserError when the run lacks the circuit or no prompt is usable.
     """
     run = Path(run)
@@ -326,10 +355,12 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
     stats = SlotStats.load(RunLayout(run).slot_stats(v.grouping))
     mm = MaskedModel(model, get_saes(cfg), stats, grouping.n_slots, ablation=v.ablation,
                      error=cfg.masks.error)
+    own, own_info = own_marks(model, cfg, checked, slots, own_latents)
     batches = mm.prepare([c.tokens for c in checked], slots, [c.answer_id for c in checked],
                          cfs, batch_size=batch_size or cfg.masks.batch_size,
                          ablation_data=mm.ablation_method.prompt_data(
-                             items, lambda toks: grouping.assign_tokens(model, toks)))
+                             items, lambda toks: grouping.assign_tokens(model, toks)),
+                         own=own)
     m = evaluate_masks(mm, batches, TrainResult.load(mdir).masks(), slots)
     per = m.pop("per_prompt", {})
     m.pop("kept_per_hook", None)
@@ -343,5 +374,6 @@ def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,
         "skipped": [s.as_dict() for s in skipped],
         "ood_fraction": float(assignment.ood_fraction),
         "counterfactual_source": source, "n_counterfactual_from_model": len(picked),
+        **({"own_latents": own_info} if own_info else {}),
         "per_prompt": _per_prompt_rows(model.tokenizer, checked, cfs, picked, slots, per),
     }

@@ -148,15 +148,16 @@ class Run:
         return pl.DataFrame(rows, schema=SLOTS_SCHEMA)
 
     def evaluate(self, prompts, variant: str | None = None, lam: float | None = None,
-                 seed: int | None = None) -> dict:
-        """The circuit on `prompts` (dicts with prompt, answer, optional counterfactual; or
-        a JSON-lines path): F, sizes and per-prompt logit differences (`per_prompt`), the
-        dict `maskshare eval --json` prints (apply.evaluate_prompts)."""
+                 seed: int | None = None, own_latents: bool = True) -> dict:
+        """The circuit on `prompts` (dicts with prompt, answer, optional counterfactual and
+        entity; or a JSON-lines path): F, sizes and per-prompt logit differences
+        (`per_prompt`), the dict `maskshare eval --json` prints (apply.evaluate_prompts;
+        `own_latents=False`: the learned part only, where the run keeps the subject's own)."""
         skipped = []
         if isinstance(prompts, (str, Path)):
             prompts, skipped = read_prompts(prompts)
         return evaluate_prompts(self.path, prompts, variant=variant, lam=lam, seed=seed,
-                                skipped=skipped)
+                                skipped=skipped, own_latents=own_latents)
 
     def applied(self, model=None, ablation: str | None = None, variant: str | None = None,
                 lam: float | None = None, seed: int | None = None):
