@@ -4,12 +4,16 @@ Circuits (one JSON object per line):
     {"clean_prefix": "The teachers near the desk", "clean_answer": " are",
      "patch_prefix": "The teacher near the desk", "patch_answer": " is", "case": "nounpp"}
 
-Three sentence structures (`case`): `simple` ("The teachers"), `nounpp` (subject + a
-prepositional phrase whose noun has the other number: "The teachers near the desk") and `rc`
-(subject + a relative clause whose subject has the other number: "The teachers that the
-student likes"). Four verb pairs (is/are, was/were, has/have, does/do). The patch prefix is the
-clean one with the subject's number flipped, so clean and patch have the same token length in
-most rows. Deterministic: the same arguments write the same bytes.
+Four sentence structures (`case`): `simple` ("The teachers"), `nounpp` (subject + a
+prepositional phrase whose noun has the other number: "The teachers near the desk"), `rc`
+(subject + an object relative clause whose subject has the other number: "The teachers that
+the boy likes") and `subjrc` (subject + a subject relative clause whose object has the other
+number: "The teachers that like the boy"; Marvin & Linzen's "across a subject relative
+clause"). Four verb pairs (is/are, was/were, has/have, does/do). The patch prefix is the
+clean one with the subject's number flipped (in `subjrc` with the clause's verb, which agrees
+with it), so clean and patch have the same token length in most rows. Deterministic: the same
+arguments write the same bytes (`subjrc` rows come last and draw after the others, so the
+first three structures' rows are those of the three-structure file).
 
     python scripts/make_agreement.py [--rows N] [--out FILE]
 """
@@ -82,9 +86,23 @@ def rc_rows(rng: random.Random) -> list[dict]:
     return out
 
 
+def subjrc_rows(rng: random.Random) -> list[dict]:
+    out = []
+    for s, p in NOUNS:
+        for plural in (False, True):
+            subj, other = (p, s) if plural else (s, p)
+            for verb in VERBS:
+                (os_, op), (vs, vp) = rng.choice(RC_PEOPLE), rng.choice(RC_VERBS)
+                obj = os_ if plural else op  # the clause's object has the other number
+                clean_v, patch_v = (vp, vs) if plural else (vs, vp)
+                out.append(_row(f"The {subj} that {clean_v} the {obj}",
+                                f"The {other} that {patch_v} the {obj}", plural, verb, "subjrc"))
+    return out
+
+
 def make(rows: int | None, seed: int) -> list[dict]:
     rng = random.Random(seed)
-    allrows = simple_rows() + nounpp_rows(rng) + rc_rows(rng)
+    allrows = simple_rows() + nounpp_rows(rng) + rc_rows(rng) + subjrc_rows(rng)
     if rows is not None:  # a larger file for timing: more draws of the random structures
         while len(allrows) < rows:
             allrows += nounpp_rows(rng) + rc_rows(rng)
