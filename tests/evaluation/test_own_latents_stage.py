@@ -98,3 +98,28 @@ def test_eval_on_new_prompts_keeps_own_latents_at_their_entity(run):
         bare["own_latents"]["note"]
     assert [p["ld_circuit"] for p in bare["per_prompt"]] == \
         [p["ld_circuit"] for p in learned["per_prompt"]]
+
+
+def test_split_prompts_script_writes_an_eval_prompt_file(finished_tiny_run, tmp_path):
+    """scripts/split_prompts.py: a run's split as eval prompt lines, entity included; an
+    unknown split is refused with the splits the run has."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from maskshare.evaluation.apply import read_prompts
+
+    _, src, _ = finished_tiny_run
+    script = Path(__file__).resolve().parents[2] / "scripts" / "split_prompts.py"
+    p = subprocess.run([sys.executable, str(script), str(src), "test_entity"],
+                       capture_output=True, text=True, check=True)
+    out = tmp_path / "held.jsonl"
+    out.write_text(p.stdout)
+    prompts, skipped = read_prompts(out)
+    items = pl.read_parquet(src / "dataset" / "items.parquet").filter(
+        pl.col("split") == "test_entity")
+    assert not skipped and [q.prompt for q in prompts] == items["prompt"].to_list()
+    assert [q.entity for q in prompts] == items["entity"].to_list()
+    bad = subprocess.run([sys.executable, str(script), str(src), "nope"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "test_entity" in bad.stderr and not bad.stdout

@@ -1,0 +1,42 @@
+"""Write one split of a finished run's dataset as a `maskshare eval` prompt file (JSON lines
+of prompt, answer, counterfactual and entity), e.g. to score a run's held-out prompts
+through `eval` the way a new prompt set would be:
+
+    .venv/bin/python scripts/split_prompts.py data/runs/recall-<hash> test_entity > held.jsonl
+    .venv/bin/maskshare eval --run data/runs/recall-<hash> --prompts held.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+
+
+def rows(run: Path, split: str) -> list[dict]:
+    items = pl.read_parquet(run / "dataset" / "items.parquet")
+    known = sorted(items["split"].unique().to_list())
+    if split not in known:
+        sys.exit(f"{run}: no split {split!r}; it has {', '.join(known)}")
+    out = []
+    for r in items.filter(pl.col("split") == split).iter_rows(named=True):
+        row = {"prompt": r["prompt"], "answer": r["answer"], "counterfactual": r["counterfactual"]}
+        if r.get("entity"):
+            row["entity"] = r["entity"]
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("split")
+    a = ap.parse_args()
+    sys.stdout.write("".join(json.dumps(r) + "\n" for r in rows(a.run, a.split)))
+
+
+if __name__ == "__main__":
+    main()
