@@ -49,54 +49,50 @@ def _row(clean: str, patch: str, plural: bool, verb: tuple[str, str], case: str)
             "patch_prefix": patch, "patch_answer": sing if plural else plur, "case": case}
 
 
-def simple_rows() -> list[dict]:
-    out = []
+def _subjects():
+    """(subject, its number-flipped twin, plural, verb pair) for every noun, number and verb
+    pair, in the order every structure writes its rows (and draws from the rng)."""
     for s, p in NOUNS:
         for plural in (False, True):
             subj, other = (p, s) if plural else (s, p)
             for verb in VERBS:
-                out.append(_row(f"The {subj}", f"The {other}", plural, verb, "simple"))
-    return out
+                yield subj, other, plural, verb
+
+
+def simple_rows() -> list[dict]:
+    return [_row(f"The {subj}", f"The {other}", plural, verb, "simple")
+            for subj, other, plural, verb in _subjects()]
 
 
 def nounpp_rows(rng: random.Random) -> list[dict]:
     out = []
-    for s, p in NOUNS:
-        for plural in (False, True):
-            subj, other = (p, s) if plural else (s, p)
-            for verb in VERBS:
-                a_s, a_p = rng.choice(ATTRACTORS)
-                attr = a_s if plural else a_p  # the attractor has the other number
-                prep = rng.choice(PREPS)
-                out.append(_row(f"The {subj} {prep} the {attr}", f"The {other} {prep} the {attr}",
-                                plural, verb, "nounpp"))
+    for subj, other, plural, verb in _subjects():
+        a_s, a_p = rng.choice(ATTRACTORS)
+        attr = a_s if plural else a_p  # the attractor has the other number
+        prep = rng.choice(PREPS)
+        out.append(_row(f"The {subj} {prep} the {attr}", f"The {other} {prep} the {attr}",
+                        plural, verb, "nounpp"))
     return out
 
 
 def rc_rows(rng: random.Random) -> list[dict]:
     out = []
-    for s, p in NOUNS:
-        for plural in (False, True):
-            subj, other = (p, s) if plural else (s, p)
-            for verb in VERBS:
-                (ps, pp), (vs, vp) = rng.choice(RC_PEOPLE), rng.choice(RC_VERBS)
-                inner = f"the {ps} {vs}" if plural else f"the {pp} {vp}"
-                out.append(_row(f"The {subj} that {inner}", f"The {other} that {inner}",
-                                plural, verb, "rc"))
+    for subj, other, plural, verb in _subjects():
+        (ps, pp), (vs, vp) = rng.choice(RC_PEOPLE), rng.choice(RC_VERBS)
+        inner = f"the {ps} {vs}" if plural else f"the {pp} {vp}"
+        out.append(_row(f"The {subj} that {inner}", f"The {other} that {inner}",
+                        plural, verb, "rc"))
     return out
 
 
 def subjrc_rows(rng: random.Random) -> list[dict]:
     out = []
-    for s, p in NOUNS:
-        for plural in (False, True):
-            subj, other = (p, s) if plural else (s, p)
-            for verb in VERBS:
-                (os_, op), (vs, vp) = rng.choice(RC_PEOPLE), rng.choice(RC_VERBS)
-                obj = os_ if plural else op  # the clause's object has the other number
-                clean_v, patch_v = (vp, vs) if plural else (vs, vp)
-                out.append(_row(f"The {subj} that {clean_v} the {obj}",
-                                f"The {other} that {patch_v} the {obj}", plural, verb, "subjrc"))
+    for subj, other, plural, verb in _subjects():
+        (os_, op), (vs, vp) = rng.choice(RC_PEOPLE), rng.choice(RC_VERBS)
+        obj = os_ if plural else op  # the clause's object has the other number
+        clean_v, patch_v = (vp, vs) if plural else (vs, vp)
+        out.append(_row(f"The {subj} that {clean_v} the {obj}",
+                        f"The {other} that {patch_v} the {obj}", plural, verb, "subjrc"))
     return out
 
 

@@ -27,14 +27,19 @@ def run(finished_tiny_run, tmp_path, monkeypatch):
     return dst
 
 
-def test_evaluation_with_own_latents_counts_and_reports_them(run):
-    before = pl.read_parquet(run / "evaluate" / "curves.parquet")
+def rebuild_with_own_latents(run, k: int = 4) -> None:
+    """The run's evaluation rebuilt with `evaluate.own_latents` {k, roles: [subject]}."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    cfg.setdefault("evaluate", {})["own_latents"] = {"k": 4, "roles": ["subject"]}
+    cfg.setdefault("evaluate", {})["own_latents"] = {"k": k, "roles": ["subject"]}
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    assert load_run_config(run).evaluate.own_latents.k == 4
+    assert load_run_config(run).evaluate.own_latents.k == k
     shutil.rmtree(run / "evaluate")
     evaluate.build(run)
+
+
+def test_evaluation_with_own_latents_counts_and_reports_them(run):
+    before = pl.read_parquet(run / "evaluate" / "curves.parquet")
+    rebuild_with_own_latents(run)
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["own_latents"] == {"k": 4, "roles": ["subject"]}
@@ -60,11 +65,7 @@ def test_eval_on_new_prompts_keeps_own_latents_at_their_entity(run):
     evaluation scored (the own latents kept at the mention), and says where it could not."""
     from maskshare.evaluation.apply import evaluate_prompts
 
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    cfg.setdefault("evaluate", {})["own_latents"] = {"k": 4, "roles": ["subject"]}
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    shutil.rmtree(run / "evaluate")
-    evaluate.build(run)
+    rebuild_with_own_latents(run)
     items = pl.read_parquet(run / "dataset" / "items.parquet").filter(
         pl.col("split") == "test_entity")
     assert items.height > 0 and items["entity"].null_count() == 0
