@@ -4,6 +4,10 @@ through `eval` the way a new prompt set would be:
 
     .venv/bin/python scripts/split_prompts.py data/runs/recall-<hash> test_entity > held.jsonl
     .venv/bin/maskshare eval --run data/runs/recall-<hash> --prompts held.jsonl
+
+`--group G` keeps the rows of one group (a prompt dataset's group, a template dataset's
+phrasing), e.g. a run's own training rows of one structure, scored per lambda with
+`maskshare eval --lambda L` (docs/datasets.md, agreement).
 """
 
 from __future__ import annotations
@@ -16,13 +20,20 @@ from pathlib import Path
 import polars as pl
 
 
-def rows(run: Path, split: str) -> list[dict]:
+def rows(run: Path, split: str, group: str | None = None) -> list[dict]:
     items = pl.read_parquet(run / "dataset" / "items.parquet")
     known = sorted(items["split"].unique().to_list())
     if split not in known:
         sys.exit(f"{run}: no split {split!r}; it has {', '.join(known)}")
+    items = items.filter(pl.col("split") == split)
+    if group is not None:
+        groups = sorted(items["phrasing"].unique().to_list())
+        if group not in groups:
+            sys.exit(f"{run}: split {split!r} has no group {group!r}; it has "
+                     f"{', '.join(groups[:12])}")
+        items = items.filter(pl.col("phrasing") == group)
     out = []
-    for r in items.filter(pl.col("split") == split).iter_rows(named=True):
+    for r in items.iter_rows(named=True):
         row = {"prompt": r["prompt"], "answer": r["answer"], "counterfactual": r["counterfactual"]}
         if r.get("entity"):
             row["entity"] = r["entity"]
@@ -34,8 +45,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("split")
+    ap.add_argument("--group", default=None, help="only the rows of this group (phrasing)")
     a = ap.parse_args()
-    sys.stdout.write("".join(json.dumps(r) + "\n" for r in rows(a.run, a.split)))
+    sys.stdout.write("".join(json.dumps(r) + "\n" for r in rows(a.run, a.split, a.group)))
 
 
 if __name__ == "__main__":

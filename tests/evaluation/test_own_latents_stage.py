@@ -124,3 +124,14 @@ def test_split_prompts_script_writes_an_eval_prompt_file(finished_tiny_run, tmp_
     bad = subprocess.run([sys.executable, str(script), str(src), "nope"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "test_entity" in bad.stderr and not bad.stdout
+    # --group: one group's rows only; an unknown group is refused with the ones there are
+    train = pl.read_parquet(src / "dataset" / "items.parquet").filter(pl.col("split") == "train")
+    group = sorted(train["phrasing"].unique().to_list())[0]
+    one = subprocess.run([sys.executable, str(script), str(src), "train", "--group", group],
+                         capture_output=True, text=True, check=True)
+    want = train.filter(pl.col("phrasing") == group)["prompt"].to_list()
+    assert [json.loads(line)["prompt"] for line in one.stdout.splitlines()] == want
+    assert 0 < len(want) < train.height
+    nogroup = subprocess.run([sys.executable, str(script), str(src), "train", "--group", "zz"],
+                             capture_output=True, text=True)
+    assert nogroup.returncode != 0 and group in nogroup.stderr and not nogroup.stdout
