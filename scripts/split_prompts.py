@@ -20,18 +20,21 @@ from pathlib import Path
 import polars as pl
 
 
+def _only(items: pl.DataFrame, column: str, value: str, missing: str) -> pl.DataFrame:
+    """The rows whose `column` is `value`; exits with `missing` and the values there are
+    (the first 12) when none is."""
+    known = sorted(items[column].unique().to_list())
+    if value not in known:
+        sys.exit(f"{missing}; it has {', '.join(known[:12])}")
+    return items.filter(pl.col(column) == value)
+
+
 def rows(run: Path, split: str, group: str | None = None) -> list[dict]:
-    items = pl.read_parquet(run / "dataset" / "items.parquet")
-    known = sorted(items["split"].unique().to_list())
-    if split not in known:
-        sys.exit(f"{run}: no split {split!r}; it has {', '.join(known)}")
-    items = items.filter(pl.col("split") == split)
+    items = _only(pl.read_parquet(run / "dataset" / "items.parquet"), "split", split,
+                  f"{run}: no split {split!r}")
     if group is not None:
-        groups = sorted(items["phrasing"].unique().to_list())
-        if group not in groups:
-            sys.exit(f"{run}: split {split!r} has no group {group!r}; it has "
-                     f"{', '.join(groups[:12])}")
-        items = items.filter(pl.col("phrasing") == group)
+        items = _only(items, "phrasing", group,
+                      f"{run}: split {split!r} has no group {group!r}")
     out = []
     for r in items.iter_rows(named=True):
         row = {"prompt": r["prompt"], "answer": r["answer"], "counterfactual": r["counterfactual"]}

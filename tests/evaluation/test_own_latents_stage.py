@@ -117,15 +117,15 @@ def test_split_prompts_script_writes_an_eval_prompt_file(finished_tiny_run, tmp_
     out = tmp_path / "held.jsonl"
     out.write_text(p.stdout)
     prompts, skipped = read_prompts(out)
-    items = pl.read_parquet(src / "dataset" / "items.parquet").filter(
-        pl.col("split") == "test_entity")
+    every = pl.read_parquet(src / "dataset" / "items.parquet")
+    items = every.filter(pl.col("split") == "test_entity")
     assert not skipped and [q.prompt for q in prompts] == items["prompt"].to_list()
     assert [q.entity for q in prompts] == items["entity"].to_list()
     bad = subprocess.run([sys.executable, str(script), str(src), "nope"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "test_entity" in bad.stderr and not bad.stdout
     # --group: one group's rows only; an unknown group is refused with the ones there are
-    train = pl.read_parquet(src / "dataset" / "items.parquet").filter(pl.col("split") == "train")
+    train = every.filter(pl.col("split") == "train")
     group = sorted(train["phrasing"].unique().to_list())[0]
     one = subprocess.run([sys.executable, str(script), str(src), "train", "--group", group],
                          capture_output=True, text=True, check=True)
