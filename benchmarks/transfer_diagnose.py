@@ -14,7 +14,9 @@ From a finished run (its fitted attention grouping, slot means and masks):
    clustered token of the split clean: the ceiling of what the clustered slots cost), and
    `ood-to-position` (each OOD token moved to the cluster whose training tokens' mean
    position from the end is nearest its own); with `--per-slot`, each clustered slot's
-   tokens clean (`cN-clean`) and each slot alone ablated (`only-cN-ablated`).
+   tokens clean (`cN-clean`) and each slot alone ablated (`only-cN-ablated`); with
+   `--clean-from-end N ...`, the tokens at position N from the end clean (`from-end-N-clean`,
+   pinned slots included).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def main() -> None:
     ap.add_argument("--per-slot", action="store_true",
                     help="also: each clustered slot's tokens clean, and each slot alone ablated")
     ap.add_argument("--lambdas", type=float, nargs="*", default=None)
+    ap.add_argument("--clean-from-end", type=int, nargs="*", default=[],
+                    help="also: the tokens at each of these positions from the end clean")
     a = ap.parse_args()
 
     from maskshare.evaluation.metrics import evaluate_masks
@@ -115,6 +119,9 @@ def main() -> None:
             variants[f"{name}-clean"] = [np.where(s == c, K, s) for s in base_slots]
             variants[f"only-{name}-ablated"] = [np.where((s >= g.n_pinned) & (s != c), K, s)
                                                 for s in base_slots]
+    for fe in a.clean_from_end:  # one position from the end at a time, pinned or not
+        variants[f"from-end-{fe}-clean"] = [np.where(np.arange(len(s))[::-1] == fe, K, s)
+                                            for s in base_slots]
     tokens = [list(t) for t in items["tokens"].to_list()]
     ans = [int(x) for x in items["answer_id"].to_list()]
     cf = [int(x) for x in items["counterfactual_id"].to_list()]

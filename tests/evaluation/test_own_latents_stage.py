@@ -135,3 +135,59 @@ def test_split_prompts_script_writes_an_eval_prompt_file(finished_tiny_run, tmp_
     nogroup = subprocess.run([sys.executable, str(script), str(src), "train", "--group", "zz"],
                              capture_output=True, text=True)
     assert nogroup.returncode != 0 and group in nogroup.stderr and not nogroup.stdout
+
+
+def test_applied_with_entity_splices_the_circuit_evaluated_with_own_latents(run):
+    """run.applied(model, entity=...) keeps the own latents at the entity's tokens: the
+    forward pass gives the logit differences run.evaluate reports with the prompts'
+    `entity`; without it, the learned part's; entity on a run without own latents, or a
+    list of the wrong length, is refused."""
+    import torch
+
+    from maskshare.errors import UserError
+    from maskshare.evaluation.applied import entity_roles
+    from maskshare.run.resources import get_model
+
+    rebuild_with_own_latents(run)
+    items = pl.read_parquet(run / "dataset" / "items.parquet").filter(
+        pl.col("split") == "test_entity").sort("prompt_id").head(5)
+    prompts = [{"prompt": r["prompt"], "answer": r["answer"],
+                "counterfactual": r["counterfactual"], "entity": r["entity"]}
+               for r in items.iter_rows(named=True)]
+    h = open_run(run)
+    res, learned = h.evaluate(prompts), h.evaluate(prompts, own_latents=False)
+    assert res["own_latents"]["prompts_marked"] == len(prompts)
+    model = get_model(h.config)
+    # the tokens marked are the run's own roles' subject tokens
+    for r in items.iter_rows(named=True):
+        roles = entity_roles(model.tokenizer, list(r["tokens"]), r["entity"])
+        assert [x == "subject" for x in roles] == [x == "subject" for x in r["roles"]]
+    lengths = [len(h.tokens(p["prompt"])[0]) for p in prompts]
+    ans, cfs = items["answer_id"].to_list(), items["counterfactual_id"].to_list()
+
+    def ld(logits):
+        fin = logits[torch.arange(len(lengths)), torch.as_tensor(lengths) - 1]
+        return fin[torch.arange(len(lengths)), ans] - fin[torch.arange(len(lengths)), cfs]
+
+    texts = [p["prompt"] for p in prompts]
+    with torch.no_grad():
+        with h.applied(model, entity=[p["entity"] for p in prompts]) as circuit:
+            got = ld(model(texts))
+            assert circuit.last_marked.any(dim=1).all()
+        with h.applied(model):
+            bare = ld(model(texts))
+    want = torch.tensor([p["ld_circuit"] for p in res["per_prompt"]])
+    base = torch.tensor([p["ld_circuit"] for p in learned["per_prompt"]])
+    assert torch.allclose(got, want, atol=1e-4), (got, want)
+    assert torch.allclose(bare, base, atol=1e-4)
+    assert not torch.allclose(want, base, atol=1e-3)
+    with pytest.raises(UserError, match="one per row"), torch.no_grad(), \
+            h.applied(model, entity=["a", "b"]):
+        model(texts)
+
+
+def test_applied_refuses_an_entity_where_the_run_keeps_no_own_latents(run):
+    from maskshare.errors import UserError
+
+    with pytest.raises(UserError, match="keeps none"):
+        open_run(run).applied(entity="x")

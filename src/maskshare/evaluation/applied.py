@@ -15,6 +15,12 @@ with `attention_mask=` when they are padded. BOS and padding pass untouched. Abl
 `slot-mean`, `global-mean` or `zero` (the run's own by default); `counterfactual` needs
 paired prompts and is refused. Calls that hold only part of a prompt (`generate` with a KV
 cache) cannot be given slots and are refused.
+
+A run that keeps the subject's own latents (`evaluate.own_latents`) needs the entity's
+mention to splice in the circuit it evaluated: `entity=` (one string for every row, or one
+per row of each call) marks each row's tokens of that entity, as `run.evaluate` marks a
+prompt's `entity`, and a clean pass of the call finds their own latents. Without `entity`
+the circuit spliced in is the learned part alone.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import torch
 from torch import Tensor
 
 from maskshare.config import Ablation
+from maskshare.datasets.prompt_build import entity_spans
 from maskshare.errors import UserError
+from maskshare.masks.own_latents import marked_tokens, top_indices
 from maskshare.model.activations import pad_batch, pad_slots
 from maskshare.model.models import tokenize_prompt
 
@@ -36,7 +44,7 @@ class SlotBatch:
 
     slots: Tensor
     ablation_tokens: dict | None = None
-    own: dict | None = None  # the subject's own latents: not applied here (learned part only)
+    own: dict | None = None  # the subject's own latents at the entity's tokens ({hook: idx})
 
     @property
     def untouched(self) -> Tensor:
@@ -49,10 +57,14 @@ class AppliedCircuit:
     """The context manager `Run.applied` returns; `last_slots` holds the slots [B, P] of the
     latest call (-1 on padding)."""
 
-    def __init__(self, model, masked, masks: dict, grouping, grouping_kind: str, bos: int):
+    def __init__(self, model, masked, masks: dict, grouping, grouping_kind: str, bos: int,
+                 own: tuple[int, list[str]] | None = None,
+                 entity: str | list[str] | None = None):
         self.model, self.mm, self.masks = model, masked, masks
         self.grouping, self.kind, self.bos = grouping, grouping_kind, bos
+        self.own, self.entity = own, entity  # own: (k, roles) of evaluate.own_latents
         self.last_slots: Tensor | None = None
+        self.last_marked: Tensor | None = None  # [B, P] True at the entity's kept tokens
         self._handles: list = []
         self._busy = False
         self._batch: SlotBatch | None = None
@@ -95,7 +107,31 @@ class AppliedCircuit:
             toks, att = inp, kwargs.get("attention_mask")
         self._batch = SlotBatch(self._slots(toks, att))
         self.last_slots = self._batch.slots
+        if self.entity is not None and self.own is not None:
+            self._batch.own = self._own(toks if toks.ndim > 1 else toks[None], att)
         return (args, kwargs) if changed else None
+
+    def _own(self, toks: Tensor, att: Tensor | None) -> dict:
+        """{hook: [B, P, k]} the own latents at each row's tokens of its entity (a clean pass
+        of the call, hooks off)."""
+        entities = [self.entity] * len(toks) if isinstance(self.entity, str) else self.entity
+        if len(entities) != len(toks):
+            raise UserError(f"entity has {len(entities)} entries for a call of {len(toks)} "
+                            "row(s): give one string, or one per row")
+        slots = self._batch.slots
+        rows = [[int(t) for t in toks[b, :int((slots[b] >= 0).sum())]] for b in range(len(toks))]
+        roles = [entity_roles(self.model.tokenizer, r, e) for r, e in zip(rows, entities,
+                                                                         strict=True)]
+        marks = marked_tokens(roles, [s[s >= 0].numpy() for s in slots], self.own[1])
+        self.last_marked = torch.as_tensor(pad_slots([m.astype("int64") for m in marks],
+                                                     list(range(len(marks))),
+                                                     toks.shape[1])) > 0
+        self._busy = True
+        try:
+            return top_indices(self.model, self.mm.saes, toks, att, self.last_marked,
+                               self.own[0])
+        finally:
+            self._busy = False
 
     def _tokenise(self, texts: list[str]) -> tuple[Tensor, Tensor | None]:
         rows = [tokenize_prompt(self.model, t) for t in texts]
@@ -126,6 +162,23 @@ class AppliedCircuit:
         return fn
 
 
+def entity_roles(tokenizer, row: list[int], entity: str) -> list[str]:
+    """One role per token of `row` (BOS first): `subject` where the token's first non-space
+    character falls in a mention of `entity` (any case) in the row's decoded text, as a
+    prompt's `entity` is marked for `maskshare eval` (`datasets.rows.token_roles`)."""
+    strs = [tokenizer.decode([t]) for t in row[1:]]
+    text = "".join(strs)
+    spans = entity_spans(text, entity, ignore_case=True)
+    roles, start = ["bos"], 0
+    for piece in strs:
+        lead = len(piece) - len(piece.lstrip())
+        i = start + lead
+        roles.append(next((r for a, b, r in spans if a <= i < b and lead < len(piece)),
+                          "other"))
+        start += len(piece)
+    return roles
+
+
 def check_ablation(ablation: str | Ablation) -> Ablation:
     try:
         a = Ablation(ablation)
@@ -137,4 +190,4 @@ def check_ablation(ablation: str | Ablation) -> Ablation:
     return a
 
 
-__all__ = ["AppliedCircuit", "SlotBatch", "check_ablation"]
+__all__ = ["AppliedCircuit", "SlotBatch", "check_ablation", "entity_roles"]

@@ -160,10 +160,20 @@ class Run:
                                 skipped=skipped, own_latents=own_latents)
 
     def applied(self, model=None, ablation: str | None = None, variant: str | None = None,
-                lam: float | None = None, seed: int | None = None):
+                lam: float | None = None, seed: int | None = None,
+                entity: str | list[str] | None = None):
         """A context manager: inside it, `model`'s forward passes run with the circuit
-        (maskshare.evaluation.applied). `model` defaults to the run's own (cached) model."""
+        (maskshare.evaluation.applied). `model` defaults to the run's own (cached) model.
+        `entity`: where the run keeps the subject's own latents (`evaluate.own_latents`),
+        the entity whose mention in each row keeps them (one string, or one per row)."""
         cfg, v, lam, seed, mdir = self.resolve(variant, lam, seed)
+        own = cfg.evaluate.own_latents
+        if entity is not None and not own.k:
+            raise UserError("entity= marks the subject's own latents, and this run keeps none "
+                            "(evaluate.own_latents.k is 0): leave entity out")
+        if entity is not None and not (isinstance(entity, str) or (
+                isinstance(entity, (list, tuple)) and all(isinstance(e, str) for e in entity))):
+            raise UserError("entity must be a string or a list of strings (one per row)")
         abl = check_ablation(ablation if ablation is not None else v.ablation)
         layout = RunLayout(self.path)
         model = model if model is not None else get_model(cfg)
@@ -172,7 +182,9 @@ class Run:
         mm = MaskedModel(model, get_saes(cfg), stats, grouping.n_slots, ablation=abl,
                          error=cfg.masks.error)
         return AppliedCircuit(model, mm, TrainResult.load(mdir).masks(), grouping,
-                              v.grouping.value, bos_id(model))
+                              v.grouping.value, bos_id(model), own=(own.k, list(own.roles)),
+                              entity=entity if entity is None or isinstance(entity, str)
+                              else list(entity))
 
 
 def open_run(path: str | Path) -> Run:
