@@ -205,6 +205,9 @@ class EvalConfig(Strict):
                                     "test_both"], NEW_FIELD] = "validation"
     select_limit: Annotated[Count | None, NEW_FIELD] = 64
     target_f: Annotated[PositiveFloat, NEW_FIELD] = 0.9
+    # a circuit reaching target_f whose F on its mask's training sample (the recorded fit)
+    # is below this is refused (maskshare.evaluation.selection); None: no floor
+    train_floor: Annotated[Finite | None, NEW_FIELD] = 0.8
     own_latents: Annotated[OwnLatents, NEW_FIELD] = Field(default_factory=OwnLatents)
 
     @field_validator("seeds")

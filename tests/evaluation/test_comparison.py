@@ -144,3 +144,35 @@ def test_quality_metrics_keep_present_values_per_split():
     assert quality_metrics(q) == {"ari_roles": 0.7, "stability": 0.9,
                                   "ari_roles_test_entity": 0.6}
     assert not math.isnan(quality_metrics({"ood_fraction": 0.0})["ood_fraction"])
+
+
+def test_a_circuit_failing_its_own_training_prompts_is_refused():
+    """evaluate.train_floor: the smallest circuit reaching the target on validation is
+    refused when F on its mask's training sample is below the floor (agreement's collapsed
+    lambda 0.01 read 0.55 there and 1.07 on validation); unknown fits are never refused;
+    when every candidate fails, the smallest is kept and the rule says so."""
+    from maskshare.evaluation.selection import UNFIT
+    from maskshare.report.page import chosen_text
+
+    rows = [row(MAIN, 0.003, "validation", 1.09, 130.0), row(MAIN, 0.01, "validation", 1.07, 36.0),
+            row(MAIN, 0.0173, "validation", 0.98, 40.0), row(MAIN, 0.03, "validation", 0.68, 17.0)]
+    fits = {0.003: 0.98, 0.01: 0.55, 0.0173: 0.97, 0.03: 0.92}
+    assert choose_circuit(rows, MAIN.name, "validation", 0.9).lam == 0.01  # no floor
+    chosen = choose_circuit(rows, MAIN.name, "validation", 0.9, fits, 0.8)
+    assert (chosen.lam, chosen.rule, chosen.refused) == (0.0173, SMALLEST, (0.01,))
+    sel = chosen.as_metrics()["selection"]
+    assert sel["train_floor"] == 0.8 and sel["refused_below_train_floor"] == [0.01]
+    assert "refused" in chosen_text({"selection": sel}) and "0.01" in chosen_text(
+        {"selection": sel})
+    # a lambda without a recorded fit is not refused; no floor, no entries
+    assert choose_circuit(rows, MAIN.name, "validation", 0.9, {0.01: None}, 0.8).lam == 0.01
+    assert "train_floor" not in choose_circuit(rows, MAIN.name, "validation",
+                                               0.9).as_metrics()["selection"]
+    # every circuit reaching the target fails the floor: the smallest is kept, and said so
+    bad = choose_circuit(rows, MAIN.name, "validation", 0.9, {k: 0.1 for k in fits}, 0.8)
+    assert (bad.lam, bad.rule) == (0.01, UNFIT)
+    assert "fit failure" in chosen_text({"selection": bad.as_metrics()["selection"]})
+    # nor does it move a choice made by best F (no circuit reaching the target)
+    low = [row(MAIN, 0.01, "validation", 0.7, 40.0), row(MAIN, 0.05, "validation", 0.8, 8.0)]
+    assert choose_circuit(low, MAIN.name, "validation", 0.9, {0.01: 0.9, 0.05: 0.1},
+                          0.8).rule == BEST

@@ -75,6 +75,17 @@ def mask_fit(run: str | Path, variant: Variant | str, lam: float, seed: int):
     return Fit(lam, fit["latents_per_token"], fit.get("f_train"), fit.get("f_validation"))
 
 
+def train_fs(run: str | Path, variant: Variant | str, lams, seed: int) -> dict:
+    """{lambda: F on the mask's training sample} as the masks stage recorded it (None for a
+    mask trained before fits were recorded): what `evaluate.train_floor` reads."""
+    out = {}
+    for lam in lams:
+        summary = RunLayout(run).masks(variant, lam, seed) / "summary.json"
+        fit = json.loads(summary.read_text()).get("fit") if summary.exists() else None
+        out[lam] = (fit or {}).get("f_train")
+    return out
+
+
 def sweep_round(cfg, run: str | Path, variant: str, lams: list[float]) -> list:
     """The lambdas (`maskshare.masks.sweep.NewLambda`) the sweep's next round adds to `variant`,
     whose trained lambdas are `lams`: decided from the fits at the run's first seed (every

@@ -21,7 +21,7 @@ import polars as pl
 import yaml
 
 from maskshare.artifacts import write_text_atomic
-from maskshare.evaluation.selection import SMALLEST
+from maskshare.evaluation.selection import SMALLEST, UNFIT
 from maskshare.report.circuit import circuit_html, depth_figure
 from maskshare.report.data import (
     RunView,
@@ -173,8 +173,17 @@ def chosen_text(metrics: dict) -> str:
     where = {"validation": "validation prompts", "train": "training prompts"}.get(
         sel["split"], f"{sel['split']}, a held-out split (a peek: not a held-out figure)")
     f, n, t = _fmt(sel.get("faithfulness"), 2), sel.get("n_prompts"), sel["target_f"]
+    refused = sel.get("refused_below_train_floor") or []
+    why = (f"; {len(refused)} other circuit(s) reaching it (λ "
+           f"{', '.join(f'{x:.3g}' for x in refused)}) were refused: F below "
+           f"{sel.get('train_floor'):g} on their own training prompts" if refused else "")
     if sel["rule"] == SMALLEST:
-        return f"chosen on {where}: the smallest circuit with F ≥ {t:g} there, F {f} on {n} prompts"
+        return (f"chosen on {where}: the smallest circuit with F ≥ {t:g} there, F {f} on {n} "
+                f"prompts{why}")
+    if sel["rule"] == UNFIT:
+        return (f"chosen on {where}: the smallest circuit with F ≥ {t:g} there, F {f} on {n} "
+                f"prompts; every circuit reaching it has F below {sel.get('train_floor'):g} on "
+                "its own training prompts (a fit failure: read the curves with care)")
     return f"chosen on {where}: none reaches F {t:g} there, the best F, {f} on {n} prompts"
 
 

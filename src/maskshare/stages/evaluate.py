@@ -50,7 +50,7 @@ from maskshare.evaluation.metrics import (
     with_complement,
 )
 from maskshare.evaluation.selection import choose_circuit, selection_split
-from maskshare.evaluation.sweep_fits import sweep_lambdas
+from maskshare.evaluation.sweep_fits import sweep_lambdas, train_fs
 from maskshare.evaluation.verdicts import matched_verdicts
 from maskshare.masks.circuit import circuit_summary, kept_latents, top_activating_tokens
 from maskshare.masks.own_latents import added_per_prompt as own_added_per_prompt
@@ -291,9 +291,15 @@ def build(run: Path) -> Path:
     rows: list[EvalRow] = []
     cache = EvalCache()  # M_clean and references shared by every variant
     groups = group_splits(items, splits)
-    def choose(sel_rows: list[EvalRow]) -> float:
+    def chosen_of(sel_rows: list[EvalRow]):
+        floor = cfg.evaluate.train_floor
+        fits = None if floor is None else train_fs(
+            run, main, {r.lam for r in sel_rows if r.variant == main.name and r.lam}, seeds[0])
         return choose_circuit(sel_rows, main.name, _select(run, cfg, cache),
-                              cfg.evaluate.target_f).lam
+                              cfg.evaluate.target_f, fits, floor)
+
+    def choose(sel_rows: list[EvalRow]) -> float:
+        return chosen_of(sel_rows).lam
 
     # the main variant first: its rows on the selection split choose the lambda; the other
     # methods (baselines, attribution circuits) are then scored only where they are read
@@ -301,7 +307,7 @@ def build(run: Path) -> Path:
     # at the compared sizes)
     rows += eval_variant(run, cfg, main, seeds[0], splits, groups=groups, cache=cache,
                          choose=choose)
-    chosen = choose_circuit(rows, main.name, _select(run, cfg, cache), cfg.evaluate.target_f)
+    chosen = chosen_of(rows)
     lam = chosen.lam
     read = None if SCORE_ALL else attribution_reads(rows, main, lam, head, splits, groups)
     for v in variants(cfg):
