@@ -23,20 +23,23 @@ import polars as pl
 
 from maskshare.evaluation.metrics import f_at_size
 from maskshare.run.layout import RunLayout
+from maskshare.run.resources import load_run_config
 
 SIZES = (40, 60, 100, 150)
 HELDOUT = ("test_phrasing", "test_entity", "test_both")
 
 
 def steps_run(run: Path) -> dict:
-    """{variant: [steps run, steps allowed, masks]} from the masks' summaries."""
+    """{variant: [steps run, steps allowed, masks]} from the masks' summaries (allowed:
+    `masks.steps` for a cold start, `masks.warm_steps` (or `steps`) for a warm one)."""
+    m = load_run_config(run).masks
     out: dict = {}
     for summary in sorted((run / "masks").glob("*/*/summary.json")):
         s = json.loads(summary.read_text())
-        ran = int(s["final"]["step"]) + 1
+        allowed = m.steps if s.get("init") == "cold" else (m.warm_steps or m.steps)
         row = out.setdefault(s["variant"], [0, 0, 0])
-        row[0] += ran
-        row[1] += int(s["steps"])
+        row[0] += int(s["final"]["step"]) + 1
+        row[1] += allowed
         row[2] += 1
     return out
 
