@@ -191,3 +191,20 @@ def test_applied_refuses_an_entity_where_the_run_keeps_no_own_latents(run):
 
     with pytest.raises(UserError, match="keeps none"):
         open_run(run).applied(entity="x")
+
+
+def test_entity_roles_mark_the_mention_as_eval_does():
+    """The roles applied() marks from token rows are token_roles' on the same text: the
+    mention (any case) `subject`, the final token `final` even inside the mention."""
+    from maskshare.datasets.prompt_build import entity_spans
+    from maskshare.datasets.rows import token_roles
+    from maskshare.evaluation.applied import entity_roles
+    from maskshare.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    bos = tok.bos_token_id if tok.bos_token_id is not None else 0
+    for text, entity in [("Gold is the element with symbol", "gold"),
+                         ("The symbol of gold", "Gold"), ("No mention here", "gold")]:
+        ids, _, want = token_roles(tok, text, entity_spans(text, entity, ignore_case=True), bos)
+        assert entity_roles(tok, ids, entity) == want
+    assert "subject" in entity_roles(tok, token_roles(tok, "Gold is it", [], bos)[0], "gold")

@@ -164,8 +164,9 @@ class AppliedCircuit:
 
 def entity_roles(tokenizer, row: list[int], entity: str) -> list[str]:
     """One role per token of `row` (BOS first): `subject` where the token's first non-space
-    character falls in a mention of `entity` (any case) in the row's decoded text, as a
-    prompt's `entity` is marked for `maskshare eval` (`datasets.rows.token_roles`)."""
+    character falls in a mention of `entity` (any case) in the row's decoded text, the last
+    token `final`, as a prompt's `entity` is marked for `maskshare eval`
+    (`datasets.rows.token_roles`)."""
     strs = [tokenizer.decode([t]) for t in row[1:]]
     text = "".join(strs)
     spans = entity_spans(text, entity, ignore_case=True)
@@ -176,6 +177,8 @@ def entity_roles(tokenizer, row: list[int], entity: str) -> list[str]:
         roles.append(next((r for a, b, r in spans if a <= i < b and lead < len(piece)),
                           "other"))
         start += len(piece)
+    if len(roles) > 1:
+        roles[-1] = "final"  # as token_roles: the final token is `final`, never the entity
     return roles
 
 
