@@ -170,6 +170,7 @@ CONFIG_FIELDS = {
     "evaluate.select_split": _enum("validation", "train", "test_phrasing", "test_entity",
                                    "test_both"),
     "evaluate.select_limit": _count(), "evaluate.target_f": _positive,
+    "evaluate.train_floor": _finite,
     "evaluate.own_latents.k": st.one_of(st.integers(max_value=-1),
                                         st.integers(min_value=4097, max_value=2**70), _bools,
                                         _junk_text, _nonfinite, st.just(0.5), _not_scalar),
