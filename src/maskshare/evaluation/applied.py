@@ -174,8 +174,9 @@ def entity_roles(tokenizer, row: list[int], entity: str) -> list[str]:
     for piece in strs:
         lead = len(piece) - len(piece.lstrip())
         i = start + lead
-        roles.append(next((r for a, b, r in spans if a <= i < b and lead < len(piece)),
-                          "other"))
+        inside = lead < len(piece)  # a token of spaces alone is never the entity
+        roles.append(next((r for a, b, r in spans if a <= i < b), "other") if inside
+                     else "other")
         start += len(piece)
     if len(roles) > 1:
         roles[-1] = "final"  # as token_roles: the final token is `final`, never the entity

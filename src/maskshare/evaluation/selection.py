@@ -10,8 +10,8 @@ split that may be one group (agreement's `subjrc`). Where every circuit reaching
 is refused, the smallest of them is kept and the rule says so. The
 selection split is `validation` (dataset.validation) where the run has one, else `train`
 (runs built without one); a held-out split named there is a peek at the test data, and
-`Selection.peeked` says so. A pure function of evaluation rows: rows of other splits are
-never read.
+`Selection.peeked` says so. A pure function of evaluation rows (and, with the floor, of the
+masks' recorded training fits): rows of other splits are never read.
 """
 
 from __future__ import annotations

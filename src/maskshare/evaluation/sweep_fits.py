@@ -65,10 +65,17 @@ def _fit_reference(run: str, variant_name: str, split: str, limit: int | None):
     return reference_lds(prep.mm, prep.batches)
 
 
+def _recorded_fit(run: str | Path, variant: Variant | str, lam: float,
+                  seed: int) -> dict | None:
+    """The `fit` entry of a mask's summary.json (None: no summary, or trained before fits
+    were recorded)."""
+    summary = RunLayout(run).masks(variant, lam, seed) / "summary.json"
+    return json.loads(summary.read_text()).get("fit") if summary.exists() else None
+
+
 def mask_fit(run: str | Path, variant: Variant | str, lam: float, seed: int):
     """The `maskshare.masks.sweep.Fit` the masks stage recorded for (variant, lam, seed)."""
-    summary = json.loads((RunLayout(run).masks(variant, lam, seed) / "summary.json").read_text())
-    fit = summary.get("fit")
+    fit = _recorded_fit(run, variant, lam, seed)
     if fit is None:
         raise RuntimeError(f"mask {variant} lambda={lam:g} seed={seed} has no recorded fit "
                            "(trained before the sweep refined itself): rebuild it")
@@ -78,12 +85,7 @@ def mask_fit(run: str | Path, variant: Variant | str, lam: float, seed: int):
 def train_fs(run: str | Path, variant: Variant | str, lams, seed: int) -> dict:
     """{lambda: F on the mask's training sample} as the masks stage recorded it (None for a
     mask trained before fits were recorded): what `evaluate.train_floor` reads."""
-    out = {}
-    for lam in lams:
-        summary = RunLayout(run).masks(variant, lam, seed) / "summary.json"
-        fit = json.loads(summary.read_text()).get("fit") if summary.exists() else None
-        out[lam] = (fit or {}).get("f_train")
-    return out
+    return {lam: (_recorded_fit(run, variant, lam, seed) or {}).get("f_train") for lam in lams}
 
 
 def sweep_round(cfg, run: str | Path, variant: str, lams: list[float]) -> list:
