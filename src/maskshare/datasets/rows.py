@@ -32,18 +32,26 @@ def token_roles(tokenizer, prompt: str, spans: list[tuple[int, int, str]],
     ids, offs = _offsets(tokenizer, prompt)
     if not ids:
         raise UserError(f"empty prompt {prompt!r}")
+    strs = [tokenizer.decode([bos])] + [tokenizer.decode([i]) for i in ids]
+    return [bos] + ids, strs, ["bos"] + span_roles(prompt, offs, spans)
+
+
+def span_roles(text: str, offsets: list[tuple[int, int]],
+               spans: list[tuple[int, int, str]]) -> list[str]:
+    """One role per token (its character `offsets` in `text`, at least one): the labelled
+    span covering its first non-space character, else `other`; the last token `final`
+    (`token_roles`' rule, also applied to token rows by `run.applied(entity=...)`)."""
     roles = []
-    for s, e in offs:
+    for s, e in offsets:
         role = "other"
-        for i in range(s, min(e, len(prompt))):
-            if prompt[i].isspace():
+        for i in range(s, min(e, len(text))):
+            if text[i].isspace():
                 continue
             role = next((r for a, b, r in spans if a <= i < b), "other")
             break
         roles.append(role)
     roles[-1] = "final"
-    strs = [tokenizer.decode([bos])] + [tokenizer.decode([i]) for i in ids]
-    return [bos] + ids, strs, ["bos"] + roles
+    return roles
 
 
 def first_token(tokenizer, text: str) -> int | None:

@@ -26,12 +26,14 @@ the circuit spliced in is the learned part alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 from torch import Tensor
 
 from maskshare.config import Ablation
 from maskshare.datasets.prompt_build import entity_spans
+from maskshare.datasets.rows import span_roles
 from maskshare.errors import UserError
 from maskshare.masks.own_latents import marked_tokens, top_indices
 from maskshare.model.activations import pad_batch, pad_slots
@@ -163,24 +165,17 @@ class AppliedCircuit:
 
 
 def entity_roles(tokenizer, row: list[int], entity: str) -> list[str]:
-    """One role per token of `row` (BOS first): `subject` where the token's first non-space
-    character falls in a mention of `entity` (any case) in the row's decoded text, the last
-    token `final`, as a prompt's `entity` is marked for `maskshare eval`
-    (`datasets.rows.token_roles`)."""
+    """One role per token of `row` (BOS first), by `token_roles`' rule
+    (`datasets.rows.span_roles`) on the row's decoded text: `subject` on a mention of
+    `entity` (any case), the last token `final`, as a prompt's `entity` is marked for
+    `maskshare eval`."""
     strs = [tokenizer.decode([t]) for t in row[1:]]
+    if not strs:
+        return ["bos"]
+    ends = list(accumulate(len(p) for p in strs))
     text = "".join(strs)
-    spans = entity_spans(text, entity, ignore_case=True)
-    roles, start = ["bos"], 0
-    for piece in strs:
-        lead = len(piece) - len(piece.lstrip())
-        i = start + lead
-        inside = lead < len(piece)  # a token of spaces alone is never the entity
-        roles.append(next((r for a, b, r in spans if a <= i < b), "other") if inside
-                     else "other")
-        start += len(piece)
-    if len(roles) > 1:
-        roles[-1] = "final"  # as token_roles: the final token is `final`, never the entity
-    return roles
+    return ["bos"] + span_roles(text, list(zip([0, *ends[:-1]], ends, strict=True)),
+                                entity_spans(text, entity, ignore_case=True))
 
 
 def check_ablation(ablation: str | Ablation) -> Ablation:
