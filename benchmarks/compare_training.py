@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 
 import polars as pl
+from dataset_tables import curve_points, f_on_curve  # benchmarks/, beside this script
 
-from maskshare.evaluation.metrics import f_at_size
 from maskshare.run.layout import RunLayout
 from maskshare.run.resources import load_run_config
 
@@ -49,16 +49,12 @@ def one(run: Path) -> dict:
     m = json.loads(layout.metrics.read_text())
     curves = pl.read_parquet(layout.curves)
     main = pl.read_parquet(layout.comparisons)["method"][0]
-    rows = curves.filter(pl.col("variant") == main, pl.col("lambda").is_not_null(),
-                         pl.col("seed") == curves["seed"].min())
-    if "finder" in rows.columns:
-        rows = rows.filter(pl.col("finder") == "masks")
-    val = rows.filter(pl.col("split") == "validation").sort("latents_per_token")
+    val = curve_points(curves, main, "validation")
     sizes, fs = val["latents_per_token"].to_list(), val["faithfulness"].to_list()
-    held = {s: rows.filter(pl.col("split") == s, pl.col("lambda") == m["lambda"])
+    held = {s: curve_points(curves, main, s).filter(pl.col("lambda") == m["lambda"])
             for s in HELDOUT}
     return {"run": run.name, "steps": steps_run(run),
-            "validation_at": {str(x): f_at_size(sizes, fs, x) for x in SIZES},
+            "validation_at": {str(x): f_on_curve(val, x) for x in SIZES},
             "validation_curve": [[round(a, 1), round(b, 3)] for a, b in zip(sizes, fs,
                                                                              strict=True)],
             "chosen": {"lambda": m["lambda"], **(m.get("selection") or {})},

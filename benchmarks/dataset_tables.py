@@ -38,7 +38,9 @@ def _name(variant: str, main: str) -> str:
     return g if a == main.split("__")[1] else f"{g} ({a})"
 
 
-def _points(curves: pl.DataFrame, variant: str, split: str) -> pl.DataFrame:
+def curve_points(curves: pl.DataFrame, variant: str, split: str) -> pl.DataFrame:
+    """A variant's learned-mask points on `split` at the first seed, by size (empty circuits
+    left out)."""
     rows = curves.filter(pl.col("variant") == variant, pl.col("split") == split,
                          pl.col("lambda").is_not_null(), pl.col("seed") == curves["seed"].min())
     if "finder" in rows.columns:
@@ -46,7 +48,8 @@ def _points(curves: pl.DataFrame, variant: str, split: str) -> pl.DataFrame:
     return rows.filter(pl.col("latents_per_token") > 0).sort("latents_per_token")
 
 
-def _at(pts: pl.DataFrame, size: float) -> float | None:
+def f_on_curve(pts: pl.DataFrame, size: float) -> float | None:
+    """F read off `curve_points` at `size` (`f_at_size`: never extrapolated)."""
     if pts.height == 0:
         return None
     return f_at_size(pts["latents_per_token"].to_list(), pts["faithfulness"].to_list(), size)
@@ -74,12 +77,12 @@ def tables(run: Path) -> str:
                      if s.split(":")[0] in HELDOUT}, key=lambda s: (HELDOUT.index(
                          s.split(":")[0]), s))
     for split in splits:
-        mine = _points(curves, main, split).filter(pl.col("lambda") == lam)
+        mine = curve_points(curves, main, split).filter(pl.col("lambda") == lam)
         if mine.height == 0:
             continue
         r = mine.row(0, named=True)
         size, f = r["latents_per_token"], r["faithfulness"]
-        fs = {o: _at(_points(curves, o, split), size) for o in others}
+        fs = {o: f_on_curve(curve_points(curves, o, split), size) for o in others}
         scored = {main: f, **{o: v for o, v in fs.items() if v is not None}}
         lead = min(scored, key=lambda k: abs(1 - scored[k]))
         out.append("| " + " | ".join([f"`{split}`", str(r["n_prompts"]), f"{_f(f)} ({size:.0f})",
@@ -90,12 +93,12 @@ def tables(run: Path) -> str:
             "| split | " + " | ".join(f"F@{s}" for s in SIZES) + " | curve |",
             "|---|" + "---:|" * len(SIZES) + "---|"]
     for split in ["train", "validation", *splits]:
-        pts = _points(curves, main, split)
+        pts = curve_points(curves, main, split)
         if pts.height == 0:
             continue
         curve = " / ".join(f"{f:.2f} ({s:.0f})" for f, s in zip(
             pts["faithfulness"].reverse(), pts["latents_per_token"].reverse(), strict=True))
-        out.append(f"| `{split}` | " + " | ".join(_f(_at(pts, s)) for s in SIZES)
+        out.append(f"| `{split}` | " + " | ".join(_f(f_on_curve(pts, s)) for s in SIZES)
                    + f" | {curve} |")
     out += ["", "Every method's F read off its own curve at "
                 f"{' / '.join(map(str, SIZES))} latents per token (`-`: not reached):", "",
@@ -105,9 +108,9 @@ def tables(run: Path) -> str:
         if ":" in split:
             continue
         for v in [main, *others]:
-            pts = _points(curves, v, split)
+            pts = curve_points(curves, v, split)
             out.append(f"| `{split}` | {_name(v, main)} | "
-                       + " | ".join(_f(_at(pts, x)) for x in SIZES) + " |")
+                       + " | ".join(_f(f_on_curve(pts, x)) for x in SIZES) + " |")
     return "\n".join(out)
 
 
