@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import polars as pl
 import pytest
@@ -171,11 +172,23 @@ def test_applied_with_entity_splices_the_circuit_evaluated_with_own_latents(run)
 
     texts = [p["prompt"] for p in prompts]
     with torch.no_grad():
-        with h.applied(model, entity=[p["entity"] for p in prompts]) as circuit:
-            got = ld(model(texts))
-            assert circuit.last_marked.any(dim=1).all()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # every row marked: no warning
+            with h.applied(model, entity=[p["entity"] for p in prompts]) as circuit:
+                got = ld(model(texts))
+                assert circuit.last_marked.any(dim=1).all()
         with h.applied(model):
             bare = ld(model(texts))
+        # an entity found nowhere in its row: that row keeps the learned part, and says so
+        typo = [p["entity"] for p in prompts]
+        typo[1] = "qzxqzx"
+        with pytest.warns(UserWarning, match=r"'qzxqzx' marks no token of row 1") as rec, \
+                h.applied(model, entity=typo) as circuit:
+            mixed = ld(model(texts))
+            assert circuit.last_marked.any(dim=1).tolist() == [True, False, True, True, True]
+        assert len(rec) == 1
+        assert torch.allclose(mixed[1], bare[1], atol=1e-4)
+        assert torch.allclose(mixed[[0, 2, 3, 4]], got[[0, 2, 3, 4]], atol=1e-4)
     want = torch.tensor([p["ld_circuit"] for p in res["per_prompt"]])
     base = torch.tensor([p["ld_circuit"] for p in learned["per_prompt"]])
     assert torch.allclose(got, want, atol=1e-4), (got, want)

@@ -20,11 +20,13 @@ A run that keeps the subject's own latents (`evaluate.own_latents`) needs the en
 mention to splice in the circuit it evaluated: `entity=` (one string for every row, or one
 per row of each call) marks each row's tokens of that entity, as `run.evaluate` marks a
 prompt's `entity`, and a clean pass of the call finds their own latents. Without `entity`
-the circuit spliced in is the learned part alone.
+the circuit spliced in is the learned part alone; so it is for a row where the entity marks
+no token (a typo, another spelling), and a warning names that row and entity.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -125,6 +127,11 @@ class AppliedCircuit:
         roles = [entity_roles(self.model.tokenizer, r, e) for r, e in zip(rows, entities,
                                                                          strict=True)]
         marks = marked_tokens(roles, [s[s >= 0].numpy() for s in slots], self.own[1])
+        for b, (m, e) in enumerate(zip(marks, entities, strict=True)):
+            if not m.any():
+                text = self.model.tokenizer.decode(rows[b][1:])
+                warnings.warn(f"entity {e!r} marks no token of row {b} ({text!r}): its "
+                              "circuit there is the learned part only", stacklevel=4)
         self.last_marked = torch.as_tensor(pad_slots([m.astype("int64") for m in marks],
                                                      list(range(len(marks))),
                                                      toks.shape[1])) > 0
