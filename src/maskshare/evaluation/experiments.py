@@ -46,10 +46,12 @@ def train_and_evaluate(run: str | Path, variant: Variant | str, lam: float, seed
     mcfg = masks or cfg.masks
     prep = prepare_variant(run, variant, "train", train_limit)
     batches, n = prep.batches, prep.items.height
+    if train_items is None and mcfg.batch_size != cfg.masks.batch_size:
+        train_items = prep.items  # the same prompts, batched as `masks` says
     if train_items is not None:
         batches = batch_items(prep.mm, train_items,
                               [prep.slot_map[p] for p in train_items["prompt_id"].to_list()],
-                              cfg.masks.batch_size, prep.grouping)
+                              mcfg.batch_size, prep.grouping)
         n = train_items.height
     t0 = time.perf_counter()
     res = train_masks(prep.mm, batches, mcfg, lam, seed=seed)
