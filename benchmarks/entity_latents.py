@@ -16,6 +16,11 @@ is the empty circuit plus those latents alone. Sizes count the added latents (th
 circuit did not already keep there), averaged over every ablatable token, as the run's
 sizes do. The same on `test_phrasing` (known entities) separates "unseen entity" from "any
 prompt".
+
+`--by deviation` ranks a token's latents by how far ablation would move them, |a - the
+slot mean| (what slot-mean ablation changes most), instead of by activation; `--after`
+also marks every token after the mention (where attention may have moved the entity's
+identity), final included.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class TopKAtEntity(MaskedModel):
 
     k: int = 0
     added: float = 0.0
+    by: str = "activation"  # or "deviation": |a - the ablation value|
 
     def splice(self, hook, x, batch, mask, a=None, err=None):
         sae = self.saes[hook]
@@ -56,27 +62,31 @@ class TopKAtEntity(MaskedModel):
             a = sae.encode(x)
         onehot = self._onehot(batch) if self.expand == "onehot" else None
         m = self._per_token(mask, batch, onehot)
+        abl = self._per_token(self.abl[hook], batch, onehot)
         if self.k:
             sel = batch.entity & ~batch.untouched
             if self.k < 0:  # every latent kept: the entity's tokens clean
                 extra = sel[..., None].expand_as(m).to(m.dtype)
             else:
-                top = torch.zeros_like(m).scatter_(-1, a.detach().topk(self.k, dim=-1).indices,
-                                                   1.0)
-                extra = top * (a.detach() > 0) * sel[..., None]
+                score = a.detach() if self.by == "activation" else (a - abl).abs().detach()
+                top = torch.zeros_like(m).scatter_(-1, score.topk(self.k, dim=-1).indices, 1.0)
+                extra = top * (score > 0) * sel[..., None]
             self.added += float(((extra > 0) & (m.detach() == 0)).sum())
             m = torch.maximum(m, extra)
-        abl = self._per_token(self.abl[hook], batch, onehot)
         out = sae.decode(abl + m * (a - abl))
         out = out + (err if err is not None else x - sae.decode(a))
         return torch.where(batch.untouched[..., None], x, out)
 
 
-def mark_entity(batches, roles: list, slots: list, wanted: list[str]) -> int:
+def mark_entity(batches, roles: list, slots: list, wanted: list[str],
+                after: bool = False) -> int:
     """Set `batch.entity` on each batch: True at the tokens whose role is in `wanted`
-    (`roles`, `slots`: per prompt, in the caller's order; the library's `marked_tokens`);
-    returns how many are marked."""
+    (`roles`, `slots`: per prompt, in the caller's order; the library's `marked_tokens`),
+    and with `after` at every token after the first marked one; returns how many are
+    marked."""
     marks = [m.astype(np.int64) for m in marked_tokens(roles, slots, wanted)]
+    if after:
+        marks = [np.maximum.accumulate(m) * (s > 0) for m, s in zip(marks, slots, strict=True)]
     for b in batches:
         b.entity = pad_slots(marks, b.idx, b.slots.shape[1]) > 0
     return int(sum(m.sum() for m in marks))
@@ -91,6 +101,10 @@ def main() -> None:
                     help="latents added per SAE at the entity's tokens; -1: all of them")
     ap.add_argument("--lambdas", type=float, nargs="*", default=None,
                     help="default: every lambda the run trained")
+    ap.add_argument("--by", choices=["activation", "deviation"], default="activation",
+                    help="rank a token's latents by activation or by |a - slot mean|")
+    ap.add_argument("--after", action="store_true",
+                    help="also mark every token after the mention")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
 
@@ -117,13 +131,16 @@ def main() -> None:
     mm = TopKAtEntity(model, saes, stats, int(stats.counts.shape[0]), ablation=v.ablation,
                       error=cfg.masks.error, split_by_length=False)
     batches = mm.prepare(tokens, slots, ans, cf, batch_size=cfg.masks.batch_size)
-    n_marked = mark_entity(batches, roles, slots, a.roles)
+    mm.by = a.by
+    n_marked = mark_entity(batches, roles, slots, a.roles, a.after)
     metrics = json.loads(lay.metrics.read_text())
     seed = (cfg.evaluate.seeds or [cfg.seed])[0]
     lams = a.lambdas or sorted(set(sweep_lambdas(run, cfg, v.name, seed)))
     print(f"{run.name}: {a.split}, {len(tokens)} prompts, {n_marked} of {n_tokens} tokens with "
-          f"roles {a.roles}; chosen lambda {metrics['lambda']:g}", flush=True)
-    out = {"run": run.name, "split": a.split, "roles": a.roles, "n_prompts": len(tokens),
+          f"roles {a.roles}{' and after' if a.after else ''}, by {a.by}; chosen lambda "
+          f"{metrics['lambda']:g}", flush=True)
+    out = {"run": run.name, "split": a.split, "roles": a.roles, "by": a.by, "after": a.after,
+           "n_prompts": len(tokens),
            "marked_tokens": n_marked, "tokens": n_tokens, "rows": []}
     for lam in [None, *lams]:  # None: the empty circuit
         d = lay.masks(v, lam if lam is not None else lams[0], seed)

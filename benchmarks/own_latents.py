@@ -3,14 +3,17 @@ latents (`evaluate.own_latents`, `maskshare.masks.own_latents`) for several `k`,
 `k` on the validation split and report the held-out splits.
 
     .venv/bin/python benchmarks/own_latents.py RUN [--k 0 8 32 128] [--roles subject]
-        [--splits validation test_phrasing test_entity] [--sizes 40 60 100 150] [--json OUT]
+        [--splits validation test_phrasing test_entity] [--sizes 40 60 100 150]
+        [--by activation deviation] [--json OUT]
 
 For each `k` and split: every lambda of the run's main variant (its learned masks, as
 trained: the masks train without own latents) scored by the library's evaluation with each
 prompt's own `k` latents per SAE at its tokens of `--roles` (k 0: the circuits alone), F
 and latents per token (the added latents counted); then F read at `--sizes` latents per
 token on each curve (`f_at_size`) and the circuit the run's rule would choose on the
-validation split (the smallest with F >= the run's target, else the best). Choose `k` on
+validation split (the smallest with F >= the run's target, else the best). `--by`: how the
+own latents are ranked (`evaluate.own_latents.by`: activation, or deviation from the
+ablation's value), each scored in turn. Choose `k` on
 `validation`; the held-out splits are for reporting. Writes nothing into the run.
 """
 
@@ -44,6 +47,8 @@ def main() -> None:
     ap.add_argument("--splits", nargs="+", default=["validation", "test_phrasing",
                                                      "test_entity"])
     ap.add_argument("--sizes", type=float, nargs="+", default=[40, 60, 100, 150])
+    ap.add_argument("--by", nargs="+", choices=["activation", "deviation"],
+                    default=["activation"])
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
 
@@ -53,17 +58,18 @@ def main() -> None:
     seed = (cfg.evaluate.seeds or [cfg.seed])[0]
     lams = sorted(set(sweep_lambdas(run, cfg, v.name, seed)))
     masks = {lam: load_masks(run, v, lam, seed) for lam in lams}
-    out = {"run": run.name, "roles": a.roles, "target_f": cfg.evaluate.target_f,
+    out = {"run": run.name, "roles": a.roles, "by": a.by, "target_f": cfg.evaluate.target_f,
            "curves": {}, "at_sizes": {}, "chosen": {}}
-    for k in a.k:
+    settings = [(k, by) for k in a.k for by in (a.by if k else a.by[:1])]
+    for k, by in settings:
         for split in a.splits:
             prep = prepare_variant(run, v, split, None,
-                                   own=(k, tuple(a.roles)) if k else None)
+                                   own=(k, tuple(a.roles), by) if k else None)
             res, _ = evaluate_sweep(prep.mm, prep.batches, masks, prep.slots,
                                     complements=False)
             pts = [{"lambda": lam, "F": r["faithfulness"], "size": r["latents_per_token"],
                     "own": r.get("own_latents_per_token")} for lam, r in res.items()]
-            key = f"k{k}|{split}"
+            key = f"k{k}|{split}" if by == "activation" or not k else f"k{k}-{by}|{split}"
             out["curves"][key] = pts
             byf = sorted(pts, key=lambda p: p["size"])
             out["at_sizes"][key] = {
@@ -71,7 +77,7 @@ def main() -> None:
                 for s in a.sizes}
             out["chosen"][key] = chosen(pts, cfg.evaluate.target_f)
             c = out["chosen"][key]
-            print(f"k {k:>4} {split:>14}: " + " ".join(
+            print(f"k {k:>4} {by if k else '':>10} {split:>14}: " + " ".join(
                 f"{p['F']:.2f}({p['size']:.0f})" for p in byf)
                 + " | at " + " ".join(f"{s:g}: {f:.2f}" if f is not None else f"{s:g}: n/a"
                                       for s, f in zip(a.sizes, out['at_sizes'][key].values(),

@@ -174,6 +174,7 @@ CONFIG_FIELDS = {
     "evaluate.own_latents.k": st.one_of(st.integers(max_value=-1),
                                         st.integers(min_value=4097, max_value=2**70), _bools,
                                         _junk_text, _nonfinite, st.just(0.5), _not_scalar),
+    "evaluate.own_latents.by": _enum("activation", "deviation"),
     "evaluate.own_latents.roles": st.one_of(st.just([]), st.just([""]), st.just(["a\nb"]),
                                             st.integers(), _not_scalar.map(lambda v: [v])),
     "attribution.methods": st.one_of(_list_of(_enum("atp", "ig"), empty_ok=True),

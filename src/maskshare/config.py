@@ -267,20 +267,32 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def config_data(cfg: RunConfig) -> dict:
-    """`cfg` as plain JSON data, without the `NEW_FIELD` fields at their default."""
+    """`cfg` as plain JSON data, without the `NEW_FIELD` fields at their default (at any
+    depth: a field added to a sub-section, e.g. `evaluate.own_latents.by`, too)."""
     data = cfg.model_dump(mode="json")
     for section in type(cfg).model_fields:
         value = getattr(cfg, section)
-        names = hash_excluded(value, NEW_FIELD) if isinstance(value, BaseModel) else ()
-        if not names:
+        if not isinstance(value, BaseModel):
             continue
-        default = type(value)()
-        for n in names:
-            if getattr(getattr(cfg, section), n) == getattr(default, n):
-                data[section].pop(n)
+        _drop_new_defaults(value, data[section])
         if not data[section]:  # a section added whole, at its default: left out entirely
             data.pop(section)
     return data
+
+
+def _drop_new_defaults(value: BaseModel, data: dict) -> None:
+    """Pop from `data` (`value` dumped) its `NEW_FIELD` fields at their default, and so in
+    every sub-model still there."""
+    names = hash_excluded(value, NEW_FIELD)
+    if names:
+        default = type(value)()
+        for n in names:
+            if getattr(value, n) == getattr(default, n):
+                data.pop(n, None)
+    for n in type(value).model_fields:
+        sub = getattr(value, n)
+        if isinstance(sub, BaseModel) and isinstance(data.get(n), dict):
+            _drop_new_defaults(sub, data[n])
 
 
 def dump_config(cfg: RunConfig) -> str:

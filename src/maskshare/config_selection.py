@@ -18,7 +18,7 @@ from maskshare.domains import (
     Seed,
     Text,
 )
-from maskshare.validation import Strict
+from maskshare.validation import HashRule, Strict
 
 
 class ValidationSplit(Strict):
@@ -63,8 +63,9 @@ class SweepConfig(Strict):
 
 class OwnLatents(Strict):
     """The subject's own latents in every scored circuit (`maskshare.masks.own_latents`;
-    docs/transfer.md sections 6-7): at each prompt's tokens whose role is in `roles`, the
-    `k` latents per SAE most active there in that prompt's clean pass are kept in every
+    docs/transfer.md sections 6-7, 10): at each prompt's tokens whose role is in `roles`, the
+    `k` latents per SAE most active there in that prompt's clean pass (`by: activation`), or
+    farthest there from the value the ablation would give them (`by: deviation`), are kept in every
     circuit the evaluation scores (learned masks, baselines, attribution circuits) and
     ablated in its complement; sizes count the latents this adds. A recall circuit is then
     a fixed set of task latents plus the subject's own latents at its mention. `k: 0` (the
@@ -73,6 +74,9 @@ class OwnLatents(Strict):
     k: Annotated[NonNegInt, Field(le=4096)] = 0
     roles: Annotated[list[Text], Field(min_length=1)] = Field(
         default_factory=lambda: ["subject"])
+    # added after runs existed: out of config.yaml and the hash at its default (config.NEW_FIELD)
+    by: Annotated[Literal["activation", "deviation"],
+                  HashRule("left out at its default")] = "activation"
 
 
 class ValidationStop(Strict):

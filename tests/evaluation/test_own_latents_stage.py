@@ -28,10 +28,12 @@ def run(finished_tiny_run, tmp_path, monkeypatch):
     return dst
 
 
-def rebuild_with_own_latents(run, k: int = 4) -> None:
-    """The run's evaluation rebuilt with `evaluate.own_latents` {k, roles: [subject]}."""
+def rebuild_with_own_latents(run, k: int = 4, by: str | None = None) -> None:
+    """The run's evaluation rebuilt with `evaluate.own_latents` {k, roles: [subject]} (and
+    `by` where given)."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    cfg.setdefault("evaluate", {})["own_latents"] = {"k": k, "roles": ["subject"]}
+    cfg.setdefault("evaluate", {})["own_latents"] = {"k": k, "roles": ["subject"],
+                                                     **({"by": by} if by else {})}
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert load_run_config(run).evaluate.own_latents.k == k
     shutil.rmtree(run / "evaluate")
@@ -43,7 +45,7 @@ def test_evaluation_with_own_latents_counts_and_reports_them(run):
     rebuild_with_own_latents(run)
 
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["own_latents"] == {"k": 4, "roles": ["subject"]}
+    assert metrics["own_latents"] == {"k": 4, "roles": ["subject"], "by": "activation"}
     assert 0 < metrics["own_latents_per_token"] < metrics["latents_per_token"]
     after = pl.read_parquet(run / "evaluate" / "curves.parquet")
     key = ["variant", "lambda", "seed", "split"]
@@ -58,7 +60,7 @@ def test_evaluation_with_own_latents_counts_and_reports_them(run):
     report = (run / "report.html").read_text()
     assert "plus the subject&#x27;s own" in report or "plus the subject's own" in report
     doc = export_document(open_run(run))
-    assert doc["own_latents"] == {"k": 4, "roles": ["subject"]}
+    assert doc["own_latents"] == {"k": 4, "roles": ["subject"], "by": "activation"}
 
 
 def test_eval_on_new_prompts_keeps_own_latents_at_their_entity(run):
@@ -75,7 +77,8 @@ def test_eval_on_new_prompts_keeps_own_latents_at_their_entity(run):
                for r in items.iter_rows(named=True)]
 
     res = evaluate_prompts(run, prompts, seed=0)
-    assert res["own_latents"] == {"k": 4, "roles": ["subject"], "prompts_marked": len(prompts)}
+    assert res["own_latents"] == {"k": 4, "roles": ["subject"], "by": "activation",
+                                  "prompts_marked": len(prompts)}
     assert res["own_latents_per_token"] > 0
     # the same per-prompt logit differences as the run's own evaluation of that split
     lds = pl.read_parquet(run / "evaluate" / "lds.parquet").filter(
@@ -138,10 +141,12 @@ def test_split_prompts_script_writes_an_eval_prompt_file(finished_tiny_run, tmp_
     assert nogroup.returncode != 0 and group in nogroup.stderr and not nogroup.stdout
 
 
-def test_applied_with_entity_splices_the_circuit_evaluated_with_own_latents(run):
+@pytest.mark.parametrize("by", ["activation", "deviation"])
+def test_applied_with_entity_splices_the_circuit_evaluated_with_own_latents(run, by):
     """run.applied(model, entity=...) keeps the own latents at the entity's tokens: the
     forward pass gives the logit differences run.evaluate reports with the prompts'
-    `entity`; without it, the learned part's; entity on a run without own latents, or a
+    `entity` (own latents ranked by activation, or by deviation from the ablation's
+    values); without it, the learned part's; entity on a run without own latents, or a
     list of the wrong length, is refused."""
     import torch
 
@@ -149,7 +154,11 @@ def test_applied_with_entity_splices_the_circuit_evaluated_with_own_latents(run)
     from maskshare.evaluation.applied import entity_roles
     from maskshare.run.resources import get_model
 
-    rebuild_with_own_latents(run)
+    rebuild_with_own_latents(run, by=by)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["own_latents"]["by"] == by
+    assert ("farthest from what the ablation" in (run / "report.html").read_text()) == \
+        (by == "deviation")
     items = pl.read_parquet(run / "dataset" / "items.parquet").filter(
         pl.col("split") == "test_entity").sort("prompt_id").head(5)
     prompts = [{"prompt": r["prompt"], "answer": r["answer"],

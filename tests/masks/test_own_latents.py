@@ -73,6 +73,33 @@ def test_indices_are_the_clean_top_k_at_marked_tokens_only(data):
         assert {int(i) for i in idx[2] if i >= 0} == want and want
 
 
+@pytest.mark.parametrize("ablation", [Ablation.SLOT_MEAN, Ablation.ZERO])
+def test_indices_by_deviation_are_the_latents_ablation_moves_most(data, ablation):
+    """`by: deviation` ranks the marked token's latents by |clean value - the value the
+    ablation sets there| (its slot's mean under slot-mean); under zero ablation that is
+    the activation ranking."""
+    mm = MaskedModel(data["model"], data["saes"], data["stats"], N_SLOTS, ablation=ablation,
+                     error=ErrorTerm.CLEAN)
+    args = (data["tokens"][:1], data["slots"][:1], data["ans"][:1], data["cf"][:1])
+    (b,) = mm.prepare(*args, own=(data["marks"][:1], K, "deviation"))
+    (act,) = mm.prepare(*args, own=(data["marks"][:1], K))
+    acts = run_to_deepest(data["model"], b.tokens, list(data["saes"]), b.attention_mask)
+    differs = False
+    for h, sae in data["saes"].items():
+        idx = b.own[h][0]
+        assert (idx[[p for p in range(idx.shape[0]) if p != 2]] == -1).all()
+        a = sae.encode(acts[h])[0, 2]
+        mean = (data["stats"][h].latent_mean[MARKED_SLOT] if ablation == Ablation.SLOT_MEAN
+                else torch.zeros_like(a))
+        dev = (a - mean.to(a.dtype)).abs()
+        want = {int(i) for i in dev.topk(K).indices if dev[i] > 0}
+        assert {int(i) for i in idx[2] if i >= 0} == want and want
+        same = set(idx[2].tolist()) == set(act.own[h][0][2].tolist())
+        assert same if ablation == Ablation.ZERO else True
+        differs |= not same
+    assert differs or ablation == Ablation.ZERO  # slot means move the ranking somewhere
+
+
 def test_apply_keeps_ablates_or_ignores():
     m = torch.tensor([[[1.0, 0.0, 0.0, 1.0]]])
     idx = torch.tensor([[[1, 3, -1]]])

@@ -135,3 +135,20 @@ def test_the_lambda_rule_stays_out_of_config_yaml_and_the_run_hash_at_its_defaul
     assert config_data(_cfg(attribution={"ig_steps": 5}))["attribution"] == {"ig_steps": 5}
     # the evaluate call's key follows the rule (it reads `evaluate`)
     assert plan(_cfg())[-1].key != plan(changed)[-1].key
+
+
+def test_a_field_added_to_a_sub_section_stays_out_at_its_default():
+    """evaluate.own_latents.by (added after runs with own latents existed): a config that
+    sets own_latents keeps its config.yaml and run hash while `by` is at its default."""
+    import yaml
+
+    from maskshare.config import config_data, dump_config, parse_config
+    from maskshare.run.resources import run_dir_for
+
+    own = _cfg(evaluate={"own_latents": {"k": 8, "roles": ["subject"]}})
+    assert config_data(own)["evaluate"]["own_latents"] == {"k": 8, "roles": ["subject"]}
+    dev = _cfg(evaluate={"own_latents": {"k": 8, "roles": ["subject"], "by": "deviation"}})
+    assert config_data(dev)["evaluate"]["own_latents"]["by"] == "deviation"
+    assert parse_config(yaml.safe_load(dump_config(dev))) == dev
+    assert run_dir_for(own) != run_dir_for(dev)
+    assert "own_latents" not in config_data(_cfg()).get("evaluate", {})

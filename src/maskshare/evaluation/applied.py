@@ -62,11 +62,11 @@ class AppliedCircuit:
     latest call (-1 on padding)."""
 
     def __init__(self, model, masked, masks: dict, grouping, grouping_kind: str, bos: int,
-                 own: tuple[int, list[str]] | None = None,
+                 own: tuple[int, list[str], str] | None = None,
                  entity: str | list[str] | None = None):
         self.model, self.mm, self.masks = model, masked, masks
         self.grouping, self.kind, self.bos = grouping, grouping_kind, bos
-        self.own, self.entity = own, entity  # own: (k, roles) of evaluate.own_latents
+        self.own, self.entity = own, entity  # own: (k, roles, by) of evaluate.own_latents
         self.last_slots: Tensor | None = None
         self.last_marked: Tensor | None = None  # [B, P] True at the entity's kept tokens
         self._handles: list = []
@@ -137,8 +137,10 @@ class AppliedCircuit:
                                                      toks.shape[1])) > 0
         self._busy = True
         try:
+            by = self.own[2] if len(self.own) > 2 else "activation"
             return top_indices(self.model, self.mm.saes, toks, att, self.last_marked,
-                               self.own[0])
+                               self.own[0], self.mm.ablation_values(self._batch)
+                               if by == "deviation" else None)
         finally:
             self._busy = False
 

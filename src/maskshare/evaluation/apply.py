@@ -321,7 +321,7 @@ def own_marks(model, cfg, checked: list[_Checked], slots: list[np.ndarray],
     if n < len(checked):
         info["note"] = (f"{len(checked) - n} of {len(checked)} prompts carry no `entity` "
                         "found in their prompt: their circuit is the learned part only")
-    return (marks, own.k), info
+    return (marks, own.k, own.by), info
 
 
 def evaluate_prompts(run: str | Path, prompts: Iterable[Prompt | dict], *,

@@ -212,13 +212,14 @@ class MaskedModel:
     def prepare(self, tokens: list[list[int]], slots: list[np.ndarray], answer_ids: list[int],
                 counterfactual_ids: list[int], batch_size: int = 32,
                 ablation_data: list | None = None, prefix: dict | None = None,
-                own: tuple[list[np.ndarray], int] | None = None) -> list[PreparedBatch]:
+                own: tuple[list[np.ndarray], int, str] | None = None) -> list[PreparedBatch]:
         """Group prompts by length into batches and cache what the masks cannot change.
         `ablation_data`: what the ablation needs per prompt, as its `prompt_data(items)`
         gives it (`counterfactual`: each prompt's counterfactual prompt and, for pairs of
         any length, its slots). `prefix`: a dict shared by models of the same model and SAEs
         (other groupings and ablations) to compute each batch's clean prefix once. `own`:
-        (marked tokens per prompt, k): the subject's own latents (`own_latents`)."""
+        (marked tokens per prompt, k, by): the subject's own latents (`own_latents`; `by`
+        activation or deviation, `OwnLatents.by`; a pair means activation)."""
         check_inputs(tokens, slots, self.n_slots)
         if not (len(answer_ids) == len(counterfactual_ids) == len(tokens)):
             raise UserError("need one answer and one counterfactual id per prompt")
@@ -237,7 +238,9 @@ class MaskedModel:
             if own is not None and own[1] > 0:
                 marks = torch.as_tensor(pad_slots([m.astype(np.int64) for m in own[0]], idx,
                                                   toks.shape[1])) > 0
-                b.own = own_top_indices(self.model, self.saes, toks, att, marks, own[1])
+                by = own[2] if len(own) > 2 else "activation"
+                b.own = own_top_indices(self.model, self.saes, toks, att, marks, own[1],
+                                        self.ablation_values(b) if by == "deviation" else None)
             out.append(b)
         return out
 
@@ -287,6 +290,15 @@ class MaskedModel:
         elif self.error == ErrorTerm.MEAN:
             out = out + self._per_token(self.err_mean[hook], batch, onehot)
         return torch.where(batch.untouched[..., None], x, out)
+
+    def ablation_values(self, batch) -> dict[str, Tensor | None]:
+        """{hook: [B, P, d_sae]} what the ablation sets each token's latents to (the
+        batch's own per-token values where its ablation has them; None: zero)."""
+        if getattr(batch, "ablation_tokens", None) is not None:
+            return dict(batch.ablation_tokens)
+        onehot = self._onehot(batch) if self.expand == "onehot" else None
+        return {h: None if self.abl[h] is None else self._per_token(self.abl[h], batch, onehot)
+                for h in self.hooks}
 
     def _onehot(self, batch: PreparedBatch) -> Tensor:
         """[B, P, n_slots] one-hot of each position's slot (padding -> slot 0; untouched)."""

@@ -6,7 +6,9 @@ to keep an unseen one's, and slot-mean ablation replaces them with the training 
 mean (docs/transfer.md section 6). With `evaluate.own_latents.k` (config
 `maskshare.config_selection.OwnLatents`) every circuit the evaluation scores also keeps, at
 each prompt's tokens whose role names the entity (its mention), the `k` latents per SAE most
-active there in *that prompt's clean pass*: a recall circuit is a fixed set of task latents
+active there in *that prompt's clean pass* (`by: activation`), or those whose clean value is
+farthest from what the ablation would set them to (`by: deviation`, |a - ablation value|:
+the latents ablation changes most): a recall circuit is a fixed set of task latents
 plus the subject's own latents at its mention. The complement ablates them; the reference
 passes (M, the empty circuit) do not see them; sizes count the latents they add beyond what
 the circuit already keeps there (`added_per_prompt`).
@@ -46,15 +48,19 @@ def marked_tokens(roles: Sequence, slots: Sequence[np.ndarray],
 
 @torch.no_grad()
 def top_indices(model, saes: dict, tokens: Tensor, attention_mask: Tensor, marks: Tensor,
-                k: int) -> dict[str, Tensor]:
+                k: int, ablation: dict[str, Tensor | None] | None = None) -> dict[str, Tensor]:
     """{hook: [B, P, k]} indices of the `k` latents most active at each marked token in the
     clean pass of `tokens` (only latents with activation > 0; -1 elsewhere and at unmarked
-    tokens)."""
+    tokens). With `ablation` ({hook: [B, P, d_sae]} what the ablation sets each token's
+    latents to, None for zero), the `k` whose clean value is farthest from it instead
+    (|a - value| > 0: `OwnLatents.by` deviation)."""
     acts = run_to_deepest(model, tokens, list(saes), attention_mask)
     out = {}
     for h, sae in saes.items():
         a = sae.encode(acts[h])
-        vals, idx = a.topk(min(k, a.shape[-1]), dim=-1)
+        v = None if ablation is None else ablation.get(h)
+        score = a if v is None else (a - v).abs()
+        vals, idx = score.topk(min(k, a.shape[-1]), dim=-1)
         out[h] = torch.where((vals > 0) & marks[..., None], idx, -1)
     return out
 

@@ -65,11 +65,11 @@ class Prepared:
 
 def prepare_variant(run: str | Path, variant: Variant | str, split: str,
                     limit: int | None = None,
-                    own: tuple[int, tuple[str, ...]] | None = None) -> Prepared:
+                    own: tuple[int, tuple[str, ...], str] | None = None) -> Prepared:
     """The variant's MaskedModel (its grouping's slot statistics, its ablation, the run's
     error term) and the items of `split` ("a+b" for several), at most `limit` of them (a
-    seeded sample), batched. `own`: (k, roles): the batches carry each prompt's own `k`
-    latents per SAE at its tokens of those roles (`maskshare.masks.own_latents`; the
+    seeded sample), batched. `own`: (k, roles, by): the batches carry each prompt's own `k`
+    latents per SAE at its tokens of those roles, ranked `by` activation or deviation (`maskshare.masks.own_latents`; the
     evaluation's `evaluate.own_latents`). Cached for the last few requests: stages ask
     repeatedly."""
     name = variant if isinstance(variant, str) else variant.name
@@ -78,7 +78,7 @@ def prepare_variant(run: str | Path, variant: Variant | str, split: str,
 
 @functools.lru_cache(maxsize=4)
 def _prepared(run: str, variant_name: str, split: str, limit: int | None,
-              own: tuple[int, tuple[str, ...]] | None = None) -> Prepared:
+              own: tuple[int, tuple[str, ...], str] | None = None) -> Prepared:
     cfg = load_run_config(run)
     variant = Variant.parse(variant_name)
     grouping, slots = load_slots(run, variant.grouping)
@@ -88,7 +88,8 @@ def _prepared(run: str, variant_name: str, split: str, limit: int | None,
                      ablation=variant.ablation, error=cfg.masks.error)
     slot_arrays = [slots[p] for p in items["prompt_id"].to_list()]
     marks = None if not own else \
-        (marked_tokens(items["roles"].to_list(), slot_arrays, own[1]), own[0])
+        (marked_tokens(items["roles"].to_list(), slot_arrays, own[1]), own[0],
+         own[2] if len(own) > 2 else "activation")
     batches = batch_items(mm, items, slot_arrays, cfg.masks.batch_size, grouping,
                           prefix=_prefixes(run, split, limit), own=marks)
     return Prepared(mm, batches, items, slot_arrays, slots, grouping)
@@ -120,12 +121,12 @@ def _prefixes(run: str, split: str, limit: int | None) -> dict:
 
 
 def batch_items(mm, items, slot_arrays: list, batch_size: int, grouping=None,
-                prefix: dict | None = None, own: tuple[list, int] | None = None) -> list:
+                prefix: dict | None = None, own: tuple[list, int, str] | None = None) -> list:
     """Batches for `mm`, with what its ablation needs per prompt from the items (e.g. the
     counterfactual prompts for `counterfactual` patching, with their slots from `grouping`
     so pairs of any length are patched slot by slot). `prefix`: shared clean prefixes
-    (`MaskedModel.prepare`). `own`: (marked tokens per item, k) for the subject's own
-    latents (`MaskedModel.prepare`)."""
+    (`MaskedModel.prepare`). `own`: (marked tokens per item, k, by) for the subject's
+    own latents (`MaskedModel.prepare`)."""
     assign = None if grouping is None else (lambda toks: grouping.assign_tokens(mm.model, toks))
     return mm.prepare(token_lists(items), slot_arrays, items["answer_id"].to_list(),
                       items["counterfactual_id"].to_list(), batch_size=batch_size,

@@ -156,9 +156,12 @@ def own_text(metrics: dict) -> list[str]:
 
     def num(v) -> str:
         return "n/a" if v is None else f"{v:.1f}"
+    which = ("whose values there in that prompt's clean pass are farthest from what the "
+             "ablation would set them to" if own.get("by") == "deviation" else
+             "most active there in that prompt's clean pass")
     return [f"Every circuit here is its learned latents plus the subject's own: at each "
-            f"prompt's tokens of role {roles}, the {own['k']} latents per SAE most active there "
-            f"in that prompt's clean pass (evaluate.own_latents; ablated in the complement). "
+            f"prompt's tokens of role {roles}, the {own['k']} latents per SAE {which} "
+            f"(evaluate.own_latents; ablated in the complement). "
             f"They add {num(metrics.get('own_latents_per_token'))} of the chosen circuit's "
             f"{num(metrics.get('latents_per_token'))} latents per token; the listing below "
             "shows the learned part."]

@@ -140,7 +140,7 @@ def _prepare(run: Path, cfg: RunConfig, variant: Variant, split: str, cache: Eva
     own = cfg.evaluate.own_latents
     with cache.timed("prepare_s"):
         return prepare_variant(run, variant, split, limit,
-                               own=(own.k, tuple(own.roles)) if own.k else None)
+                               own=(own.k, tuple(own.roles), own.by) if own.k else None)
 
 
 def _select(run: Path, cfg: RunConfig, cache: EvalCache) -> str:
