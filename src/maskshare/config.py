@@ -40,7 +40,14 @@ from maskshare.domains import (
 from maskshare.errors import UserError
 from maskshare.kinds import ABLATIONS, KindName
 from maskshare.model.sae_set import SAESetConfig
-from maskshare.validation import HashRule, Strict, hash_excluded, read_yaml_file, validation_message
+from maskshare.validation import (
+    NEW_FIELD,
+    HashRule,
+    Strict,
+    hash_excluded,
+    read_yaml_file,
+    validation_message,
+)
 
 
 class Ablation(KindName):
@@ -57,10 +64,8 @@ Ablation.ZERO = Ablation("zero")
 Ablation.COUNTERFACTUAL = Ablation("counterfactual")
 
 
-# added after run directories existed: left out of config.yaml and of the run's hash while
-# at its default, so existing runs keep their directory and bytes (`config_data`; a section
-# whose fields are all left out is left out whole)
-NEW_FIELD = HashRule("left out at its default")
+# NEW_FIELD (maskshare.validation): added after run directories existed, left out of
+# config.yaml and the run's hash while at its default (`config_data`)
 # chooses which masks to train or where training starts (hashed there through the start
 # itself), not what a training computes: out of a mask's training key (masks.checkpoints)
 NOT_IN_MASK_KEY = HashRule("not in a mask's key")

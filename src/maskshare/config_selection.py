@@ -18,7 +18,7 @@ from maskshare.domains import (
     Seed,
     Text,
 )
-from maskshare.validation import HashRule, Strict
+from maskshare.validation import NEW_FIELD, Strict
 
 
 class ValidationSplit(Strict):
@@ -74,9 +74,8 @@ class OwnLatents(Strict):
     k: Annotated[NonNegInt, Field(le=4096)] = 0
     roles: Annotated[list[Text], Field(min_length=1)] = Field(
         default_factory=lambda: ["subject"])
-    # added after runs existed: out of config.yaml and the hash at its default (config.NEW_FIELD)
-    by: Annotated[Literal["activation", "deviation"],
-                  HashRule("left out at its default")] = "activation"
+    # added after runs with own latents existed: out of config.yaml and the hash at its default
+    by: Annotated[Literal["activation", "deviation"], NEW_FIELD] = "activation"
 
 
 class ValidationStop(Strict):

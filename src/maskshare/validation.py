@@ -74,6 +74,13 @@ class HashRule:
     name: str
 
 
+# added after run directories existed: left out of config.yaml and of the run's hash while
+# at its default, so existing runs keep their directory and bytes (`config.config_data`; a
+# section whose fields are all left out is left out whole). Here, not in `maskshare.config`,
+# so that the config's sub-sections (config_selection, ...) can mark their fields too.
+NEW_FIELD = HashRule("left out at its default")
+
+
 def hash_excluded(model: type[BaseModel] | BaseModel, rule: HashRule) -> tuple[str, ...]:
     """The fields of `model` that `rule` marks."""
     fields = type(model).model_fields if isinstance(model, BaseModel) else model.model_fields

@@ -42,7 +42,7 @@ from maskshare.errors import UserError
 from maskshare.masks.ablations import ablation_method
 from maskshare.masks.own_latents import MODES as OWN_MODES
 from maskshare.masks.own_latents import apply as apply_own
-from maskshare.masks.own_latents import top_indices as own_top_indices
+from maskshare.masks.own_latents import batch_indices as own_batch_indices
 from maskshare.masks.prepared import (
     PreparedBatch,
     clean_batch_logit_diff,
@@ -236,11 +236,7 @@ class MaskedModel:
             b.ablation_tokens = self.ablation_method.token_values(self, ablation_data, idx, att,
                                                                   [slots[i] for i in idx])
             if own is not None and own[1] > 0:
-                marks = torch.as_tensor(pad_slots([m.astype(np.int64) for m in own[0]], idx,
-                                                  toks.shape[1])) > 0
-                by = own[2] if len(own) > 2 else "activation"
-                b.own = own_top_indices(self.model, self.saes, toks, att, marks, own[1],
-                                        self.ablation_values(b) if by == "deviation" else None)
+                b.own = own_batch_indices(self, b, own)
             out.append(b)
         return out
 
@@ -271,11 +267,7 @@ class MaskedModel:
         onehot = self._onehot(batch) if self.expand == "onehot" else None
         m = apply_own(self._per_token(mask, batch, onehot),
                       None if batch.own is None else batch.own[hook], self.own_latents)
-        abl = self.abl[hook]
-        if batch.ablation_tokens is not None:  # the ablation's own values per token
-            abl_t = batch.ablation_tokens[hook]
-        else:
-            abl_t = None if abl is None else self._per_token(abl, batch, onehot)
+        abl_t = self.ablation_at(hook, batch, onehot)
         if self.error == ErrorTerm.CLEAN and self.fuse_clean and self.linear_decoder[hook]:
             # dec(a') + x - dec(a) = x + (dec(a' - a) - b_dec) for an affine decoder, with
             # a' - a = (1 - m) * (abl - a): one decode instead of two, and x exactly where
@@ -291,14 +283,12 @@ class MaskedModel:
             out = out + self._per_token(self.err_mean[hook], batch, onehot)
         return torch.where(batch.untouched[..., None], x, out)
 
-    def ablation_values(self, batch) -> dict[str, Tensor | None]:
-        """{hook: [B, P, d_sae]} what the ablation sets each token's latents to (the
-        batch's own per-token values where its ablation has them; None: zero)."""
+    def ablation_at(self, hook: str, batch, onehot: Tensor | None = None) -> Tensor | None:
+        """[B, P, d_sae] what the ablation sets each token's latents to at `hook` (the
+        batch's own values per token where its ablation has them; None: zero)."""
         if getattr(batch, "ablation_tokens", None) is not None:
-            return dict(batch.ablation_tokens)
-        onehot = self._onehot(batch) if self.expand == "onehot" else None
-        return {h: None if self.abl[h] is None else self._per_token(self.abl[h], batch, onehot)
-                for h in self.hooks}
+            return batch.ablation_tokens[hook]
+        return None if self.abl[hook] is None else self._per_token(self.abl[hook], batch, onehot)
 
     def _onehot(self, batch: PreparedBatch) -> Tensor:
         """[B, P, n_slots] one-hot of each position's slot (padding -> slot 0; untouched)."""

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from maskshare.masks.prepared import scatter_rows
-from maskshare.model.activations import run_to_deepest
+from maskshare.model.activations import pad_slots, run_to_deepest
 
 MODES = ("keep", "ablate", "off")
 
@@ -44,6 +44,12 @@ def marked_tokens(roles: Sequence, slots: Sequence[np.ndarray],
         hit[:n] = np.isin(r[:n], list(wanted)) & (s[:n] > 0)
         out.append(hit)
     return out
+
+
+def ranking(own: tuple) -> str:
+    """How an `own` tuple ((k, roles, by) or (marks, k, by)) ranks the own latents; a pair
+    (the form before `by` existed) ranks by activation."""
+    return own[2] if len(own) > 2 else "activation"
 
 
 @torch.no_grad()
@@ -63,6 +69,17 @@ def top_indices(model, saes: dict, tokens: Tensor, attention_mask: Tensor, marks
         vals, idx = score.topk(min(k, a.shape[-1]), dim=-1)
         out[h] = torch.where((vals > 0) & marks[..., None], idx, -1)
     return out
+
+
+def batch_indices(mm, batch, own: tuple) -> dict[str, Tensor]:
+    """`top_indices` for a batch `MaskedModel.prepare` builds (`PreparedBatch.own`): `own`
+    is (marked tokens per prompt, k[, by]); by deviation from `mm`'s ablation values."""
+    marks = torch.as_tensor(pad_slots([m.astype(np.int64) for m in own[0]], batch.idx,
+                                      batch.tokens.shape[1])) > 0
+    abl = ({h: mm.ablation_at(h, batch) for h in mm.hooks}
+           if ranking(own) == "deviation" else None)
+    return top_indices(mm.model, mm.saes, batch.tokens, batch.attention_mask, marks, own[1],
+                       abl)
 
 
 def _extra(m: Tensor, idx: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ import polars as pl
 from maskshare.config import GroupingKind
 from maskshare.grouping import load_grouping
 from maskshare.masks.masking import MaskedModel
-from maskshare.masks.own_latents import marked_tokens
+from maskshare.masks.own_latents import marked_tokens, ranking
 from maskshare.masks.slot_stats import SlotStats
 from maskshare.masks.training import TrainResult, compute_targets
 from maskshare.run.layout import RunLayout
@@ -69,8 +69,8 @@ def prepare_variant(run: str | Path, variant: Variant | str, split: str,
     """The variant's MaskedModel (its grouping's slot statistics, its ablation, the run's
     error term) and the items of `split` ("a+b" for several), at most `limit` of them (a
     seeded sample), batched. `own`: (k, roles, by): the batches carry each prompt's own `k`
-    latents per SAE at its tokens of those roles, ranked `by` activation or deviation (`maskshare.masks.own_latents`; the
-    evaluation's `evaluate.own_latents`). Cached for the last few requests: stages ask
+    latents per SAE at its tokens of those roles, ranked `by` activation or deviation
+    (`maskshare.masks.own_latents`; the evaluation's `evaluate.own_latents`). Cached for the last few requests: stages ask
     repeatedly."""
     name = variant if isinstance(variant, str) else variant.name
     return _prepared(str(run), name, split, limit, own)
@@ -88,8 +88,7 @@ def _prepared(run: str, variant_name: str, split: str, limit: int | None,
                      ablation=variant.ablation, error=cfg.masks.error)
     slot_arrays = [slots[p] for p in items["prompt_id"].to_list()]
     marks = None if not own else \
-        (marked_tokens(items["roles"].to_list(), slot_arrays, own[1]), own[0],
-         own[2] if len(own) > 2 else "activation")
+        (marked_tokens(items["roles"].to_list(), slot_arrays, own[1]), own[0], ranking(own))
     batches = batch_items(mm, items, slot_arrays, cfg.masks.batch_size, grouping,
                           prefix=_prefixes(run, split, limit), own=marks)
     return Prepared(mm, batches, items, slot_arrays, slots, grouping)
