@@ -3,26 +3,14 @@ override trains as it says, batch size included."""
 
 from __future__ import annotations
 
-import shutil
-
-import pytest
-
 from maskshare.evaluation import experiments
 from maskshare.run.resources import load_run_config
 from maskshare.run.variants import main_variant
 
 
-@pytest.fixture
-def run(finished_tiny_run, tmp_path, monkeypatch):
-    cfg_path, src, cache = finished_tiny_run
-    monkeypatch.setenv("MASKSHARE_CACHE", str(cache))
-    monkeypatch.setenv("MASKSHARE_THREADS", "1")
-    dst = tmp_path / src.name
-    shutil.copytree(src, dst)
-    return dst
-
-
-def test_a_batch_size_override_batches_the_training_prompts_as_it_says(run, monkeypatch):
+def test_a_batch_size_override_batches_the_training_prompts_as_it_says(tiny_run_copy,
+                                                                        monkeypatch):
+    run = tiny_run_copy
     cfg = load_run_config(run)
     seen = []
     real = experiments.train_masks

@@ -19,13 +19,8 @@ from maskshare.stages import evaluate
 
 
 @pytest.fixture
-def run(finished_tiny_run, tmp_path, monkeypatch):
-    cfg_path, src, cache = finished_tiny_run
-    monkeypatch.setenv("MASKSHARE_CACHE", str(cache))
-    monkeypatch.setenv("MASKSHARE_THREADS", "1")
-    dst = tmp_path / src.name
-    shutil.copytree(src, dst)
-    return dst
+def run(tiny_run_copy):
+    return tiny_run_copy
 
 
 def rebuild_with_own_latents(run, k: int = 4, by: str | None = None) -> None:
