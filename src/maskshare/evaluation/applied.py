@@ -37,7 +37,7 @@ from maskshare.config import Ablation
 from maskshare.datasets.prompt_build import entity_spans
 from maskshare.datasets.rows import span_roles
 from maskshare.errors import UserError
-from maskshare.masks.own_latents import marked_tokens, ranking, top_indices
+from maskshare.masks.own_latents import marked_tokens, ranked_from, top_indices
 from maskshare.model.activations import pad_batch, pad_slots
 from maskshare.model.models import tokenize_prompt
 
@@ -137,10 +137,8 @@ class AppliedCircuit:
                                                      toks.shape[1])) > 0
         self._busy = True
         try:
-            dev = ranking(self.own) == "deviation"
             return top_indices(self.model, self.mm.saes, toks, att, self.last_marked,
-                               self.own[0], {h: self.mm.ablation_at(h, self._batch)
-                                             for h in self.mm.hooks} if dev else None)
+                               self.own[0], ranked_from(self.mm, self._batch, self.own))
         finally:
             self._busy = False
 

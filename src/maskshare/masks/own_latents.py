@@ -71,15 +71,21 @@ def top_indices(model, saes: dict, tokens: Tensor, attention_mask: Tensor, marks
     return out
 
 
+def ranked_from(mm, batch, own: tuple) -> dict[str, Tensor | None] | None:
+    """What `top_indices` ranks against for `own`'s ranking: `mm`'s ablation values at each
+    of the batch's tokens (deviation), or None (activation)."""
+    if ranking(own) != "deviation":
+        return None
+    return {h: mm.ablation_at(h, batch) for h in mm.hooks}
+
+
 def batch_indices(mm, batch, own: tuple) -> dict[str, Tensor]:
     """`top_indices` for a batch `MaskedModel.prepare` builds (`PreparedBatch.own`): `own`
-    is (marked tokens per prompt, k[, by]); by deviation from `mm`'s ablation values."""
+    is (marked tokens per prompt, k[, by])."""
     marks = torch.as_tensor(pad_slots([m.astype(np.int64) for m in own[0]], batch.idx,
                                       batch.tokens.shape[1])) > 0
-    abl = ({h: mm.ablation_at(h, batch) for h in mm.hooks}
-           if ranking(own) == "deviation" else None)
     return top_indices(mm.model, mm.saes, batch.tokens, batch.attention_mask, marks, own[1],
-                       abl)
+                       ranked_from(mm, batch, own))
 
 
 def _extra(m: Tensor, idx: Tensor) -> Tensor:

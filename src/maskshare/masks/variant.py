@@ -70,8 +70,8 @@ def prepare_variant(run: str | Path, variant: Variant | str, split: str,
     error term) and the items of `split` ("a+b" for several), at most `limit` of them (a
     seeded sample), batched. `own`: (k, roles, by): the batches carry each prompt's own `k`
     latents per SAE at its tokens of those roles, ranked `by` activation or deviation
-    (`maskshare.masks.own_latents`; the evaluation's `evaluate.own_latents`). Cached for the last few requests: stages ask
-    repeatedly."""
+    (`maskshare.masks.own_latents`; the evaluation's `evaluate.own_latents`). Cached for
+    the last few requests: stages ask repeatedly."""
     name = variant if isinstance(variant, str) else variant.name
     return _prepared(str(run), name, split, limit, own)
 

@@ -182,7 +182,8 @@ class Run:
         mm = MaskedModel(model, get_saes(cfg), stats, grouping.n_slots, ablation=abl,
                          error=cfg.masks.error)
         return AppliedCircuit(model, mm, TrainResult.load(mdir).masks(), grouping,
-                              v.grouping.value, bos_id(model), own=(own.k, list(own.roles), own.by),
+                              v.grouping.value, bos_id(model),
+                              own=(own.k, list(own.roles), own.by),
                               entity=entity if entity is None or isinstance(entity, str)
                               else list(entity))
 
