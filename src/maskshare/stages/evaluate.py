@@ -294,7 +294,8 @@ def build(run: Path) -> Path:
     def chosen_of(sel_rows: list[EvalRow]):
         floor = cfg.evaluate.train_floor
         fits = None if floor is None else train_fs(
-            run, main, {r.lam for r in sel_rows if r.variant == main.name and r.lam}, seeds[0])
+            run, main, {r.lam for r in sel_rows if r.variant == main.name and r.lam is not None},
+            seeds[0])
         return choose_circuit(sel_rows, main.name, _select(run, cfg, cache),
                               cfg.evaluate.target_f, fits, floor)
 
